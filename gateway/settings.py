@@ -199,7 +199,7 @@ def _coerce(name: str, target: Any, value: Any) -> Any:
                 raise TypeError
             return value
         if isinstance(target, int):
-            if isinstance(value, bool) or isinstance(value, float):
+            if isinstance(value, bool | float):
                 raise TypeError
             return int(value)
         if isinstance(target, float):

@@ -1,0 +1,117 @@
+"""Active and passive health checks, and the active counts they correct.
+
+An instance goes down after ``health_fall`` failed checks in a row and up after
+``health_rise`` good ones, so one slow answer does not move sessions around. A refused
+connection on a proxied request makes the instance suspect: it is checked again at once,
+back to back, so a crashed instance stops getting traffic within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from gateway.instances import Fleet, Instance
+from gateway.metrics import Metrics
+from gateway.service.upstream import UpstreamError, Upstreams
+from gateway.state.pins import PinStore
+
+log = logging.getLogger("gateway.health")
+
+SUSPECT_PAUSE = 0.2  # between the back-to-back checks of a suspect instance
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        fleet: Fleet,
+        upstreams: Upstreams,
+        pins: PinStore,
+        metrics: Metrics,
+        *,
+        interval: float,
+        timeout: float,
+        fall: int,
+        rise: int,
+    ) -> None:
+        self.fleet, self.upstreams, self.pins, self.metrics = fleet, upstreams, pins, metrics
+        self.interval, self.timeout, self.fall, self.rise = interval, timeout, fall, rise
+        self._suspects: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Check every instance once, taking the result as is, then keep checking."""
+        await self.check_all(initial=True)
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._suspects.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.check_all()
+
+    async def check_all(self, initial: bool = False) -> None:
+        await asyncio.gather(*(self.check(i, initial) for i in self.fleet.instances))
+
+    def suspect(self, url: str) -> None:
+        """A proxied request was refused: check the instance now rather than at the next tick."""
+        instance = self.fleet.get(url)
+        if instance is None or not instance.up or url in self._suspects:
+            return
+        task = asyncio.create_task(self._until_settled(instance))
+        self._suspects[url] = task
+        task.add_done_callback(lambda _: self._suspects.pop(url, None))
+
+    async def _until_settled(self, instance: Instance) -> None:
+        while not await self.check(instance) and instance.up:  # noqa: ASYNC110 - polls the instance
+            await asyncio.sleep(SUSPECT_PAUSE)
+
+    async def check(self, instance: Instance, initial: bool = False) -> bool:
+        """One ``GET /health``; returns whether it passed."""
+        error: str | None = None
+        body: object = None
+        try:
+            status, body = await self.upstreams.get_json(instance.url, "/health", {}, self.timeout)
+            if status != 200 or not isinstance(body, dict) or body.get("status") == "unhealthy":
+                error = f"/health answered {status}"
+        except UpstreamError as exc:
+            error = exc.kind
+        instance.last_check = time.time()
+        instance.last_error = error
+        if error is None:
+            instance.fails, instance.rises = 0, instance.rises + 1
+            assert isinstance(body, dict)
+            await self._counts(instance, body)
+            if not instance.up and (initial or instance.rises >= self.rise):
+                self._set(instance, up=True)
+        else:
+            instance.rises, instance.fails = 0, instance.fails + 1
+            if instance.up and (initial or instance.fails >= self.fall):
+                self._set(instance, up=False)
+        self.metrics.instance_up.labels(instance.url).set(int(instance.up))
+        return error is None
+
+    async def _counts(self, instance: Instance, body: dict[str, object]) -> None:
+        sessions = body.get("sessions")
+        if not isinstance(sessions, dict):
+            return
+        instance.sessions = {k: v for k, v in sessions.items() if isinstance(v, int)}
+        total = instance.sessions.get("total")
+        if total is not None and total != self.pins.active.get(instance.url):
+            await self.pins.set_active(instance.url, total)
+        self.metrics.active_sessions.labels(instance.url).set(self.pins.active.get(instance.url, 0))
+
+    def _set(self, instance: Instance, up: bool) -> None:
+        instance.up = up
+        state = "up" if up else "down"
+        self.metrics.state_changes.labels(instance.url, state).inc()
+        log.warning("instance %s is %s (%s)", instance.url, state, instance.last_error or "ok")

@@ -1,0 +1,117 @@
+"""Prometheus collectors of one gateway process.
+
+Each application gets its own registry so several gateways can live in one process (tests).
+Labels are bounded by design: route templates, methods, statuses, instance URLs and fixed
+kinds. Never a session id, phone number or key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by route template, method, status and instance.",
+            ["route", "method", "status", "instance"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time to answer a request, by route template.",
+            ["route", "method"],
+            registry=r,
+            buckets=(
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+                60,
+            ),
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failed calls to an instance, by kind (refused, reset, timeout, bad_response).",
+            ["instance", "kind"],
+            registry=r,
+        )
+        self.placements = Counter(
+            "gateway_placements", "New sessions placed, by instance.", ["instance"], registry=r
+        )
+        self.pin_cache = Counter(
+            "gateway_pin_cache",
+            "Pin look-ups answered from memory (hit) or Redis (miss).",
+            ["result"],
+            registry=r,
+        )
+        self.instance_up = Gauge(
+            "gateway_instance_up",
+            "1 when the instance passes its health checks.",
+            ["instance"],
+            registry=r,
+        )
+        self.instance_draining = Gauge(
+            "gateway_instance_draining",
+            "1 when the instance takes no new sessions.",
+            ["instance"],
+            registry=r,
+        )
+        self.active_sessions = Gauge(
+            "gateway_instance_active_sessions",
+            "Active sessions the gateway counts on the instance.",
+            ["instance"],
+            registry=r,
+        )
+        self.state_changes = Counter(
+            "gateway_instance_state_changes",
+            "Instance went up or down.",
+            ["instance", "state"],
+            registry=r,
+        )
+        self.rediscoveries = Counter(
+            "gateway_rediscoveries",
+            "Searches for a session not where its pin said, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.replays = Counter(
+            "gateway_replays",
+            "Requests sent again to the instance that really holds the session.",
+            ["instance"],
+            registry=r,
+        )
+        self.reconcile_corrections = Counter(
+            "gateway_reconcile_corrections",
+            "Pins fixed by reconciliation, by kind (moved, added, removed).",
+            ["kind"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "gateway_redis_up",
+            "1 while Redis answers; 0 while the gateway runs from memory.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,48 @@
+"""The router: which instance a request goes to, from pins, health and the placement policy."""
+
+from __future__ import annotations
+
+from gateway.instances import Fleet
+from gateway.router.placement import preferred_instance, shard
+from gateway.state.pins import PinStore, Placement
+
+
+class Router:
+    def __init__(self, fleet: Fleet, pins: PinStore, policy: str, limit: int) -> None:
+        self.fleet, self.pins, self.policy, self.limit = fleet, pins, policy, limit
+
+    def eligible(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Instances that may take a new session: up, not draining, in configured order."""
+        return [
+            i.url
+            for i in self.fleet.instances
+            if i.up and i.url not in self.pins.draining and i.url not in exclude
+        ]
+
+    def live(self, exclude: str | None = None) -> list[str]:
+        """Instances that may hold sessions right now (draining ones still do)."""
+        return [i.url for i in self.fleet.up() if i.url != exclude]
+
+    def is_up(self, url: str) -> bool:
+        instance = self.fleet.get(url)
+        return instance is not None and instance.up
+
+    async def place(self, workspace_id: str | None, exclude: set[str]) -> Placement | None:
+        """Reserve room for a new session, following the placement policy."""
+        ws = int(workspace_id) if workspace_id is not None else None
+        pin = await self.pins.workspace(workspace_id) if workspace_id is not None else None
+        preferred = preferred_instance(self.policy, self.fleet.urls, ws, pin)
+        return await self.pins.place(self.eligible(exclude), self.limit, preferred)
+
+    async def for_workspace(self, workspace_id: str) -> str:
+        """The workspace's instance; a workspace never seen is sharded, then pinned."""
+        url = await self.pins.workspace(workspace_id)
+        if url is None:
+            url = shard(self.fleet.urls, int(workspace_id))
+            await self.pins.pin_workspace(workspace_id, url)
+        return url
+
+    def any_up(self) -> str | None:
+        """Where a request naming no session or workspace goes."""
+        instance = self.fleet.first_up()
+        return instance.url if instance else None

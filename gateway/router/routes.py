@@ -1,0 +1,58 @@
+"""The instance API's routes: which template a path is, and where its session id sits.
+
+Templates (never raw paths) label metrics, so their number stays bounded whatever callers
+send.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SESSION_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+
+# (template, pattern); a ``sid`` group is the session id in the path.
+_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (template, re.compile(pattern))
+    for template, pattern in (
+        ("/api/sessions", r"/api/sessions/?"),
+        ("/api/sessions/{id}", r"/api/sessions/(?P<sid>[^/]+)/?"),
+        ("/api/sessions/{id}/{action}", r"/api/sessions/(?P<sid>[^/]+)/(?P<action>[^/]+)/?"),
+        ("/api/messages/{action}", r"/api/messages/(?:send|send-media|bulk-send|send-template)/?"),
+        ("/api/messages/{id}/{action}", r"/api/messages/(?P<sid>[^/]+)/(?:status|validate)/?"),
+        (
+            "/api/internal/sessions/{id}/last-activity",
+            r"/api/internal/sessions/(?P<sid>[^/]+)/last-activity/?",
+        ),
+        ("/health", r"/health/?"),
+        ("/health/{check}", r"/health/(?:detailed|ready|live|metrics)/?"),
+        ("/info", r"/info/?|/"),
+        ("/remoteauth/*", r"/remoteauth(?:/.*)?"),
+        ("/cleanup/*", r"/cleanup(?:/.*)?"),
+    )
+)
+
+# Session actions that bring a session (back) to life: placed anew when no live instance
+# holds the session.
+REVIVING_ACTIONS = frozenset({"restore", "reconnect"})
+
+
+@dataclass(frozen=True)
+class Route:
+    template: str
+    session_id: str | None = None
+    action: str | None = None
+
+
+def classify(path: str) -> Route:
+    """The template of ``path`` and the session id and action in it, if any."""
+    for template, pattern in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            groups = match.groupdict()
+            return Route(template, groups.get("sid"), groups.get("action"))
+    return Route("other")
+
+
+def valid_session_id(session_id: str) -> bool:
+    return SESSION_ID.fullmatch(session_id) is not None

@@ -1,0 +1,182 @@
+"""Shared fixtures: real Redis, real simulators and real gateways on loopback ports.
+
+Every test gets its own Redis key prefix and deletes its keys afterwards, since CI shares
+the Redis server with anything else running on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway.app import GATEWAY, Gateway, create_app
+from gateway.settings import Settings
+from gateway.simulator import SimulatorConfig
+from gateway.simulator import create_app as create_simulator
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it holds; fail with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def serve(app: web.Application, port: int | None = None) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = port or free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Sim:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def sessions(self) -> dict[str, Any]:
+        from gateway.simulator import SESSIONS
+
+        return self.app[SESSIONS]
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def gw(self) -> Gateway:
+        return self.app[GATEWAY]
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = aioredis.Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def simulators() -> AsyncIterator[Callable[..., Awaitable[list[Sim]]]]:
+    """Start N simulators in this process, each a real HTTP server on its own port."""
+    started: list[Sim] = []
+
+    async def start(count: int = 4, **config: Any) -> list[Sim]:
+        sims = []
+        for _ in range(count):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cfg = SimulatorConfig(
+                **{"api_key": API_KEY, "connect_delay": 0, **config}, public_url=url
+            )
+            app = create_simulator(cfg)
+            runner, _ = await serve(app, port)
+            sims.append(Sim(url, app, runner))
+        started.extend(sims)
+        return sims
+
+    yield start
+    for sim in started:
+        await sim.runner.cleanup()
+
+
+def gateway_settings(instances: list[str], prefix: str, **overrides: Any) -> Settings:
+    base = Settings(
+        port=free_port(),
+        instances=tuple(instances),
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+        laravel_api_token=API_KEY,
+        health_interval=60,
+        reconcile_interval=60,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture
+async def gateways(redis_prefix: str) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """Start gateways in this process, sharing the test's Redis prefix."""
+    started: list[RunningGateway] = []
+
+    async def start(instances: list[str], **overrides: Any) -> RunningGateway:
+        settings = gateway_settings(instances, redis_prefix, **overrides)
+        app = create_app(settings)
+        runner, url = await serve(app, settings.port)
+        running = RunningGateway(url, app, runner)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.runner.cleanup()
+
+
+def spawn(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Run ``python -m module`` as a real process, in the project's root."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def wait_healthy(http: aiohttp.ClientSession, url: str, timeout: float = 15.0) -> None:
+    async def answers() -> bool:
+        try:
+            async with http.get(f"{url}/health") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(answers, timeout)
