@@ -64,7 +64,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         fall=s.health_fall,
         rise=s.health_rise,
     )
-    rediscovery = Rediscovery(upstreams, s.laravel_api_token, s.health_timeout, metrics)
+    rediscovery = Rediscovery(upstreams, pins, s.laravel_api_token, s.health_timeout, metrics)
     router = Router(fleet, pins, s.placement, s.max_sessions_per_instance)
     proxy = Proxy(
         router, pins, upstreams, health, rediscovery, metrics, s.max_sessions_per_instance

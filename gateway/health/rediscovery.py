@@ -1,7 +1,8 @@
 """Finding a session that is not where its pin says, by asking every other live instance.
 
 Concurrent requests for the same session share one search, so a burst after an instance
-restart costs one round of status calls, not one per request.
+restart costs one round of status calls, not one per request. The search re-pins what it
+finds before it ends, so a request arriving just after it sees the new pin.
 """
 
 from __future__ import annotations
@@ -12,22 +13,29 @@ from collections.abc import Iterable
 
 from gateway.metrics import Metrics
 from gateway.service.upstream import UpstreamError, Upstreams
+from gateway.state.pins import PinStore
 
 log = logging.getLogger("gateway.rediscovery")
 
 
 class Rediscovery:
     def __init__(
-        self, upstreams: Upstreams, api_token: str, timeout: float, metrics: Metrics
+        self,
+        upstreams: Upstreams,
+        pins: PinStore,
+        api_token: str,
+        timeout: float,
+        metrics: Metrics,
     ) -> None:
         self.upstreams = upstreams
+        self.pins = pins
         self.params = {"api_key": api_token} if api_token else {}
         self.timeout = timeout
         self.metrics = metrics
         self._searches: dict[str, asyncio.Task[str | None]] = {}
 
     async def find(self, session_id: str, candidates: Iterable[str]) -> str | None:
-        """The instance among ``candidates`` that holds the session, or None."""
+        """The instance among ``candidates`` that holds the session (now pinned), or None."""
         task = self._searches.get(session_id)
         if task is None:
             task = asyncio.create_task(self._search(session_id, tuple(candidates)))
@@ -42,6 +50,7 @@ class Rediscovery:
             for ask in asyncio.as_completed(asks):
                 url = await ask
                 if url is not None:
+                    await self.pins.pin_session(session_id, url)
                     self.metrics.rediscoveries.labels("found").inc()
                     log.info("session found again on %s", url)
                     return url

@@ -26,6 +26,7 @@ from gateway.state.pins import PinStore
 log = logging.getLogger("gateway.proxy")
 
 INSTANCE_HEADER = "X-WhatsApp-Instance"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def respond(reply: Reply, url: str) -> web.Response:
@@ -44,6 +45,15 @@ def failure(error: UpstreamError) -> web.Response:
         instance=error.url,
         kind=error.kind,
     )
+
+
+def replayable(call: Call, error: UpstreamError) -> bool:
+    """Whether a failed call may go to another instance without risk of doing it twice.
+
+    Only when it never reached the instance, or when it is a read cut off mid-way; never
+    after a timeout, when the instance may still be acting on it.
+    """
+    return not error.sent or (error.kind == "reset" and call.method in IDEMPOTENT)
 
 
 def _already_gone(call: Call, reply: Reply) -> bool:
@@ -106,21 +116,23 @@ class Proxy:
     async def session_call(self, call: Call, session_id: str) -> web.StreamResponse:
         pinned = await self.pins.session(session_id)
         tried: set[str] = set()
-        if pinned is not None and self.router.is_up(pinned):
+        pinned_down = pinned is not None and not self.router.is_up(pinned)
+        if pinned is not None and not pinned_down:
             try:
                 reply = await self._send(call, pinned)
             except UpstreamError as exc:
-                if exc.sent:
+                if not replayable(call, exc):
                     return failure(exc)
+                pinned_down = not exc.sent
             else:
                 if not (reply.session_not_found or _already_gone(call, reply)):
                     await self._after(call, session_id, pinned, reply)
                     return respond(reply, pinned)
             tried.add(pinned)
-        return await self._relocate(call, session_id, pinned, tried)
+        return await self._relocate(call, session_id, pinned, tried, pinned_down)
 
     async def _relocate(
-        self, call: Call, session_id: str, pinned: str | None, tried: set[str]
+        self, call: Call, session_id: str, pinned: str | None, tried: set[str], pinned_down: bool
     ) -> web.StreamResponse:
         """The session is not on its pinned instance: find it, re-pin it, replay once."""
         moved = self.pins.sessions.get(session_id)
@@ -130,8 +142,6 @@ class Proxy:
             candidates = [u for u in self.router.live() if u not in tried]
             url = await self.rediscovery.find(session_id, candidates)
         if url is not None:
-            if url != self.pins.sessions.get(session_id):
-                await self.pins.pin_session(session_id, url)
             if pinned is not None:
                 self.metrics.replays.labels(url).inc()
             try:
@@ -140,10 +150,10 @@ class Proxy:
                 return failure(exc)
             await self._after(call, session_id, url, reply)
             return respond(reply, url)
-        return await self._on_no_instance(call, session_id, pinned)
+        return await self._on_no_instance(call, session_id, pinned, pinned_down)
 
     async def _on_no_instance(
-        self, call: Call, session_id: str, pinned: str | None
+        self, call: Call, session_id: str, pinned: str | None, pinned_down: bool
     ) -> web.StreamResponse:
         if call.route.action in REVIVING_ACTIONS:
             return await self.create(call, session_id)
@@ -152,7 +162,7 @@ class Proxy:
                 await self.pins.unpin_session(session_id)
             url = self.router.any_up()
             return await self.forward(call, url) if url else json_error(503, "No instance is up")
-        if pinned is not None and not self.router.is_up(pinned):
+        if pinned_down:
             return json_error(
                 503,
                 "Session unavailable: its instance is down and no other instance holds it",

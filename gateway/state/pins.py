@@ -301,25 +301,32 @@ class PinStore:
             log.warning("Redis unavailable (%s); routing from memory", type(exc).__name__)
 
     async def _reconnected(self) -> None:
-        """Write what changed meanwhile, then reload everything the others changed."""
-        self.available = True  # let _persist run; any failure below marks it away again
-        if self._backlog:
-            backlog, self._backlog = self._backlog, {}
-            try:
-                await self._persist([(k, i, v) for (k, i), v in backlog.items()])
-            except BaseException:
-                self._backlog = {**backlog, **self._backlog}
-                raise
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.sessions)
-        pipe.hgetall(self.keys.workspaces)
-        pipe.hgetall(self.keys.active)
-        pipe.smembers(self.keys.draining)
-        sessions, workspaces, active, draining = await pipe.execute()
-        self.sessions = {k.decode(): v.decode() for k, v in sessions.items()}
-        self.workspaces = {k.decode(): v.decode() for k, v in workspaces.items()}
+        """Reload what the others changed, then write back what changed here meanwhile."""
+        self.available = True  # let the calls below run; a failure marks Redis away again
+        backlog, self._backlog = self._backlog, {}
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.keys.sessions)
+            pipe.hgetall(self.keys.workspaces)
+            pipe.hgetall(self.keys.active)
+            pipe.smembers(self.keys.draining)
+            sessions, workspaces, active, draining = await pipe.execute()
+            if not sessions and self.sessions:
+                # Redis came back empty (restarted without persistence): memory is the truth.
+                memory = {("session", k): v for k, v in self.sessions.items()}
+                memory |= {("workspace", k): v for k, v in self.workspaces.items()}
+                backlog = memory | backlog
+            else:
+                self.sessions = {k.decode(): v.decode() for k, v in sessions.items()}
+                self.workspaces = {k.decode(): v.decode() for k, v in workspaces.items()}
+                self.draining = {m.decode() for m in draining}
+                for (kind, ident), value in backlog.items():
+                    self._apply(kind, ident, value)
+            await self._persist([(kind, ident, v) for (kind, ident), v in backlog.items()])
+        except BaseException:
+            self._backlog = backlog | self._backlog
+            raise
         self.active.update({k.decode(): int(v) for k, v in active.items()})
-        self.draining = {m.decode() for m in draining}
         self.metrics.redis_up.set(1)
         self._gone.clear()
         self._back.set()
