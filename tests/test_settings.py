@@ -1,0 +1,165 @@
+"""The settings loader: precedence, Laravel names, and one clear line for a bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings, SettingsError, describe, load_settings, parse_dotenv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_any_file(tmp_path: Path) -> None:
+    s = load_settings({"GATEWAY_CONFIG": write(tmp_path / "g.toml", "")})
+    assert s == Settings()
+    assert s.instances == tuple(f"http://localhost:{p}" for p in range(3001, 3005))
+    assert set(s.sources.values()) == {"default"}
+
+
+def test_env_beats_dotenv_beats_toml(tmp_path: Path) -> None:
+    toml = write(tmp_path / "g.toml", 'port = 9001\nhealth_interval = 7.5\nplacement = "shard"\n')
+    dotenv = write(tmp_path / ".env", "GATEWAY_PORT=9002\nGATEWAY_HEALTH_INTERVAL=3\n")
+    s = load_settings({"GATEWAY_CONFIG": toml, "LARAVEL_ENV_FILE": dotenv, "GATEWAY_PORT": "9003"})
+    assert (s.port, s.health_interval, s.placement) == (9003, 3.0, "shard")
+    assert s.sources["port"] == "env"
+    assert s.sources["health_interval"] == f".env ({dotenv})"
+    assert s.sources["placement"] == f"toml ({toml})"
+
+
+def test_laravel_names_from_the_dotenv(tmp_path: Path) -> None:
+    dotenv = write(
+        tmp_path / ".env",
+        """
+APP_NAME="Blazz Chat"
+WHATSAPP_INSTANCE_COUNT=2
+WHATSAPP_INSTANCE_1=http://10.0.0.1:3001
+WHATSAPP_INSTANCE_2=http://10.0.0.2:3001/
+REDIS_HOST=redis.internal
+REDIS_PASSWORD=p@ss word
+REDIS_PORT=6380
+REDIS_DB=2
+DB_CONNECTION=mysql
+DB_HOST=db.internal
+DB_DATABASE=blazz
+DB_USERNAME=app
+DB_PASSWORD='s3cret#x'
+WHATSAPP_MAX_SESSIONS_PER_INSTANCE=250
+LARAVEL_API_TOKEN=tok # the shared key
+""",
+    )
+    s = load_settings(
+        {"LARAVEL_ENV_FILE": dotenv, "GATEWAY_CONFIG": write(tmp_path / "g.toml", "")}
+    )
+    assert s.instances == ("http://10.0.0.1:3001", "http://10.0.0.2:3001")
+    assert s.redis_url == "redis://:p%40ss%20word@redis.internal:6380/2"
+    assert s.redis_prefix == "blazz_chat_database_"
+    assert s.mysql_dsn == "mysql://app:s3cret%23x@db.internal:3306/blazz"
+    assert s.max_sessions_per_instance == 250
+    assert s.laravel_api_token == "tok"
+
+
+def test_whatsapp_instances_list_wins_over_the_count() -> None:
+    s = load_settings(
+        {
+            "WHATSAPP_INSTANCES": "http://a:1, http://b:2",
+            "WHATSAPP_INSTANCE_COUNT": "1",
+            "WHATSAPP_INSTANCE_1": "http://c:3",
+            "GATEWAY_CONFIG": str(ROOT / "config" / "gateway.toml"),
+        }
+    )
+    assert s.instances == ("http://a:1", "http://b:2")
+
+
+def test_the_shipped_toml_states_the_defaults() -> None:
+    s = load_settings({"GATEWAY_CONFIG": str(ROOT / "config" / "gateway.toml")})
+    defaults = Settings()
+    for name in ("port", "instances", "placement", "health_interval", "max_body_bytes"):
+        assert getattr(s, name) == getattr(defaults, name)
+    assert s.workers.queues == defaults.workers.queues
+
+
+@pytest.mark.parametrize(
+    ("env", "toml", "words"),
+    [
+        ({"GATEWAY_PORT": "70000"}, "", "port: 70000 is out of range"),
+        ({"GATEWAY_PORT": "eighty"}, "", "port: 'eighty' is not a valid int"),
+        ({"WHATSAPP_INSTANCES": "http://a:1,http://a:1"}, "", "is listed twice"),
+        ({"WHATSAPP_INSTANCES": "localhost:3001"}, "", "is not an http(s) URL"),
+        (
+            {"WHATSAPP_INSTANCE_COUNT": "2", "WHATSAPP_INSTANCE_1": "http://a:1"},
+            "",
+            "WHATSAPP_INSTANCE_2: missing",
+        ),
+        ({}, "colour = 'blue'\n", "colour: unknown key"),
+        ({}, "[workers]\nspeed = 3\n", "workers.speed: unknown key"),
+        ({}, "health_fall = 'two'\n", "health_fall: 'two' is not a valid int"),
+        ({}, "placement = 'random'\n", "placement: 'random' is not one of"),
+        ({"REDIS_URL": "http://x"}, "", "redis_url"),
+    ],
+)
+def test_a_bad_setting_is_named_with_its_value(
+    tmp_path: Path, env: dict[str, str], toml: str, words: str
+) -> None:
+    with pytest.raises(SettingsError) as exc:
+        load_settings({**env, "GATEWAY_CONFIG": write(tmp_path / "g.toml", toml)})
+    assert words in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_dotenv_parsing() -> None:
+    assert parse_dotenv('# c\nexport A=1\nB="two words"\nC=x # note\nD=\nbad line\n') == {
+        "A": "1",
+        "B": "two words",
+        "C": "x",
+        "D": "",
+    }
+
+
+def test_check_config_masks_secrets(tmp_path: Path) -> None:
+    s = load_settings(
+        {
+            "GATEWAY_CONFIG": write(tmp_path / "g.toml", ""),
+            "LARAVEL_API_TOKEN": "supersecret",
+            "REDIS_URL": "redis://:hunter2@localhost:6379/0",
+        }
+    )
+    rows = {name: (value, source) for name, value, source in describe(s)}
+    assert rows["laravel_api_token"] == ("***", "env")
+    assert rows["redis_url"] == ("redis://:***@localhost:6379/0", "env")
+    assert "supersecret" not in str(rows) and "hunter2" not in str(rows)
+
+
+def test_the_commands_print_one_line_on_a_bad_setting() -> None:
+    env = {"PATH": "/usr/bin:/bin", "GATEWAY_PORT": "0"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "configuration error: port: 0 is out of range 1-65535 (from env)"
+    ]
+    good = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "LARAVEL_API_TOKEN": "zzz-secret"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert good.returncode == 0
+    assert "laravel_api_token" in good.stdout and "zzz-secret" not in good.stdout
+    assert "[env]" in good.stdout and "[toml (config/gateway.toml)]" in good.stdout
