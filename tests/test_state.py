@@ -125,3 +125,16 @@ async def test_a_known_session_costs_no_redis_round_trip(simulators, gateways, h
     finally:
         await client.aclose()
     assert sample(gw, "gateway_pin_cache_total", result="hit") >= 50
+
+
+async def test_active_counts_are_corrected_from_the_instances_health(
+    simulators, gateways, http, redis_client, redis_prefix
+):
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    await create(http, gw.url, "h-1")
+    await redis_client.hset(f"{redis_prefix}wa-gateway:active", sims[1].url, 40)  # drifted
+    await gw.gw.health.check_all()
+    active = await redis_client.hgetall(f"{redis_prefix}wa-gateway:active")
+    assert active == {sims[0].url: "1", sims[1].url: "0"}
+    assert gw.gw.pins.active == {sims[0].url: 1, sims[1].url: 0}

@@ -106,7 +106,7 @@ class HealthChecker:
             return
         instance.sessions = {k: v for k, v in sessions.items() if isinstance(v, int)}
         total = instance.sessions.get("total")
-        if total is not None and total != self.pins.active.get(instance.url):
+        if total is not None:
             await self.pins.set_active(instance.url, total)
         self.metrics.active_sessions.labels(instance.url).set(self.pins.active.get(instance.url, 0))
 
