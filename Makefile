@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-workers clean
+.PHONY: install run test lint bench bench-gateway bench-workers clean
 
 install: $(STAMP)
 
@@ -24,7 +24,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check gateway workers tests
 	$(PY) -m ruff format --check gateway workers tests
 
-bench: bench-workers
+bench: bench-gateway bench-workers
+
+bench-gateway: $(STAMP)
+	$(PY) -m gateway.bench
 
 bench-workers: $(STAMP)
 	$(PY) -m workers.bench
