@@ -270,10 +270,10 @@ def _validate(s: Settings) -> None:
     need(w.tries >= 1, "workers.tries", w.tries, "must be at least 1")
     need(w.timeout > 0, "workers.timeout", w.timeout, "must be greater than 0")
     need(
-        1 <= w.metrics_port <= 65535,
+        0 <= w.metrics_port <= 65535,
         "workers.metrics_port",
         w.metrics_port,
-        "is out of range 1-65535",
+        "is out of range 0-65535",
     )
     need(
         all(p.strip().isdigit() for p in w.backoff.split(",")),

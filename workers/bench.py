@@ -1,0 +1,216 @@
+"""``make bench-workers``: no-op jobs through this pool, SAQ and arq on the same Redis.
+
+Each engine runs in its own subprocess (uvloop, same concurrency) under its own key
+namespace, which is deleted afterwards. The N jobs are enqueued first; the clock runs from
+starting the worker until the N-th handler call, so enqueueing is not measured. This pool
+is measured with its reservation guarantee intact: every job is reserved before it runs and
+acknowledged after, and the run checks that nothing is left reserved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from gateway.settings import load_settings
+
+ENGINES = ("ours", "saq", "arq")
+
+
+class Counter:
+    """Counts handler calls and fires when the last one arrives."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+
+async def _delete(redis: Any, pattern: str) -> None:
+    keys = [k async for k in redis.scan_iter(match=pattern, count=1000)]
+    for i in range(0, len(keys), 1000):
+        await redis.delete(*keys[i : i + 1000])
+
+
+async def _in_chunks(calls: list[Callable[[], Awaitable[Any]]], size: int = 500) -> None:
+    for i in range(0, len(calls), size):
+        await asyncio.gather(*(call() for call in calls[i : i + size]))
+
+
+async def bench_ours(url: str, jobs: int, concurrency: int) -> float:
+    from workers.connections import redis_client
+    from workers.handlers import JobContext
+    from workers.jobs import encode, new_payload
+    from workers.queues import QueueKeys, failed_key
+    from workers.worker import Pool, PoolConfig
+
+    prefix = f"bench-{uuid.uuid4().hex[:12]}:"
+    settings = load_settings()
+    workers = dataclasses.replace(
+        settings.workers, queues=("bench",), concurrency=concurrency, metrics_port=0, handlers={}
+    )
+    config = dataclasses.replace(
+        PoolConfig.build(settings, workers), redis_prefix=prefix, key_prefix=f"{prefix}gw:"
+    )
+    redis = redis_client(url, max_connections=2 * concurrency + 10)
+    keys = QueueKeys(prefix, "bench")
+    counter = Counter(jobs)
+
+    async def noop(job: JobContext) -> None:
+        counter.hit()
+
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _ in range(jobs):
+                pipe.rpush(keys.list, encode(new_payload("noop", {}))).rpush(keys.notify, 1)
+            await pipe.execute()
+        pool = Pool(config, redis)
+        pool.handlers["noop"] = noop
+        began = time.perf_counter()
+        run = asyncio.create_task(pool.run())
+        await counter.done.wait()
+        elapsed = time.perf_counter() - began
+        pool.stop()
+        await run
+        left = await redis.zcard(keys.reserved) + await redis.llen(keys.list)
+        if left or await redis.llen(failed_key(prefix)):
+            raise SystemExit(f"ours: {left} jobs left reserved or waiting")
+        return elapsed
+    finally:
+        await _delete(redis, f"{prefix}*")
+        await redis.aclose()
+
+
+async def bench_saq(url: str, jobs: int, concurrency: int) -> float:
+    from saq import Queue, Worker
+
+    name = f"bench-{uuid.uuid4().hex[:12]}"
+    queue = Queue.from_url(url, name=name)
+    counter = Counter(jobs)
+
+    async def noop(ctx: dict[str, Any]) -> None:
+        counter.hit()
+
+    try:
+        await queue.connect()
+        await _in_chunks([lambda: queue.enqueue("noop") for _ in range(jobs)])
+        worker = Worker(queue, functions=[("noop", noop)], concurrency=concurrency)
+        began = time.perf_counter()
+        run = asyncio.create_task(worker.start())
+        await counter.done.wait()
+        elapsed = time.perf_counter() - began
+        await worker.stop()
+        run.cancel()
+        return elapsed
+    finally:
+        await _delete(queue.redis, f"saq:{name}:*")
+        await _delete(queue.redis, f"saq:job:{name}:*")
+        await queue.disconnect()
+
+
+async def bench_arq(url: str, jobs: int, concurrency: int) -> float:
+    from arq import Worker, create_pool
+    from arq.connections import RedisSettings
+    from arq.worker import func
+
+    tag = f"bench-{uuid.uuid4().hex[:12]}"
+    settings = RedisSettings.from_dsn(url)
+    redis = await create_pool(settings, default_queue_name=tag)
+    counter = Counter(jobs)
+
+    async def noop(ctx: dict[str, Any]) -> None:
+        counter.hit()
+
+    try:
+        await _in_chunks(
+            [lambda i=i: redis.enqueue_job("noop", _job_id=f"{tag}-{i}") for i in range(jobs)]
+        )
+        # poll_delay 0: arq's default (0.5 s between polls) would cap it near 20 jobs/s.
+        worker = Worker(
+            functions=[func(noop, name="noop")],
+            queue_name=tag,
+            redis_pool=redis,
+            max_jobs=concurrency,
+            poll_delay=0,
+            handle_signals=False,
+            burst=True,
+        )
+        began = time.perf_counter()
+        run = asyncio.create_task(worker.async_run())
+        await counter.done.wait()
+        elapsed = time.perf_counter() - began
+        await run
+        return elapsed
+    finally:
+        await _delete(redis, f"*{tag}*")
+        await redis.aclose()
+
+
+RUNNERS = {"ours": bench_ours, "saq": bench_saq, "arq": bench_arq}
+
+
+def run_engine(engine: str, jobs: int, concurrency: int) -> None:
+    """In the child: run one engine and print its result as one JSON line."""
+    url = load_settings().redis_url
+    seconds = uvloop.run(RUNNERS[engine](url, jobs, concurrency))
+    print(json.dumps({"engine": engine, "seconds": seconds, "rate": jobs / seconds}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.bench", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--engines", default=",".join(ENGINES), help="e.g. ours,saq")
+    parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.engine:
+        run_engine(args.engine, args.jobs, args.concurrency)
+        return 0
+    print(f"{args.jobs} no-op jobs, concurrency {args.concurrency}, one process each")
+    rates: dict[str, float] = {}
+    for engine in args.engines.split(","):
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "workers.bench",
+                "--engine",
+                engine,
+                "--jobs",
+                str(args.jobs),
+                "--concurrency",
+                str(args.concurrency),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if child.returncode != 0:
+            tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{engine:>5}: failed ({tail})")
+            continue
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        rates[engine] = result["rate"]
+        print(f"{engine:>5}: {result['rate']:9.0f} jobs/s  ({result['seconds']:.2f} s)")
+    for peer in ("saq", "arq"):
+        if "ours" in rates and peer in rates:
+            print(f"ours/{peer}: {rates['ours'] / rates[peer]:.2f}")
+    return 0 if rates else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""``python -m workers``: run the pool, enqueue a job, show stats, manage failed jobs.
+
+Settings come from :func:`gateway.settings.load_settings`; the flags override them. A bad
+setting or flag prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import uvloop
+
+from gateway.settings import Settings, SettingsError, load_settings
+from workers.connections import mysql_pool, redis_client
+from workers.failed import FailedStore
+from workers.handlers import HandlerError
+from workers.jobs import encode, new_payload
+from workers.queues import Depth, Queues
+from workers.worker import Pool, PoolConfig
+
+# Flag -> WorkerSettings field, for the flags that override settings.
+OVERRIDES = {
+    "queue": "queues",
+    "concurrency": "concurrency",
+    "tries": "tries",
+    "timeout": "timeout",
+    "backoff": "backoff",
+    "retry_after": "retry_after",
+    "grace": "grace",
+    "metrics_port": "metrics_port",
+    "handler": "handlers",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"workers: {message}\n")
+
+
+def _handler_flag(value: str) -> tuple[str, str]:
+    name, sep, target = value.partition("=")
+    if not sep or not name or ":" not in target:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=package.module:function")
+    return name, target
+
+
+def _queues_flag(value: str) -> tuple[str, ...]:
+    queues = tuple(q.strip() for q in value.split(",") if q.strip())
+    if not queues:
+        raise argparse.ArgumentTypeError("names no queue")
+    return queues
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    flags = common.add_argument_group("pool settings (override the config)")
+    s = argparse.SUPPRESS
+    flags.add_argument("--queue", type=_queues_flag, default=s, help="a,b,c in priority order")
+    flags.add_argument("--concurrency", type=int, default=s, help="jobs in flight per process")
+    flags.add_argument("--tries", type=int, default=s, help="attempts per job; 0: no limit")
+    flags.add_argument("--timeout", type=float, default=s, help="seconds a job may run")
+    flags.add_argument("--backoff", default=s, help="seconds before each retry, e.g. 10,60,300")
+    flags.add_argument("--retry-after", type=float, default=s, help="reservation, seconds")
+    flags.add_argument("--grace", type=float, default=s, help="seconds to finish on SIGTERM")
+    flags.add_argument("--metrics-port", type=int, default=s, help="0 disables /metrics")
+    flags.add_argument(
+        "--handler",
+        type=_handler_flag,
+        action="append",
+        default=s,
+        metavar="NAME=MOD:FUNC",
+        help="register a handler (repeatable)",
+    )
+
+    parser = Parser(prog="python -m workers", parents=[common], description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the pool (the default)")
+    enqueue = sub.add_parser("enqueue", parents=[common], help="push a job as Laravel does")
+    enqueue.add_argument("queue_name", metavar="QUEUE")
+    enqueue.add_argument("job", metavar="JOB", help="handler name, e.g. whatsapp.send_message")
+    enqueue.add_argument("--data", type=json.loads, default={}, help="the job's data as JSON")
+    enqueue.add_argument("--delay", type=float, default=0.0, help="run in S seconds")
+    sub.add_parser("stats", parents=[common], help="queue depths and failed count")
+    failed = sub.add_parser("failed", parents=[common], help="failed jobs")
+    action = failed.add_subparsers(dest="action", metavar="ACTION", required=True)
+    action.add_parser("list", help="list failed jobs")
+    action.add_parser("show", help="show one failed job").add_argument("id")
+    retry = action.add_parser("retry", help="push failed jobs back onto their queue")
+    retry.add_argument("id", nargs="?")
+    retry.add_argument("--all", action="store_true")
+    action.add_parser("forget", help="delete one failed job").add_argument("id")
+    action.add_parser("flush", help="delete all failed jobs")
+    return parser
+
+
+def configure(args: argparse.Namespace, settings: Settings) -> PoolConfig:
+    """The pool config: settings, then the flags given."""
+    overrides: dict[str, Any] = {}
+    for flag, name in OVERRIDES.items():
+        if hasattr(args, flag):
+            value = getattr(args, flag)
+            if flag == "handler":
+                value = {**settings.workers.handlers, **dict(value)}
+            overrides[name] = value
+    return PoolConfig.build(settings, dataclasses.replace(settings.workers, **overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        config = configure(args, settings)
+        if args.command == "enqueue" and not isinstance(args.data, dict):
+            raise SettingsError("--data must be a JSON object")
+        if args.command == "failed" and args.action == "retry" and bool(args.id) == args.all:
+            raise SettingsError("failed retry needs an ID or --all")
+    except (SettingsError, ValueError) as exc:
+        print(f"workers: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    command = {None: serve, "run": serve, "enqueue": enqueue, "stats": stats, "failed": failed}
+    try:
+        return uvloop.run(command[args.command](args, settings, config))
+    except HandlerError as exc:
+        print(f"workers: {exc}", file=sys.stderr)
+        return 2
+
+
+async def serve(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
+    redis = redis_client(settings.redis_url, max_connections=2 * config.concurrency + 10)
+    mysql = await mysql_pool(settings.mysql_dsn)
+    try:
+        pool = Pool(config, redis, mysql)
+        await redis.ping()
+        pool.metrics.serve(config.metrics_port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, pool.stop)
+        logging.getLogger("workers").info(
+            "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
+        )
+        await pool.run()
+    finally:
+        await redis.aclose()
+        if mysql is not None:
+            mysql.close()
+            await mysql.wait_closed()
+    return 0
+
+
+async def enqueue(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
+    redis = redis_client(settings.redis_url)
+    try:
+        payload = new_payload(args.job, args.data)
+        queues = Queues(redis, settings.redis_prefix, [args.queue_name])
+        if args.delay > 0:
+            await queues.later(args.queue_name, encode(payload), args.delay)
+        else:
+            await queues.push(args.queue_name, encode(payload))
+    finally:
+        await redis.aclose()
+    print(payload["uuid"])
+    return 0
+
+
+def format_depths(depths: Sequence[Depth], failed: int) -> str:
+    def age(d: Depth) -> str:
+        if d.waiting == 0:
+            return "-"
+        return "unknown" if d.oldest_age is None else f"{d.oldest_age:.1f}s"
+
+    width = max(len("queue"), *(len(d.queue) for d in depths))
+    lines = [f"{'queue':<{width}}  {'waiting':>8}  {'delayed':>8}  {'reserved':>8}  oldest"]
+    lines += [
+        f"{d.queue:<{width}}  {d.waiting:>8}  {d.delayed:>8}  {d.reserved:>8}  {age(d)}"
+        for d in depths
+    ]
+    lines.append(f"failed: {failed}")
+    return "\n".join(lines)
+
+
+async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
+    redis = redis_client(settings.redis_url)
+    try:
+        depths = await Queues(redis, settings.redis_prefix, config.queues).depths()
+        failed = await FailedStore(redis, settings.redis_prefix, None).count()
+    finally:
+        await redis.aclose()
+    print(format_depths(depths, failed))
+    return 0
+
+
+async def failed(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
+    redis = redis_client(settings.redis_url)
+    mysql = await mysql_pool(settings.mysql_dsn)
+    store = FailedStore(redis, settings.redis_prefix, mysql)
+    try:
+        return await _failed_action(store, args)
+    finally:
+        await redis.aclose()
+        if mysql is not None:
+            mysql.close()
+            await mysql.wait_closed()
+
+
+async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for e in await store.all():
+            name = _job_name(e.payload)
+            first = e.exception.strip().splitlines()[-1] if e.exception.strip() else ""
+            print(f"{e.id}  {e.failed_at}  {e.queue}  {name}  {first[:100]}")
+        return 0
+    if args.action == "show":
+        entry = await store.find(args.id)
+        if entry is None:
+            print(f"workers: no failed job {args.id}", file=sys.stderr)
+            return 1
+        print(json.dumps(dataclasses.asdict(entry), indent=2, ensure_ascii=False))
+        return 0
+    if args.action == "retry":
+        retried = await store.retry(None if args.all else args.id)
+        for job_id in retried:
+            print(f"retried {job_id}")
+        return 0 if retried or args.all else 1
+    if args.action == "forget":
+        if not await store.forget(args.id):
+            print(f"workers: no failed job {args.id}", file=sys.stderr)
+            return 1
+        print(f"forgot {args.id}")
+        return 0
+    print(f"flushed {await store.flush()}")
+    return 0
+
+
+def _job_name(payload: str) -> str:
+    try:
+        return str(json.loads(payload).get("job", "?"))
+    except (ValueError, AttributeError):
+        return "?"

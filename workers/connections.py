@@ -1,0 +1,69 @@
+"""Redis and MySQL clients built from the shared settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomysql
+import redis.asyncio as aioredis
+
+
+def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
+    """A bytes client: payloads must round-trip byte for byte to be found in ``:reserved``.
+
+    No socket timeout, because the pool blocks in BLPOP; the health check keeps idle
+    connections honest instead. A blocking pool makes a burst wait for a connection
+    rather than fail with "too many connections".
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        timeout=None,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLParams:
+    host: str
+    port: int
+    user: str
+    password: str
+    db: str
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> MySQLParams:
+        """``mysql://user:pass@host:port/db`` (percent-encoded user and password)."""
+        parts = urlsplit(dsn)
+        db = parts.path.lstrip("/")
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not db:
+            raise ValueError("mysql_dsn must look like mysql://user:pass@host:port/database")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            db=unquote(db),
+        )
+
+
+async def mysql_pool(dsn: str) -> aiomysql.Pool | None:
+    """A small pool for ``failed_jobs``; ``None`` when no DSN is configured."""
+    if not dsn:
+        return None
+    p = MySQLParams.from_dsn(dsn)
+    return await aiomysql.create_pool(
+        host=p.host,
+        port=p.port,
+        user=p.user,
+        password=p.password,
+        db=p.db,
+        minsize=0,
+        maxsize=2,
+        autocommit=True,
+        charset="utf8mb4",
+    )

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one worker process (``--metrics-port``, 0 disables).
+
+Labels are queue names and outcomes only: never a session id or a phone number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from workers.queues import Depth
+
+OUTCOMES = ("done", "retried", "failed", "timed_out", "paced")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "workers_jobs",
+            "Job attempts by queue and outcome: done, retried, failed; timed_out counts"
+            " attempts that hit their timeout (also counted as retried or failed); paced"
+            " counts jobs put back to respect min_send_interval (not an attempt).",
+            ["queue", "outcome"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "workers_job_duration_seconds",
+            "Time a handler ran, by queue.",
+            ["queue"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "workers_jobs_in_flight", "Jobs this process is running.", registry=self.registry
+        )
+        self.depth = Gauge(
+            "workers_queue_jobs",
+            "Jobs in each queue by state: waiting, delayed, reserved (all processes).",
+            ["queue", "state"],
+            registry=self.registry,
+        )
+        self.oldest = Gauge(
+            "workers_queue_oldest_waiting_seconds",
+            "Age of the job at the head of the queue; 0 when empty, NaN when it has no push"
+            " time (pushedAt or createdAt).",
+            ["queue"],
+            registry=self.registry,
+        )
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, registry=self.registry)
+
+    def observe_depths(self, depths: Iterable[Depth]) -> None:
+        for d in depths:
+            self.depth.labels(d.queue, "waiting").set(d.waiting)
+            self.depth.labels(d.queue, "delayed").set(d.delayed)
+            self.depth.labels(d.queue, "reserved").set(d.reserved)
+            if d.waiting == 0:
+                self.oldest.labels(d.queue).set(0)
+            else:
+                self.oldest.labels(d.queue).set(math.nan if d.oldest_age is None else d.oldest_age)
