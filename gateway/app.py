@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.entrypoint import ROUTE, BadRequest, read_call
 from gateway.health.checks import HealthChecker
+from gateway.health.reconcile import Reconciler
 from gateway.health.rediscovery import Rediscovery
 from gateway.instances import Fleet
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -35,6 +36,7 @@ class Gateway:
     rediscovery: Rediscovery
     router: Router
     proxy: Proxy
+    reconciler: Reconciler
     started: float
 
 
@@ -69,12 +71,33 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     proxy = Proxy(
         router, pins, upstreams, health, rediscovery, metrics, s.max_sessions_per_instance
     )
+    reconciler = Reconciler(
+        fleet,
+        upstreams,
+        pins,
+        metrics,
+        api_token=s.laravel_api_token,
+        interval=s.reconcile_interval,
+        timeout=s.health_timeout,
+    )
     await pins.start()
     await health.start()
+    await reconciler.start()
     app[GATEWAY] = Gateway(
-        s, fleet, metrics, pins, upstreams, health, rediscovery, router, proxy, time.monotonic()
+        s,
+        fleet,
+        metrics,
+        pins,
+        upstreams,
+        health,
+        rediscovery,
+        router,
+        proxy,
+        reconciler,
+        time.monotonic(),
     )
     yield
+    await reconciler.close()
     await health.close()
     await upstreams.close()
     await pins.close()
@@ -94,8 +117,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text; instance gauges are read from the live state at scrape time."""
     request[ROUTE] = "/metrics"
-    body = request.app[METRICS].render()
+    gw, metrics = request.app[GATEWAY], request.app[METRICS]
+    for instance in gw.fleet.instances:
+        url = instance.url
+        metrics.instance_up.labels(url).set(int(instance.up))
+        metrics.instance_draining.labels(url).set(int(url in gw.pins.draining))
+        metrics.active_sessions.labels(url).set(gw.pins.active.get(url, 0))
+    body = metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -106,5 +136,8 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app.cleanup_ctx.append(gateway_ctx)
     app.router.add_get("/metrics", metrics_endpoint)
+    from gateway.admin.api import add_admin_routes  # it reads app[GATEWAY], defined here
+
+    add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -1,4 +1,4 @@
-"""``python -m gateway``: serve, or inspect the settings in force."""
+"""``python -m gateway``: serve, inspect the settings in force, or administer a running gateway."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import uvloop
 from aiohttp import web
 
+from gateway.admin import cli as admin_cli
 from gateway.settings import Settings, SettingsError, describe, load_settings
 
 
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="serve the instance API (the default)")
     sub.add_parser("check-config", help="print the settings in force and where each came from")
+    sub.add_parser("instances", help="the running gateway's instances (admin API)")
+    sub.add_parser("distribution", help="sessions per instance and whether they are balanced")
+    for name, what in (("drain", "gets no new sessions"), ("undrain", "takes new sessions again")):
+        sub.add_parser(name, help=f"instance N (0-based) {what}").add_argument("index", type=int)
+    sub.add_parser("reconcile", help="check every pin against the instances now")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -54,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.command == "check-config":
         _check_config(settings)
+    elif args.command in admin_cli.COMMANDS:
+        try:
+            print(admin_cli.run(settings, args.command, getattr(args, "index", None)))
+        except admin_cli.AdminCallFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
     else:
         _serve(settings)
-

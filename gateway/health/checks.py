@@ -97,7 +97,6 @@ class HealthChecker:
             instance.rises, instance.fails = 0, instance.fails + 1
             if instance.up and (initial or instance.fails >= self.fall):
                 self._set(instance, up=False)
-        self.metrics.instance_up.labels(instance.url).set(int(instance.up))
         return error is None
 
     async def _counts(self, instance: Instance, body: dict[str, object]) -> None:
@@ -108,7 +107,6 @@ class HealthChecker:
         total = instance.sessions.get("total")
         if total is not None:
             await self.pins.set_active(instance.url, total)
-        self.metrics.active_sessions.labels(instance.url).set(self.pins.active.get(instance.url, 0))
 
     def _set(self, instance: Instance, up: bool) -> None:
         instance.up = up

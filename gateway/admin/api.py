@@ -1,0 +1,228 @@
+"""The admin API under ``/gateway/``: look at the fleet, move pins, drain, reconcile.
+
+Every call needs ``Authorization: Bearer <admin_token>``; with no token configured the
+whole API is off (404), so a gateway is never administrable by accident. Changes go
+through the PinStore, so every gateway process sharing the Redis sees them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import GATEWAY, Gateway
+from gateway.entrypoint import ROUTE
+from gateway.errors import json_error
+from gateway.instances import Instance
+from gateway.router.placement import is_balanced
+from gateway.router.routes import valid_session_id
+
+AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+class AdminError(Exception):
+    """Bad input to an admin call; carries the JSON answer to give."""
+
+    def __init__(self, status: int, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.response = json_error(status, message, **detail)
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+def admin(template: str) -> Callable[[AdminHandler], Handler]:
+    """Label the route for metrics, check the token, turn ``AdminError`` into its answer."""
+
+    def wrap(handler: AdminHandler) -> Handler:
+        async def guarded(request: web.Request) -> web.Response:
+            request[ROUTE] = template
+            gw = request.app[GATEWAY]
+            token = gw.settings.admin_token
+            if not token:
+                return json_error(404, "The admin API is off: no admin token is configured")
+            if not _authorized(request, token):
+                response = json_error(401, "Missing or wrong admin token (Authorization: Bearer)")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+            try:
+                return await handler(request, gw)
+            except AdminError as exc:
+                return exc.response
+
+        return guarded
+
+    return wrap
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _instance(request: web.Request, gw: Gateway) -> Instance:
+    raw = request.match_info["index"]
+    if not raw.isdigit():
+        raise AdminError(400, "The instance index must be a whole number (0-based)")
+    index = int(raw)
+    if index >= len(gw.fleet.instances):
+        raise AdminError(
+            404, f"No instance {index}: {len(gw.fleet.instances)} are configured (0-based)"
+        )
+    return gw.fleet.instances[index]
+
+
+def _session_id(request: web.Request) -> str:
+    session_id = request.match_info["id"]
+    if not valid_session_id(session_id):
+        raise AdminError(400, "session_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    return session_id
+
+
+async def _target(request: web.Request, gw: Gateway) -> str:
+    """The configured instance URL named by a ``{"instance": url}`` body."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise AdminError(400, 'The body must be JSON: {"instance": "<url>"}') from None
+    url = body.get("instance") if isinstance(body, dict) else None
+    if not isinstance(url, str) or gw.fleet.get(url.rstrip("/")) is None:
+        raise AdminError(
+            400, "instance must be the URL of a configured instance", instances=gw.fleet.urls
+        )
+    return url.rstrip("/")
+
+
+def _pin(gw: Gateway, session_id: str, url: str) -> dict[str, Any]:
+    instance = gw.fleet.get(url)
+    return {
+        "success": True,
+        "session_id": session_id,
+        "instance": url,
+        "index": instance.index if instance else None,
+        "up": instance.up if instance else False,
+        "draining": url in gw.pins.draining,
+    }
+
+
+@admin("/gateway/instances")
+async def instances(request: web.Request, gw: Gateway) -> web.Response:
+    rows = [
+        {
+            "index": i.index,
+            "url": i.url,
+            "up": i.up,
+            "draining": i.url in gw.pins.draining,
+            "active": gw.pins.active.get(i.url, 0),
+            "last_check": _iso(i.last_check),
+            "last_error": i.last_error,
+        }
+        for i in gw.fleet.instances
+    ]
+    return web.json_response({"success": True, "instances": rows})
+
+
+@admin("/gateway/distribution")
+async def distribution(request: web.Request, gw: Gateway) -> web.Response:
+    """Active sessions per instance (what placement balances) and the pins on each."""
+    pinned = Counter(gw.pins.sessions.values())
+    active = [gw.pins.active.get(i.url, 0) for i in gw.fleet.instances]
+    rows = [
+        {"index": i.index, "url": i.url, "sessions": count, "pinned": pinned[i.url]}
+        for i, count in zip(gw.fleet.instances, active, strict=True)
+    ]
+    return web.json_response(
+        {
+            "success": True,
+            "instances": rows,
+            "total": sum(active),
+            "pinned": len(gw.pins.sessions),
+            "balanced": is_balanced(active),
+        }
+    )
+
+
+@admin("/gateway/sessions/{id}")
+async def get_session(request: web.Request, gw: Gateway) -> web.Response:
+    session_id = _session_id(request)
+    url = await gw.pins.session(session_id)
+    if url is None:
+        raise AdminError(404, "The session has no pin", session_id=session_id)
+    return web.json_response(_pin(gw, session_id, url))
+
+
+@admin("/gateway/sessions/{id}")
+async def put_session(request: web.Request, gw: Gateway) -> web.Response:
+    """Move a pin by hand, e.g. after moving a session between instances outside the gateway."""
+    session_id = _session_id(request)
+    url = await _target(request, gw)
+    previous = await gw.pins.session(session_id)
+    await gw.pins.pin_session(session_id, url)
+    return web.json_response(_pin(gw, session_id, url) | {"previous": previous})
+
+
+async def _set_draining(request: web.Request, gw: Gateway, draining: bool) -> web.Response:
+    instance = _instance(request, gw)
+    await gw.pins.set_draining(instance.url, draining)
+    return web.json_response(
+        {
+            "success": True,
+            "index": instance.index,
+            "url": instance.url,
+            "draining": draining,
+            "active": gw.pins.active.get(instance.url, 0),
+        }
+    )
+
+
+@admin("/gateway/instances/{index}/drain")
+async def drain(request: web.Request, gw: Gateway) -> web.Response:
+    """The instance keeps its sessions but gets no new ones (the router skips it)."""
+    return await _set_draining(request, gw, True)
+
+
+@admin("/gateway/instances/{index}/undrain")
+async def undrain(request: web.Request, gw: Gateway) -> web.Response:
+    return await _set_draining(request, gw, False)
+
+
+@admin("/gateway/reconcile")
+async def reconcile(request: web.Request, gw: Gateway) -> web.Response:
+    outcome = await gw.reconciler.run()
+    return web.json_response(
+        {
+            "success": True,
+            "corrections": [c.as_json() for c in outcome.corrections],
+            "instances_unanswered": outcome.unanswered,
+        }
+    )
+
+
+@admin("/gateway/*")
+async def unknown(request: web.Request, gw: Gateway) -> web.Response:
+    """Unknown admin calls are answered here, never forwarded to an instance."""
+    raise AdminError(404, f"No admin call {request.method} {request.path}")
+
+
+def add_admin_routes(app: web.Application) -> None:
+    """Register the admin API; call before the catch-all route, which would take its paths."""
+    app.router.add_get("/gateway/instances", instances)
+    app.router.add_get("/gateway/distribution", distribution)
+    app.router.add_get("/gateway/sessions/{id}", get_session)
+    app.router.add_put("/gateway/sessions/{id}", put_session)
+    app.router.add_post("/gateway/instances/{index}/drain", drain)
+    app.router.add_post("/gateway/instances/{index}/undrain", undrain)
+    app.router.add_post("/gateway/reconcile", reconcile)
+    app.router.add_route("*", "/gateway/{tail:.*}", unknown)

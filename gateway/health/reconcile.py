@@ -1,0 +1,207 @@
+"""Reconciliation: every pin checked against the instances' own session lists.
+
+Inline rediscovery fixes a moved session when a request for it arrives; reconciliation
+fixes the rest, so that after every instance restarted with its sessions shuffled all pins
+are right within one ``reconcile_interval``, even for sessions nobody asked for (and the
+backend's lost ``session_ready`` webhooks no longer matter). The decision is a pure
+function (``corrections``); listing and applying are the I/O around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.instances import Fleet
+from gateway.metrics import Metrics
+from gateway.router.routes import valid_session_id
+from gateway.service.upstream import UpstreamError, Upstreams
+from gateway.state.pins import PinStore
+
+log = logging.getLogger("gateway.reconcile")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One pin changed: ``moved`` (old → new), ``added`` (None → new), ``removed`` (old → None)."""
+
+    kind: str
+    session_id: str
+    old: str | None
+    new: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "session_id": self.session_id, "from": self.old, "to": self.new}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one run changed, and which instances it could not list (no pin removed then)."""
+
+    corrections: list[Correction]
+    unanswered: list[str]
+
+
+@dataclass
+class Listing:
+    """Sessions of the instances that answered, in configured order, and their workspaces."""
+
+    sessions: dict[str, list[str]]
+    workspaces: dict[str, str]
+    unanswered: list[str]
+
+
+def corrections(
+    pins: Mapping[str, str], listings: Mapping[str, Sequence[str]], complete: bool
+) -> list[Correction]:
+    """The pin changes that make ``pins`` agree with what the instances say they hold.
+
+    ``listings`` maps instance URLs, in configured order, to the session ids each holds.
+    A session listed twice keeps its pin when that is one of its holders, else goes to
+    the first holder. Pins of sessions nobody lists are removed only when ``complete``
+    (every configured instance answered): on a partial view the session may well be on
+    the instance that did not answer.
+    """
+    holders: dict[str, list[str]] = {}
+    for url, session_ids in listings.items():
+        for session_id in session_ids:
+            holders.setdefault(session_id, []).append(url)
+    changes = [
+        Correction("added" if pins.get(sid) is None else "moved", sid, pins.get(sid), urls[0])
+        for sid, urls in holders.items()
+        if pins.get(sid) not in urls
+    ]
+    if complete:
+        changes.extend(
+            Correction("removed", sid, url, None) for sid, url in pins.items() if sid not in holders
+        )
+    return changes
+
+
+def _parse(body: Any) -> tuple[list[str], dict[str, str]] | None:
+    """Session ids and workspace ids of one ``GET /api/sessions`` body; None if malformed."""
+    if not isinstance(body, dict) or not isinstance(body.get("sessions"), list):
+        return None
+    session_ids: list[str] = []
+    workspaces: dict[str, str] = {}
+    for entry in body["sessions"]:
+        sid = entry.get("session_id") if isinstance(entry, dict) else None
+        if not isinstance(sid, str) or not valid_session_id(sid):
+            continue
+        session_ids.append(sid)
+        workspace = entry.get("workspace_id")
+        if isinstance(workspace, int | str) and not isinstance(workspace, bool):
+            workspaces[sid] = str(workspace)
+    return session_ids, workspaces
+
+
+class Reconciler:
+    """Runs reconciliation at start-up and every ``interval``; one run at a time."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        upstreams: Upstreams,
+        pins: PinStore,
+        metrics: Metrics,
+        *,
+        api_token: str,
+        interval: float,
+        timeout: float,
+    ) -> None:
+        self.fleet, self.upstreams, self.pins, self.metrics = fleet, upstreams, pins, metrics
+        self.params = {"api_key": api_token} if api_token else {}
+        self.interval, self.timeout = interval, timeout
+        self._current: asyncio.Task[Outcome] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Reconcile once before serving (health has run), then every interval."""
+        await self._run_logged()
+        self._loop_task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._loop_task, self._current) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._run_logged()
+
+    async def _run_logged(self) -> None:
+        """A periodic run that fails is logged and retried next interval, never fatal."""
+        try:
+            await self.run()
+        except Exception:
+            log.exception("reconciliation failed")
+
+    async def run(self) -> Outcome:
+        """Reconcile now; a call during a run shares that run rather than starting another."""
+        if self._current is None or self._current.done():
+            self._current = asyncio.create_task(self._reconcile())
+        return await asyncio.shield(self._current)
+
+    async def _reconcile(self) -> Outcome:
+        # Pins are read before listing: a pin made after that (a new session, a
+        # rediscovery) is newer than the lists and is left alone by ``_apply``.
+        snapshot = dict(self.pins.sessions)
+        listing = await self._list_all()
+        complete = len(listing.sessions) == len(self.fleet.instances)
+        applied = [
+            change
+            for change in corrections(snapshot, listing.sessions, complete)
+            if await self._apply(change, listing.workspaces)
+        ]
+        for url, session_ids in listing.sessions.items():
+            await self.pins.set_active(url, len(session_ids))
+        if applied:
+            log.warning("reconciliation corrected %d pin(s)", len(applied))
+        return Outcome(applied, listing.unanswered)
+
+    async def _list_all(self) -> Listing:
+        up = [i.url for i in self.fleet.up()]
+        answers = await asyncio.gather(*(self._list(url) for url in up))
+        listing = Listing({}, {}, [i.url for i in self.fleet.instances if not i.up])
+        for url, answer in zip(up, answers, strict=True):
+            if answer is None:
+                listing.unanswered.append(url)
+                continue
+            listing.sessions[url] = answer[0]
+            listing.workspaces.update(answer[1])
+        return listing
+
+    async def _list(self, url: str) -> tuple[list[str], dict[str, str]] | None:
+        try:
+            status, body = await self.upstreams.get_json(
+                url, "/api/sessions", self.params, self.timeout
+            )
+        except UpstreamError as exc:
+            log.warning("cannot list the sessions of %s (%s)", url, exc.kind)
+            return None
+        parsed = _parse(body) if status == 200 else None
+        if parsed is None:
+            log.warning("cannot list the sessions of %s (answered %d)", url, status)
+        return parsed
+
+    async def _apply(self, change: Correction, workspaces: Mapping[str, str]) -> bool:
+        """Make one change unless the pin moved meanwhile; whether it was made."""
+        if self.pins.sessions.get(change.session_id) != change.old:
+            return False
+        if change.new is None:
+            await self.pins.unpin_session(change.session_id)
+        else:
+            workspace = workspaces.get(change.session_id) if change.kind == "added" else None
+            if workspace is not None and await self.pins.workspace(workspace) is not None:
+                workspace = None  # the workspace already has an instance: keep it
+            await self.pins.pin_session(change.session_id, change.new, workspace)
+        self.metrics.reconcile_corrections.labels(change.kind).inc()
+        return True
