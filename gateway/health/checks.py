@@ -9,7 +9,6 @@ back to back, so a crashed instance stops getting traffic within a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -17,6 +16,7 @@ from gateway.instances import Fleet, Instance
 from gateway.metrics import Metrics
 from gateway.service.upstream import UpstreamError, Upstreams
 from gateway.state.pins import PinStore
+from gateway.tasks import cancel_and_wait, every
 
 log = logging.getLogger("gateway.health")
 
@@ -44,20 +44,10 @@ class HealthChecker:
     async def start(self) -> None:
         """Check every instance once, taking the result as is, then keep checking."""
         await self.check_all(initial=True)
-        self._task = asyncio.create_task(self._loop())
+        self._task = asyncio.create_task(every(self.interval, self.check_all))
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._suspects.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.check_all()
+        await cancel_and_wait([self._task, *self._suspects.values()])
 
     async def check_all(self, initial: bool = False) -> None:
         await asyncio.gather(*(self.check(i, initial) for i in self.fleet.instances))

@@ -10,7 +10,6 @@ function (``corrections``); listing and applying are the I/O around it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.router.routes import valid_session_id
 from gateway.service.upstream import UpstreamError, Upstreams
 from gateway.state.pins import PinStore
+from gateway.tasks import cancel_and_wait, every
 
 log = logging.getLogger("gateway.reconcile")
 
@@ -122,20 +122,10 @@ class Reconciler:
     async def start(self) -> None:
         """Reconcile once before serving (health has run), then every interval."""
         await self._run_logged()
-        self._loop_task = asyncio.create_task(self._loop())
+        self._loop_task = asyncio.create_task(every(self.interval, self._run_logged))
 
     async def close(self) -> None:
-        tasks = [t for t in (self._loop_task, self._current) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self._run_logged()
+        await cancel_and_wait([self._loop_task, self._current])
 
     async def _run_logged(self) -> None:
         """A periodic run that fails is logged and retried next interval, never fatal."""

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
 from gateway.router.placement import least_loaded
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.pins")
 T = TypeVar("T")
@@ -139,11 +140,7 @@ class PinStore:
         self._tasks = [asyncio.create_task(self._follow()), asyncio.create_task(self._watch())]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.redis.aclose()
         await self._subscriber.aclose()
 
