@@ -283,7 +283,13 @@ class DevRun:
         return {name: int(pid) for name, pid in found}
 
     def ready(self) -> bool:
-        return any(re.match(r"\[devrun\]\s+ready in", line) for line in self.lines)
+        """The whole banner is in: its last line is the send curl, after "ready in"."""
+        starts = [
+            i for i, line in enumerate(self.lines) if re.match(r"\[devrun\]\s+ready in", line)
+        ]
+        return bool(starts) and any(
+            "/api/messages/send" in line for line in self.lines[starts[0] :]
+        )
 
     async def all_gone(self) -> bool:
         return not any(exists(pid) for pid in self.pids.values())

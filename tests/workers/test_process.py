@@ -142,7 +142,8 @@ async def test_metrics_endpoint(harness: Harness) -> None:
                 text = await resp.text()
         except aiohttp.ClientError:
             return ""
-        return text if 'outcome="failed"' in text else ""
+        # the two jobs run concurrently: wait for both outcomes, in either order
+        return text if 'outcome="failed"' in text and 'outcome="done"' in text else ""
 
     text = await eventually(scrape, what="metrics")
     assert 'workers_jobs_total{outcome="done",queue="q"} 1.0' in text
