@@ -19,10 +19,11 @@ import redis.asyncio as aioredis
 from workers.jobs import Job, with_attempts
 from workers.queues import QueueKeys, failed_key
 
-# KEYS: failed list, reserved zset. ARGV: entry, reserved string.
+# KEYS: failed list, reserved zset. ARGV: entry, reserved string. Only a job still reserved
+# by this attempt is recorded: one whose reservation expired is running again elsewhere.
 RECORD = """
+if redis.call('zrem', KEYS[2], ARGV[2]) == 0 then return 0 end
 redis.call('rpush', KEYS[1], ARGV[1])
-redis.call('zrem', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -91,7 +92,8 @@ class FailedStore:
                     (entry.uuid, entry.queue, entry.payload, entry.exception, entry.failed_at),
                 )
         reserved = QueueKeys(self.prefix, job.queue).reserved
-        await self._record(keys=[self.key, reserved], args=[entry.to_json(), job.raw])
+        if not await self._record(keys=[self.key, reserved], args=[entry.to_json(), job.raw]):
+            await self._forget_rows([job_id])  # taken again meanwhile: not failed after all
         return entry
 
     async def _entries(self) -> list[tuple[bytes, FailedJob]]:

@@ -79,9 +79,10 @@ return 1
 
 # LuaScripts::release, generalised: ARGV[1] leaves :reserved, ARGV[3] enters :delayed with
 # score ARGV[2]. They differ only when the payload is rewritten (a paced job gets its
-# attempt back).
+# attempt back). A reservation that expired meanwhile belongs to whoever took the job again:
+# releasing it too would leave two copies of the job.
 RELEASE = """
-redis.call('zrem', KEYS[2], ARGV[1])
+if redis.call('zrem', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('zadd', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """

@@ -86,6 +86,21 @@ async def test_release_moves_to_delayed_optionally_rewritten(harness: Harness) -
     assert delayed[1][1] - delayed[0][1] > 20
 
 
+async def test_a_late_release_does_not_copy_a_job_taken_again(harness: Harness) -> None:
+    """A worker stalled past retry_after: the job went back and was taken again."""
+    queues = Queues(harness.redis, harness.prefix, ["q"])
+    keys = harness.keys("q")
+    await harness.push("q", "record", {"n": 1})
+    [stalled] = await queues.reserve(1, retry_after=-1)  # its reservation is already over
+    [again] = await queues.reserve(1, retry_after=90)  # moved back and taken as attempt 2
+    assert again.attempts == 2
+
+    await queues.release(stalled, 30)
+
+    assert await harness.redis.zcard(keys.delayed) == 0
+    assert await harness.redis.zrange(keys.reserved, 0, -1) == [again.raw]
+
+
 async def test_payloads_cjson_cannot_read_are_reserved_not_dropped(harness: Harness) -> None:
     queues = Queues(harness.redis, harness.prefix, ["q"])
     for raw in (b"{broken", b"[1,2,3]", b'"just a string"'):
