@@ -23,6 +23,7 @@ def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
         timeout=None,
         health_check_interval=30,
         socket_connect_timeout=5,
+        socket_keepalive=True,  # a peer gone without a reset is noticed, not waited on forever
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -64,6 +65,7 @@ async def mysql_pool(dsn: str) -> aiomysql.Pool | None:
         db=p.db,
         minsize=0,
         maxsize=2,
+        connect_timeout=5,
         autocommit=True,
         charset="utf8mb4",
     )
