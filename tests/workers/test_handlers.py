@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.conftest import serve
 from tests.workers.conftest import Harness, eventually, free_port
 from workers.handlers import BUILTIN, JobContext, PermanentError, RetryableError
 from workers.jobs import Job, encode, new_payload
@@ -35,19 +36,9 @@ async def gateway() -> AsyncIterator[FakeGateway]:
     fake = FakeGateway()
     app = web.Application()
     app.router.add_post("/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    fake.url = f"http://127.0.0.1:{port}"
+    runner, fake.url = await serve(app)
     yield fake
     await runner.cleanup()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def context(http: aiohttp.ClientSession, gateway_url: str, name: str, data: dict) -> JobContext:
