@@ -583,7 +583,7 @@ async def choose_redis(settings: Settings, var_dir: Path) -> RedisChoice:
 
 
 def workers_available(environ: Mapping[str, str]) -> bool:
-    """Whether ``python -m workers`` exists (it is being written) and is wanted."""
+    """Whether ``python -m workers`` is there and wanted (``DEVRUN_WORKERS=0``: no)."""
     if environ.get("DEVRUN_WORKERS", "1").strip().lower() in ("0", "no", "false", "off"):
         return False
     try:
