@@ -14,23 +14,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m gateway.devrun
+	$(PY) -m dev.run
 
 test: $(STAMP)
-	$(PY) -m ruff check gateway workers tests
+	$(PY) -m ruff check gateway workers dev tests
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check gateway workers tests
-	$(PY) -m ruff format --check gateway workers tests
+	$(PY) -m ruff check gateway workers dev tests
+	$(PY) -m ruff format --check gateway workers dev tests
 
 bench: bench-gateway bench-workers
 
 bench-gateway: $(STAMP)
-	$(PY) -m gateway.bench
+	$(PY) -m dev.bench.gateway
 
 bench-workers: $(STAMP)
-	$(PY) -m workers.bench
+	$(PY) -m dev.bench.workers
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

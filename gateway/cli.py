@@ -10,12 +10,11 @@ import uvloop
 from aiohttp import web
 
 from gateway.admin import cli as admin_cli
+from gateway.app import create_app
 from gateway.settings import Settings, SettingsError, describe, load_settings
 
 
 def _serve(settings: Settings) -> None:
-    from gateway.app import create_app
-
     logging.getLogger("gateway").info(
         "gateway on http://%s:%d in front of %d instances",
         settings.host,

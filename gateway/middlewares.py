@@ -8,10 +8,10 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.entrypoint import REQUEST_ID, ROUTE, request_id
 from gateway.errors import json_error
+from gateway.headers import INSTANCE_HEADER
 from gateway.metrics import Metrics
-from gateway.service.proxy import INSTANCE_HEADER
+from gateway.requests import REQUEST_ID, ROUTE, request_id
 
 log = logging.getLogger("gateway")
 

@@ -24,10 +24,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from dev.simulator import SimulatorConfig
+from dev.simulator import create_app as create_simulator
 from gateway.app import GATEWAY, Gateway, create_app
 from gateway.settings import Settings
-from gateway.simulator import SimulatorConfig
-from gateway.simulator import create_app as create_simulator
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ class Sim:
 
     @property
     def sessions(self) -> dict[str, Any]:
-        from gateway.simulator import SESSIONS
+        from dev.simulator import SESSIONS
 
         return self.app[SESSIONS]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.router.placement import is_balanced, least_loaded, preferred_instance, shard
-from gateway.router.routes import Route, classify, valid_session_id
+from gateway.decisions.placement import is_balanced, least_loaded, preferred_instance, shard
+from gateway.decisions.routes import Route, classify, valid_session_id
 
 A, B, C = "http://a", "http://b", "http://c"
 

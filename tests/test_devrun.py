@@ -1,6 +1,6 @@
-"""``make run`` (gateway.devrun) and the deploy files.
+"""``make run`` (dev.run) and the deploy files.
 
-The plan is checked as data; one end-to-end test runs ``python -m gateway.devrun`` for real,
+The plan is checked as data; one end-to-end test runs ``python -m dev.run`` for real,
 on free ports with its own embedded Redis, uses it through the gateway, and checks that
 SIGINT leaves no process behind. The deploy files are parsed the way their tools do.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.devrun import (
+from dev.run import (
     DEFAULT_SIM_PORTS,
     DevrunError,
     ProcessSpec,
@@ -62,7 +62,7 @@ def test_no_instances_configured_means_four_simulators_on_3001_to_3004() -> None
 
     sims = [s for s in specs if s.name.startswith("sim-")]
     assert [s.name for s in sims] == ["sim-3001", "sim-3002", "sim-3003", "sim-3004"]
-    assert sims[0].argv[:5] == (PY, "-m", "gateway.simulator", "--port", "3001")
+    assert sims[0].argv[:5] == (PY, "-m", "dev.simulator", "--port", "3001")
     assert sims[0].ready_url == "http://127.0.0.1:3001/health"
     gateway = by_name(specs)["gateway"]
     assert gateway.env["WHATSAPP_INSTANCES"] == ",".join(
@@ -266,7 +266,7 @@ def exists(pid: int) -> bool:
 
 @dataclass
 class DevRun:
-    """A ``python -m gateway.devrun`` process, its output so far, and what it started."""
+    """A ``python -m dev.run`` process, its output so far, and what it started."""
 
     proc: asyncio.subprocess.Process
     lines: list[str]
@@ -317,7 +317,7 @@ async def devrun(tmp_path: Path) -> AsyncIterator[DevRun]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.devrun",
+        "dev.run",
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ from collections import Counter
 import aiohttp
 import redis.asyncio as aioredis
 
-from gateway.health.reconcile import Correction, corrections
+from gateway.decisions.corrections import Correction, corrections
 from tests.conftest import RunningGateway, Sim, eventually, free_port, sample
 from tests.test_admin import (
     TOKEN,

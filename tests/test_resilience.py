@@ -34,7 +34,7 @@ async def delete_directly(http: aiohttp.ClientSession, instance: str, sid: str) 
 def start_simulators(count: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     ports = [free_port() for _ in range(count)]
     procs = [
-        spawn("gateway.simulator", "--port", str(p), "--api-key", API_KEY, "--connect-delay", "0")
+        spawn("dev.simulator", "--port", str(p), "--api-key", API_KEY, "--connect-delay", "0")
         for p in ports
     ]
     return procs, [f"http://127.0.0.1:{p}" for p in ports]
@@ -216,7 +216,7 @@ async def test_a_timeout_after_sending_is_not_replayed(simulators, gateways, htt
     runner, slow = await serve(app)
     try:
         gw = await gateways([slow, sims[0].url], read_timeout=0.3)
-        await gw.gw.pins.pin_session("slow-1", slow)
+        await gw.gw.pins.pin_session("slow-1", slow, source="admin")
         # the session also exists elsewhere: a replay would have somewhere to go
         await restore_directly(http, sims[0].url, "slow-1")
         send = {"session_id": "slow-1", "api_key": API_KEY, "recipient_phone": "1", "message": "m"}

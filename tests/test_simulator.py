@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.simulator import (
+from dev.simulator import (
     SESSIONS,
     Session,
     SimulatorConfig,
@@ -311,7 +311,7 @@ async def test_runs_as_a_module_and_stops_on_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.simulator",
+        "dev.simulator",
         "--port",
         str(port),
         cwd=ROOT,

@@ -8,6 +8,7 @@ from collections import Counter
 import aiohttp
 import redis.asyncio as aioredis
 
+from gateway.state.pins import PinChange
 from tests.conftest import (
     API_KEY,
     REDIS_URL,
@@ -138,3 +139,42 @@ async def test_active_counts_are_corrected_from_the_instances_health(
     active = await redis_client.hgetall(f"{redis_prefix}wa-gateway:active")
     assert active == {sims[0].url: "1", sims[1].url: "0"}
     assert gw.gw.pins.active == {sims[0].url: 1, sims[1].url: 0}
+
+
+async def test_pin_changes_are_told_once_to_this_process_listeners_only(simulators, gateways, http):
+    sims = await simulators(2)
+    first = await gateways([s.url for s in sims])
+    second = await gateways([s.url for s in sims])
+    told: list[PinChange] = []
+    mirrored: list[PinChange] = []
+
+    def broken(change: PinChange) -> None:
+        raise RuntimeError("a listener bug")
+
+    async def record(change: PinChange) -> None:
+        told.append(change)
+
+    first.gw.pins.on_change(broken)  # registered first: must not stop the others
+    first.gw.pins.on_change(record)
+    second.gw.pins.on_change(mirrored.append)
+
+    async with http.post(
+        f"{first.url}/api/sessions",
+        json={"session_id": "seam-1", "workspace_id": 5, "api_key": API_KEY},
+    ) as resp:
+        assert resp.status == 200
+        owner = resp.headers["X-WhatsApp-Instance"]
+    assert first.gw.pins.sessions["seam-1"] == owner
+    async with http.delete(f"{first.url}/api/sessions/seam-1", json={"api_key": API_KEY}) as r:
+        assert r.status == 200
+
+    assert told == [
+        PinChange("seam-1", owner, "5", "create"),
+        PinChange("seam-1", None, None, "delete"),
+    ]
+
+    async def second_forgot() -> bool:
+        return "seam-1" not in second.gw.pins.sessions
+
+    await eventually(second_forgot, timeout=1.0)
+    assert mirrored == []  # the other process only mirrors; the change was told where made

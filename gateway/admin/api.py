@@ -2,7 +2,7 @@
 
 Every call needs ``Authorization: Bearer <admin_token>``; with no token configured the
 whole API is off (404), so a gateway is never administrable by accident. Changes go
-through the PinStore, so every gateway process sharing the Redis sees them.
+through the pin store, so every gateway process sharing the Redis sees them.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import GATEWAY, Gateway
-from gateway.entrypoint import ROUTE
+from gateway.decisions.placement import is_balanced
+from gateway.decisions.routes import valid_session_id
 from gateway.errors import json_error
-from gateway.instances import Instance
-from gateway.router.placement import is_balanced
-from gateway.router.routes import valid_session_id
+from gateway.process import GATEWAY, Gateway
+from gateway.requests import ROUTE
+from gateway.state.instances import Instance
 
 AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -113,7 +113,7 @@ def _pin(gw: Gateway, session_id: str, url: str) -> dict[str, Any]:
         "instance": url,
         "index": instance.index if instance else None,
         "up": instance.up if instance else False,
-        "draining": url in gw.pins.draining,
+        "draining": instance.draining if instance else False,
     }
 
 
@@ -124,8 +124,8 @@ async def instances(request: web.Request, gw: Gateway) -> web.Response:
             "index": i.index,
             "url": i.url,
             "up": i.up,
-            "draining": i.url in gw.pins.draining,
-            "active": gw.pins.active.get(i.url, 0),
+            "draining": i.draining,
+            "active": i.sessions,
             "last_check": _iso(i.last_check),
             "last_error": i.last_error,
         }
@@ -138,7 +138,7 @@ async def instances(request: web.Request, gw: Gateway) -> web.Response:
 async def distribution(request: web.Request, gw: Gateway) -> web.Response:
     """Active sessions per instance (what placement balances) and the pins on each."""
     pinned = Counter(gw.pins.sessions.values())
-    active = [gw.pins.active.get(i.url, 0) for i in gw.fleet.instances]
+    active = [i.sessions for i in gw.fleet.instances]
     rows = [
         {"index": i.index, "url": i.url, "sessions": count, "pinned": pinned[i.url]}
         for i, count in zip(gw.fleet.instances, active, strict=True)
@@ -169,7 +169,7 @@ async def put_session(request: web.Request, gw: Gateway) -> web.Response:
     session_id = _session_id(request)
     url = await _target(request, gw)
     previous = await gw.pins.session(session_id)
-    await gw.pins.pin_session(session_id, url)
+    await gw.pins.pin_session(session_id, url, source="admin")
     return web.json_response(_pin(gw, session_id, url) | {"previous": previous})
 
 
@@ -182,7 +182,7 @@ async def _set_draining(request: web.Request, gw: Gateway, draining: bool) -> we
             "index": instance.index,
             "url": instance.url,
             "draining": draining,
-            "active": gw.pins.active.get(instance.url, 0),
+            "active": instance.sessions,
         }
     )
 

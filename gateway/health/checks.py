@@ -12,11 +12,11 @@ import asyncio
 import logging
 import time
 
-from gateway.instances import Fleet, Instance
 from gateway.metrics import Metrics
-from gateway.service.upstream import UpstreamError, Upstreams
-from gateway.state.pins import PinStore
+from gateway.state.instances import Fleet, Instance
+from gateway.state.store import PinStore
 from gateway.tasks import cancel_and_wait, every
+from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.health")
 
@@ -93,8 +93,8 @@ class HealthChecker:
         sessions = body.get("sessions")
         if not isinstance(sessions, dict):
             return
-        instance.sessions = {k: v for k, v in sessions.items() if isinstance(v, int)}
-        total = instance.sessions.get("total")
+        instance.reported = {k: v for k, v in sessions.items() if isinstance(v, int)}
+        total = instance.reported.get("total")
         if total is not None:
             await self.pins.set_active(instance.url, total)
 

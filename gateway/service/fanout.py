@@ -9,11 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.entrypoint import Call
-from gateway.instances import Fleet
+from gateway.requests import Call
 from gateway.service.proxy import respond
-from gateway.service.upstream import Reply, UpstreamError, Upstreams
-from gateway.state.pins import PinStore
+from gateway.state.instances import Fleet
+from gateway.upstream.client import Reply, UpstreamError, Upstreams
 
 
 async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> web.StreamResponse:
@@ -53,24 +52,24 @@ async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> web.S
     )
 
 
-def fleet_health(fleet: Fleet, pins: PinStore, started: float) -> web.Response:
+def fleet_health(fleet: Fleet, redis_up: bool, started: float) -> web.Response:
     """``GET /health`` in the instances' own shape, summed, plus one line per instance."""
     up = fleet.up()
     totals = {
-        key: sum(i.sessions.get(key, 0) for i in up)
+        key: sum(i.reported.get(key, 0) for i in up)
         for key in ("total", "connected", "disconnected")
     }
     body = {
         "status": "healthy" if up else "unhealthy",
         "uptime": round(time.monotonic() - started, 1),
         "sessions": totals,
-        "redis": "up" if pins.available else "down",
+        "redis": "up" if redis_up else "down",
         "instances": [
             {
                 "url": i.url,
                 "up": i.up,
-                "draining": i.url in pins.draining,
-                "active": pins.active.get(i.url, 0),
+                "draining": i.draining,
+                "active": i.sessions,
             }
             for i in fleet.instances
         ],

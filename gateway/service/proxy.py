@@ -13,19 +13,19 @@ import logging
 
 from aiohttp import web
 
-from gateway.entrypoint import Call
+from gateway.decisions.routes import REVIVING_ACTIONS
 from gateway.errors import json_error
+from gateway.headers import INSTANCE_HEADER, end_to_end
 from gateway.health.checks import HealthChecker
-from gateway.health.rediscovery import Rediscovery
+from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
-from gateway.router.router import Router
-from gateway.router.routes import REVIVING_ACTIONS
-from gateway.service.upstream import Reply, UpstreamError, Upstreams, end_to_end
-from gateway.state.pins import PinStore
+from gateway.requests import Call
+from gateway.router import Router
+from gateway.state.store import PinStore
+from gateway.upstream.client import Reply, UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.proxy")
 
-INSTANCE_HEADER = "X-WhatsApp-Instance"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -159,7 +159,7 @@ class Proxy:
             return await self.create(call, session_id)
         if call.method == "DELETE" and call.route.template == "/api/sessions/{id}":
             if pinned is not None:
-                await self.pins.unpin_session(session_id)
+                await self.pins.unpin_session(session_id, source="delete")
             url = self.router.any_up()
             return await self.forward(call, url) if url else json_error(503, "No instance is up")
         if pinned_down:
@@ -174,7 +174,7 @@ class Proxy:
         """Book-keeping once an instance acted on a session."""
         deleted = call.method == "DELETE" and call.route.template == "/api/sessions/{id}"
         if deleted and 200 <= reply.status < 300:
-            await self.pins.unpin_session(session_id)
+            await self.pins.unpin_session(session_id, source="delete")
             if not _already_gone(call, reply):
                 await self.pins.session_ended(url)
 
@@ -207,6 +207,8 @@ class Proxy:
                 await self.pins.abandon(placement)
                 return respond(reply, placement.url)
             await self.pins.confirm(placement)
-            await self.pins.pin_session(session_id, placement.url, call.workspace_id)
+            await self.pins.pin_session(
+                session_id, placement.url, call.workspace_id, source="create"
+            )
             self.metrics.placements.labels(placement.url).inc()
             return respond(reply, placement.url)

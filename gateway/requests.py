@@ -1,4 +1,4 @@
-"""The entry point: turn an incoming request into a ``Call`` the proxy can route.
+"""Request parsing: turn an incoming request into a ``Call`` the router and service act on.
 
 Everything a caller can get wrong is caught here, before anything is forwarded: a body
 that should be JSON and is not, a session id outside the allowed alphabet, a workspace
@@ -15,9 +15,9 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.decisions.routes import Route, classify, valid_session_id
 from gateway.errors import json_error
-from gateway.router.routes import Route, classify, valid_session_id
-from gateway.service.upstream import end_to_end
+from gateway.headers import end_to_end
 
 ROUTE = web.RequestKey("route", str)
 REQUEST_ID = web.RequestKey("request_id", str)

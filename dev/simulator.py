@@ -4,7 +4,7 @@
 one answers every route of ``whatsapp-instance-api.md`` with the same shapes and errors
 (``401`` bad key, ``404 Session not found``, ``400 Session not connected``), so the gateway
 cannot tell it from the real thing. Knobs make it slow (``latency``), flaky (``error_rate``)
-or slow to pair (``connect_delay``). Run it with ``python -m gateway.simulator --port 3001``.
+or slow to pair (``connect_delay``). Run it with ``python -m dev.simulator --port 3001``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 import uvloop
 from aiohttp import web
 
-log = logging.getLogger("gateway.simulator")
+log = logging.getLogger("dev.simulator")
 
 QR_SCANNING = "qr_scanning"
 AUTHENTICATED = "authenticated"
@@ -521,7 +521,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.simulator", description="A simulated WhatsApp instance."
+        prog="python -m dev.simulator", description="A simulated WhatsApp instance."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

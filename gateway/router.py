@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.instances import Fleet
-from gateway.router.placement import preferred_instance, shard
-from gateway.state.pins import PinStore, Placement
+from gateway.decisions.placement import preferred_instance, shard
+from gateway.state.counts import Placement
+from gateway.state.instances import Fleet
+from gateway.state.store import PinStore
 
 
 class Router:
@@ -14,9 +15,7 @@ class Router:
     def eligible(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Instances that may take a new session: up, not draining, in configured order."""
         return [
-            i.url
-            for i in self.fleet.instances
-            if i.up and i.url not in self.pins.draining and i.url not in exclude
+            i.url for i in self.fleet.instances if i.up and not i.draining and i.url not in exclude
         ]
 
     def live(self, exclude: str | None = None) -> list[str]:

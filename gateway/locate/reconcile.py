@@ -4,38 +4,26 @@ Inline rediscovery fixes a moved session when a request for it arrives; reconcil
 fixes the rest, so that after every instance restarted with its sessions shuffled all pins
 are right within one ``reconcile_interval``, even for sessions nobody asked for (and the
 backend's lost ``session_ready`` webhooks no longer matter). The decision is a pure
-function (``corrections``); listing and applying are the I/O around it.
+function (``decisions.corrections``); listing and applying are the I/O around it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.instances import Fleet
+from gateway.decisions.corrections import Correction, corrections
+from gateway.decisions.routes import valid_session_id
 from gateway.metrics import Metrics
-from gateway.router.routes import valid_session_id
-from gateway.service.upstream import UpstreamError, Upstreams
-from gateway.state.pins import PinStore
+from gateway.state.instances import Fleet
+from gateway.state.store import PinStore
 from gateway.tasks import cancel_and_wait, every
+from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.reconcile")
-
-
-@dataclass(frozen=True)
-class Correction:
-    """One pin changed: ``moved`` (old → new), ``added`` (None → new), ``removed`` (old → None)."""
-
-    kind: str
-    session_id: str
-    old: str | None
-    new: str | None
-
-    def as_json(self) -> dict[str, str | None]:
-        return {"kind": self.kind, "session_id": self.session_id, "from": self.old, "to": self.new}
 
 
 @dataclass(frozen=True)
@@ -53,33 +41,6 @@ class Listing:
     sessions: dict[str, list[str]]
     workspaces: dict[str, str]
     unanswered: list[str]
-
-
-def corrections(
-    pins: Mapping[str, str], listings: Mapping[str, Sequence[str]], complete: bool
-) -> list[Correction]:
-    """The pin changes that make ``pins`` agree with what the instances say they hold.
-
-    ``listings`` maps instance URLs, in configured order, to the session ids each holds.
-    A session listed twice keeps its pin when that is one of its holders, else goes to
-    the first holder. Pins of sessions nobody lists are removed only when ``complete``
-    (every configured instance answered): on a partial view the session may well be on
-    the instance that did not answer.
-    """
-    holders: dict[str, list[str]] = {}
-    for url, session_ids in listings.items():
-        for session_id in session_ids:
-            holders.setdefault(session_id, []).append(url)
-    changes = [
-        Correction("added" if pins.get(sid) is None else "moved", sid, pins.get(sid), urls[0])
-        for sid, urls in holders.items()
-        if pins.get(sid) not in urls
-    ]
-    if complete:
-        changes.extend(
-            Correction("removed", sid, url, None) for sid, url in pins.items() if sid not in holders
-        )
-    return changes
 
 
 def _parse(body: Any) -> tuple[list[str], dict[str, str]] | None:
@@ -187,11 +148,13 @@ class Reconciler:
         if self.pins.sessions.get(change.session_id) != change.old:
             return False
         if change.new is None:
-            await self.pins.unpin_session(change.session_id)
+            await self.pins.unpin_session(change.session_id, source="reconcile")
         else:
             workspace = workspaces.get(change.session_id) if change.kind == "added" else None
             if workspace is not None and await self.pins.workspace(workspace) is not None:
                 workspace = None  # the workspace already has an instance: keep it
-            await self.pins.pin_session(change.session_id, change.new, workspace)
+            await self.pins.pin_session(
+                change.session_id, change.new, workspace, source="reconcile"
+            )
         self.metrics.reconcile_corrections.labels(change.kind).inc()
         return True

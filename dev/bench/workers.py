@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -172,7 +173,7 @@ def run_engine(engine: str, jobs: int, concurrency: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dev.bench.workers", description=__doc__)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--engines", default=",".join(ENGINES), help="e.g. ours,saq")
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-m",
-                "workers.bench",
+                "dev.bench.workers",
                 "--engine",
                 engine,
                 "--jobs",
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             capture_output=True,
             text=True,
+            cwd=Path(__file__).resolve().parents[2],
         )
         if child.returncode != 0:
             tail = (child.stderr.strip().splitlines() or ["no output"])[-1]

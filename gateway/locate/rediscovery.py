@@ -12,8 +12,8 @@ import logging
 from collections.abc import Iterable
 
 from gateway.metrics import Metrics
-from gateway.service.upstream import UpstreamError, Upstreams
-from gateway.state.pins import PinStore
+from gateway.state.store import PinStore
+from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.rediscovery")
 
@@ -50,7 +50,7 @@ class Rediscovery:
             for ask in asyncio.as_completed(asks):
                 url = await ask
                 if url is not None:
-                    await self.pins.pin_session(session_id, url)
+                    await self.pins.pin_session(session_id, url, source="rediscovery")
                     self.metrics.rediscoveries.labels("found").inc()
                     log.info("session found again on %s", url)
                     return url

@@ -1,4 +1,4 @@
-"""The service: forwarding a request to one instance over its own keep-alive pool.
+"""The upstream: forwarding a request to one instance over its own keep-alive pool.
 
 Bodies pass through as bytes (no re-encoding, no decompression). Failures are sorted by
 whether the instance may have acted, because that decides whether a request may be sent
@@ -15,26 +15,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.metrics import Metrics
-
-# RFC 9110 §7.6.1 connection-specific headers, plus those aiohttp recomputes.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
 
 
 class UpstreamError(Exception):
@@ -69,14 +52,6 @@ class Reply:
             return False
         body = self.json()
         return isinstance(body, dict) and body.get("error") == "Session not found"
-
-
-def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """Headers minus the hop-by-hop ones and those named by ``Connection``."""
-    named = {h.strip().lower() for v in headers.getall("connection", []) for h in v.split(",")}
-    return CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
-    )
 
 
 class Upstreams:

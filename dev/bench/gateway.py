@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -53,9 +54,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, *argv],
+        cwd=ROOT,  # the simulator is in ``dev``, importable from the repository root
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -115,9 +120,7 @@ async def run(total: int, clients: int) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     procs = [
-        spawn(
-            ["-m", "gateway.simulator", "--port", str(p), "--api-key", KEY, "--connect-delay", "0"]
-        )
+        spawn(["-m", "dev.simulator", "--port", str(p), "--api-key", KEY, "--connect-delay", "0"])
         for p in sim_ports
     ]
     procs.append(
@@ -177,7 +180,7 @@ async def _held(http: aiohttp.ClientSession, instance: str) -> set[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dev.bench.gateway", description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=64)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """Where a new session goes: pure decisions, tested without I/O.
 
-The same least-loaded rule runs inside Redis (``state.pins.PLACE``) so that concurrent
+The same least-loaded rule runs inside Redis (``state.counts.PLACE``) so that concurrent
 placements from several gateway processes see each other's reservations; this module is
 the rule itself, used directly when Redis is away and to pick a policy's preferred
 instance.
