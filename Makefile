@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-gateway bench-workers clean
+.PHONY: install run test lint bench bench-proxy bench-gateway bench-workers clean
 
 install: $(STAMP)
 
@@ -24,7 +24,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests
 	$(PY) -m ruff format --check gateway workers dev tests
 
-bench: bench-gateway bench-workers
+bench: bench-proxy bench-workers
+
+bench-proxy: $(STAMP)
+	$(PY) -m dev.bench.proxy --write docs/benchmarks.md
 
 bench-gateway: $(STAMP)
 	$(PY) -m dev.bench.gateway
