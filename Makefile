@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-proxy bench-gateway bench-workers clean
+.PHONY: install run test lint bench bench-proxy bench-workers clean
 
 install: $(STAMP)
 
@@ -28,9 +28,6 @@ bench: bench-proxy bench-workers
 
 bench-proxy: $(STAMP)
 	$(PY) -m dev.bench.proxy --write docs/benchmarks.md
-
-bench-gateway: $(STAMP)
-	$(PY) -m dev.bench.gateway
 
 bench-workers: $(STAMP)
 	$(PY) -m dev.bench.workers
