@@ -2,18 +2,15 @@
 
 The plan is checked as data; one end-to-end test runs ``python -m dev.run`` for real,
 on free ports with its own embedded Redis, uses it through the gateway, and checks that
-SIGINT leaves no process behind. The deploy files are parsed the way their tools do.
+SIGINT leaves no process behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import configparser
 import contextlib
-import getpass
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -409,112 +406,3 @@ async def test_a_child_dying_stops_the_rest_and_fails(tmp_path: Path) -> None:
         assert await asyncio.wait_for(run.proc.wait(), 20) == 1, run.output
     assert f"{victim} exited unexpectedly with code -9; stopping the rest" in run.output
     await eventually(run.all_gone, timeout=5)
-
-
-# --- deploy files ----------------------------------------------------------------------------
-
-SUPERVISOR_CONF = DEPLOY / "supervisor" / "whatsapp-gateway.conf"
-UNITS = DEPLOY / "systemd"
-GRACE = WorkerSettings().timeout  # the workers' default grace is the job timeout
-
-
-def read_ini(path: Path) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are cased
-    parser.read_string(path.read_text(), source=str(path))
-    return parser
-
-
-def test_supervisor_conf_parses_and_keeps_what_ops_rely_on() -> None:
-    conf = read_ini(SUPERVISOR_CONF)
-
-    assert set(conf.sections()) == {
-        "group:whatsapp-gateway",
-        "program:wa-gateway",
-        "program:wa-workers",
-    }
-    assert conf["group:whatsapp-gateway"]["programs"].split(",") == ["wa-gateway", "wa-workers"]
-    for name in ("program:wa-gateway", "program:wa-workers"):
-        program = conf[name]
-        assert program["command"].startswith("/opt/whatsapp-gateway/.venv/bin/python -m ")
-        assert program["directory"] == "/opt/whatsapp-gateway"
-        assert program["user"]
-        assert "LARAVEL_ENV_FILE=" in program["environment"]
-        assert program.getboolean("autostart") and program.getboolean("autorestart")
-        assert program.getint("startsecs") > 0
-        assert program["stopsignal"] == "TERM"
-        assert program.getboolean("stopasgroup") and program.getboolean("killasgroup")
-        assert program["stdout_logfile"].startswith("/var/log/whatsapp-gateway/")
-    workers = conf["program:wa-workers"]
-    assert workers.getint("numprocs") > 1
-    assert "%(process_num)" in workers["process_name"]
-    assert "%(process_num)" in workers["command"]  # each process its own metrics port
-    assert workers.getint("stopwaitsecs") > GRACE
-
-
-def test_supervisor_conf_loads_in_supervisor_itself(tmp_path: Path) -> None:
-    options = pytest.importorskip(
-        "supervisor.options", reason="supervisor not installed (optional: pip install supervisor)"
-    )
-    logs = tmp_path / "log"
-    logs.mkdir()
-    text = SUPERVISOR_CONF.read_text().replace("/var/log/whatsapp-gateway", str(logs))
-    text = text.replace("user=www-data", f"user={getpass.getuser()}")
-    (tmp_path / "wa.conf").write_text(text)
-    main = tmp_path / "supervisord.conf"
-    main.write_text(
-        f"[supervisord]\nlogfile={tmp_path}/supervisord.log\npidfile={tmp_path}/s.pid\n"
-        f"[include]\nfiles={tmp_path}/wa.conf\n"
-    )
-    server = options.ServerOptions()
-    server.realize(args=["-c", str(main)])
-
-    (group,) = server.process_group_configs
-    names = [p.name for p in group.process_configs]
-    assert group.name == "whatsapp-gateway"
-    assert names == [
-        "wa-gateway",
-        "wa-workers_01",
-        "wa-workers_02",
-        "wa-workers_03",
-        "wa-workers_04",
-    ]
-    ports = {p.command.rsplit(" ", 1)[1] for p in group.process_configs[1:]}
-    assert ports == {"9101", "9102", "9103", "9104"}
-
-
-@pytest.mark.parametrize("unit", ["whatsapp-gateway.service", "whatsapp-workers@.service"])
-def test_systemd_units_keep_what_ops_rely_on(unit: str) -> None:
-    service = read_ini(UNITS / unit)["Service"]
-    assert service["ExecStart"].startswith("/opt/whatsapp-gateway/.venv/bin/python -m ")
-    assert service["WorkingDirectory"] == "/opt/whatsapp-gateway"
-    assert service["EnvironmentFile"]
-    assert service["Restart"] == "always"
-    assert service["KillSignal"] == "SIGTERM"
-    if unit.startswith("whatsapp-workers"):
-        assert int(service["TimeoutStopSec"]) > GRACE
-        assert "%i" in service["ExecStart"]  # each instance its own metrics port
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
-def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    """Verified with this checkout and Python in place of /opt/..., which must exist."""
-    copies = {
-        "whatsapp-gateway.service": "whatsapp-gateway.service",
-        "whatsapp-workers@.service": "whatsapp-workers@01.service",
-    }
-    for source, target in copies.items():
-        text = (UNITS / source).read_text()
-        text = text.replace("/opt/whatsapp-gateway/.venv/bin/python", sys.executable)
-        text = text.replace("/opt/whatsapp-gateway", str(ROOT))
-        (tmp_path / target).write_text(text)
-    result = subprocess.run(
-        ["systemd-analyze", "verify", *(str(tmp_path / t) for t in copies.values())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    about_ours = [ln for ln in result.stderr.splitlines() if any(t in ln for t in copies.values())]
-    assert result.returncode == 0, result.stderr
-    assert about_ours == [], result.stderr

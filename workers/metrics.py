@@ -8,7 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 from workers.queues import Depth
 
@@ -18,6 +25,8 @@ OUTCOMES = ("done", "retried", "failed", "timed_out", "paced")
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_start_time_seconds and friends: restarts show as changes of the start time.
+        ProcessCollector(registry=self.registry)
         self.jobs = Counter(
             "workers_jobs",
             "Job attempts by queue and outcome: done, retried, failed; timed_out counts"
