@@ -50,6 +50,7 @@ class WorkerSettings:
     gateway_url: str = "http://127.0.0.1:8080"
     min_send_interval: Mapping[str, float] = field(default_factory=dict)
     handlers: Mapping[str, str] = field(default_factory=dict)
+    retry_unknown_queues: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

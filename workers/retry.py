@@ -2,13 +2,17 @@
 
 A job's own ``maxTries``, ``timeout``, ``backoff``, ``retryUntil`` and ``failOnTimeout`` win
 over the pool's defaults, as in Laravel's worker. ``maxTries`` 0 means unlimited, and a job
-with ``retryUntil`` is retried until that time whatever its attempts.
+with ``retryUntil`` is retried until that time whatever its attempts. An attempt whose
+outcome is unknown (a message may have gone out) is not retried unless the job says
+``"retryUnknown": true`` or its queue is listed in ``retry_unknown_queues``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+UNKNOWN_OUTCOME = "outcome unknown: not retried to avoid a duplicate message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +88,32 @@ def exceeded(payload: dict[str, Any], attempts: int, policy: Policy, now: float)
 
 
 def after_error(
-    payload: dict[str, Any], attempts: int, policy: Policy, now: float, *, timed_out: bool
+    payload: dict[str, Any],
+    attempts: int,
+    policy: Policy,
+    now: float,
+    *,
+    timed_out: bool,
+    unknown: bool = False,
+    retry_unknown: bool = False,
+    wait: float | None = None,
 ) -> Retry | Fail:
-    """What happens to a job whose attempt raised or timed out."""
+    """What happens to a job whose attempt raised or timed out.
+
+    ``unknown``: the attempt may have acted; ``retry_unknown``: its queue retries those
+    anyway; ``wait``: the delay the other side asked for (``Retry-After``), which replaces
+    the backoff.
+    """
+    if unknown and not (retry_unknown or payload.get("retryUnknown") is True):
+        return Fail(UNKNOWN_OUTCOME)
     if timed_out and payload.get("failOnTimeout") is True:
         return Fail("timed out and failOnTimeout is set")
     until = _retry_until(payload)
     if until is not None:
         if until <= now:
             return Fail("retryUntil has passed")
-        return Retry(backoff_for(payload, attempts, policy))
-    tries = tries_for(payload, policy)
-    if tries > 0 and attempts >= tries:
-        return Fail(f"tried {attempts} times")
-    return Retry(backoff_for(payload, attempts, policy))
+    else:
+        tries = tries_for(payload, policy)
+        if tries > 0 and attempts >= tries:
+            return Fail(f"tried {attempts} times")
+    return Retry(backoff_for(payload, attempts, policy) if wait is None else wait)

@@ -24,7 +24,15 @@ from redis.exceptions import RedisError
 
 from gateway.settings import Settings, SettingsError, WorkerSettings
 from workers.failed import FailedStore
-from workers.handlers import Handler, JobContext, PermanentError, registry
+from workers.handlers import (
+    Handler,
+    HandlerFailure,
+    JobContext,
+    PermanentError,
+    UnknownOutcome,
+    registry,
+    summary,
+)
 from workers.jobs import Job, with_attempts
 from workers.metrics import Metrics
 from workers.pacing import Pacer
@@ -32,6 +40,10 @@ from workers.queues import Queues
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
 
 log = logging.getLogger("workers")
+
+# Longest wait to connect to the gateway or a webhook. A send that could not connect was
+# not sent and is retried; the job's own timeout bounds everything after that.
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +59,7 @@ class PoolConfig:
     gateway_url: str
     min_send_interval: Mapping[str, float]
     handlers: Mapping[str, str]
+    retry_unknown_queues: frozenset[str]
     redis_prefix: str
     key_prefix: str
     api_token: str
@@ -82,6 +95,7 @@ class PoolConfig:
             gateway_url=w.gateway_url.rstrip("/"),
             min_send_interval=dict(w.min_send_interval),
             handlers=dict(w.handlers),
+            retry_unknown_queues=frozenset(w.retry_unknown_queues),
             redis_prefix=settings.redis_prefix,
             key_prefix=settings.key_prefix,
             api_token=settings.laravel_api_token,
@@ -113,7 +127,7 @@ class Pool:
         self._stop.set()
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             self._http = http
             watcher = (
                 asyncio.create_task(self._watch_depths()) if self.config.metrics_port else None
@@ -192,7 +206,7 @@ class Pool:
     async def _process(self, job: Job) -> None:
         refusal = self._refusal(job)
         if refusal:
-            await self._fail(job, refusal)
+            await self._fail(job, refusal, refusal)
         elif not await self._paced(job):
             timeout = timeout_for(job.payload or {}, self.config.policy)
             error, timed_out = await self._call(self.handlers[job.name], job, timeout)
@@ -234,14 +248,31 @@ class Pool:
             return
         text = "".join(traceback.format_exception(error)).rstrip()
         if isinstance(error, PermanentError):
-            await self._fail(job, text)
+            await self._fail(job, text, summary(error))
             return
-        policy, now = self.config.policy, time.time()
-        decision = after_error(job.payload or {}, job.attempts, policy, now, timed_out=timed_out)
+        decision = after_error(
+            job.payload or {},
+            job.attempts,
+            self.config.policy,
+            time.time(),
+            timed_out=timed_out,
+            unknown=isinstance(error, UnknownOutcome),
+            retry_unknown=job.queue in self.config.retry_unknown_queues,
+            wait=error.retry_after if isinstance(error, HandlerFailure) else None,
+        )
         if isinstance(decision, Fail):
-            await self._fail(job, f"{text}\n({decision.reason})")
+            why = f"{summary(error)} ({decision.reason})"
+            await self._fail(job, f"{text}\n({decision.reason})", why)
             return
-        log.info("%s on %s attempt %d: %s", job.name, job.queue, job.attempts, error)
+        log.info(
+            "%s on %s attempt %d: %s; again in %g s",
+            job.name,
+            job.queue,
+            job.attempts,
+            summary(error),
+            decision.delay,
+        )
+        log.debug("%s attempt %d: %s", job.name, job.attempts, error)
         await self.queues.release(job, decision.delay)
         self.metrics.jobs.labels(job.queue, "retried").inc()
 
@@ -264,9 +295,12 @@ class Pool:
             async with deadline:
                 await handler(context)
         except Exception as exc:
-            if deadline.expired():
-                return TimeoutError(f"{job.name} timed out after {timeout:g} s"), True
-            return exc, False
+            if not deadline.expired():
+                return exc, False
+            message = f"{job.name} timed out after {timeout:g} s"
+            if context.progress.maybe_sent:
+                return UnknownOutcome(f"{message} with its request in flight"), True
+            return TimeoutError(message), True
         finally:
             self.metrics.duration.labels(job.queue).observe(time.monotonic() - started)
             if keeper:
@@ -280,7 +314,8 @@ class Pool:
             with contextlib.suppress(RedisError, OSError):
                 await self.queues.extend(job, self.config.retry_after)
 
-    async def _fail(self, job: Job, exception: str) -> None:
-        log.warning("failed %s on %s: %s", job.name or "?", job.queue, exception.splitlines()[-1])
+    async def _fail(self, job: Job, exception: str, why: str) -> None:
+        """Record the failure; the log says only ``why``, which holds no personal data."""
+        log.warning("failed %s on %s: %s", job.name or "?", job.queue, why)
         await self.failed.record(job, exception)
         self.metrics.jobs.labels(job.queue, "failed").inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers.retry import (
+    UNKNOWN_OUTCOME,
     Fail,
     Policy,
     Retry,
@@ -74,3 +75,22 @@ def test_exceeded_before_running() -> None:
     assert not exceeded({"maxTries": 0}, 99, POLICY, NOW)
     assert not exceeded({"retryUntil": NOW + 1}, 99, POLICY, NOW)
     assert exceeded({"retryUntil": NOW - 1}, 1, POLICY, NOW)
+
+
+def test_an_unknown_outcome_fails_at_once_unless_the_job_or_queue_asks() -> None:
+    unknown = Fail(UNKNOWN_OUTCOME)
+    assert after_error({}, 1, POLICY, NOW, timed_out=False, unknown=True) == unknown
+    assert after_error({"maxTries": 0}, 1, POLICY, NOW, timed_out=True, unknown=True) == unknown
+    asks = {"retryUnknown": True}
+    assert after_error(asks, 1, POLICY, NOW, timed_out=False, unknown=True) == Retry(10)
+    assert after_error({"retryUnknown": "yes"}, 1, POLICY, NOW, timed_out=False, unknown=True) == (
+        unknown
+    )
+    by_queue = after_error({}, 1, POLICY, NOW, timed_out=False, unknown=True, retry_unknown=True)
+    assert by_queue == Retry(10)
+    assert isinstance(after_error(asks, 3, POLICY, NOW, timed_out=False, unknown=True), Fail)
+
+
+def test_the_wait_asked_for_replaces_the_backoff() -> None:
+    assert after_error({}, 1, POLICY, NOW, timed_out=False, wait=2.5) == Retry(2.5)
+    assert isinstance(after_error({}, 3, POLICY, NOW, timed_out=False, wait=2.5), Fail)
