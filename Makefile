@@ -18,11 +18,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests
 	$(PY) -m ruff format --check gateway workers dev tests
+	$(VENV)/bin/lint-imports
 
 bench: bench-proxy bench-workers
 

@@ -62,6 +62,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from gateway.settings import DEFAULT_INSTANCES, Settings, SettingsError, load_settings
+from workers.settings import WorkerSettings, load_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIM_PORTS = (3001, 3002, 3003, 3004)
@@ -189,7 +190,7 @@ def plan(
     redis: RedisChoice,
     sim_ports: Sequence[int] = DEFAULT_SIM_PORTS,
     connect_delay: float = DEFAULT_CONNECT_DELAY,
-    workers: bool = False,
+    workers: WorkerSettings | None = None,
     python: str = sys.executable,
 ) -> list[ProcessSpec]:
     """Every process ``make run`` starts, in start order; no I/O, so it is unit-tested."""
@@ -272,8 +273,8 @@ def plan(
         )
     )
 
-    if workers:
-        metrics_port = settings.workers.metrics_port
+    if workers is not None:
+        metrics_port = workers.metrics_port
         worker_env = {**gateway_env, "GATEWAY_URL": gateway_url}
         if not environ.get("GATEWAY_WORKERS_GRACE"):
             worker_env["GATEWAY_WORKERS_GRACE"] = DEV_WORKER_GRACE  # not the 300 s job timeout
@@ -601,6 +602,7 @@ class Devrun:
 
     environ: Mapping[str, str]
     settings: Settings
+    workers: WorkerSettings | None  # None: the workers are not started
     out: Output = field(default_factory=Output)
     children: list[Child] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -640,7 +642,7 @@ class Devrun:
             redis=redis,
             sim_ports=ports,
             connect_delay=delay,
-            workers=workers_available(environ),
+            workers=self.workers,
         )
         self.out = Output(s.name for s in specs)
         check_ports(specs)
@@ -714,12 +716,13 @@ def main() -> None:
     try:
         with contextlib.chdir(ROOT):  # where the children run, so all read the same files
             settings = load_settings(environ)
+            workers = load_worker_settings(environ)[1] if workers_available(environ) else None
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
 
     async def go() -> int:
-        return await Devrun(environ, settings).run()
+        return await Devrun(environ, settings, workers).run()
 
     try:
         sys.exit(asyncio.run(go()))

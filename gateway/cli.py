@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.admin import cli as admin_cli
 from gateway.app import create_app
-from gateway.settings import Settings, SettingsError, describe, load_settings
+from gateway.settings import Settings, SettingsError, describe, load_settings, print_settings
 
 
 def _serve(settings: Settings) -> None:
@@ -29,13 +29,6 @@ def _serve(settings: Settings) -> None:
         print=None,
         loop=uvloop.new_event_loop(),
     )
-
-
-def _check_config(settings: Settings) -> None:
-    rows = describe(settings)
-    width = max(len(name) for name, _, _ in rows)
-    for name, value, source in rows:
-        print(f"{name:<{width}}  {value}  [{source}]")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "check-config":
-        _check_config(settings)
+        print_settings(describe(settings))
     elif args.command in admin_cli.COMMANDS:
         try:
             print(admin_cli.run(settings, args.command, getattr(args, "index", None)))

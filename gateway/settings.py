@@ -1,9 +1,13 @@
-"""One settings loader for the gateway and the workers.
+"""One settings loader for the gateway and the workers, and the gateway's own settings.
 
 Precedence, highest first: the process environment, the Laravel ``.env`` file named by
 ``LARAVEL_ENV_FILE``, the TOML file (``GATEWAY_CONFIG``, default ``config/gateway.toml``),
 then the defaults below. Reading the backend's own ``.env`` means one source of truth for
 instance URLs, Redis and MySQL. A bad value stops start-up with one line naming it.
+
+Each program reads and checks only its own sections: the gateway the top level of the TOML
+file, the workers (``workers.settings``) the shared top-level settings and ``[workers]``. A
+bad ``[workers]`` value stops only the workers, a bad gateway value only the gateway.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,14 +23,6 @@ from urllib.parse import quote, urlsplit
 
 DEFAULT_CONFIG = "config/gateway.toml"
 DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 3005))
-DEFAULT_QUEUES = (
-    "messaging",
-    "campaign-stats",
-    "whatsapp-urgent",
-    "whatsapp-high",
-    "whatsapp-normal",
-    "whatsapp-campaign",
-)
 PLACEMENTS = ("least_loaded", "workspace", "shard")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -35,27 +31,13 @@ class SettingsError(ValueError):
     """A setting that cannot be used; its message is the one line shown to the operator."""
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Settings of ``python -m workers`` (TOML table ``[workers]``, env ``GATEWAY_WORKERS_*``)."""
-
-    queues: tuple[str, ...] = DEFAULT_QUEUES
-    concurrency: int = 10
-    tries: int = 3
-    timeout: float = 300.0
-    backoff: str = "10,60,300"
-    retry_after: float = 0.0  # 0: timeout + 30 s
-    grace: float = 0.0  # 0: the timeout
-    metrics_port: int = 9101
-    gateway_url: str = "http://127.0.0.1:8080"
-    min_send_interval: Mapping[str, float] = field(default_factory=dict)
-    handlers: Mapping[str, str] = field(default_factory=dict)
-    retry_unknown_queues: tuple[str, ...] = ()
+# need(ok, name, value, why): raise the one-line error when a check fails.
+Need = Callable[[bool, str, Any, str], None]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the gateway and the workers read, after precedence and validation."""
+    """The top-level settings: the gateway's, and those the workers share (``SHARED``)."""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -77,7 +59,6 @@ class Settings:
     health_rise: int = 2
     reconcile_interval: float = 30.0
     log_level: str = "INFO"
-    workers: WorkerSettings = field(default_factory=WorkerSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -86,13 +67,17 @@ class Settings:
         return f"{self.redis_prefix}wa-gateway:"
 
 
+# The top-level settings the workers read too; a bad one stops both programs.
+SHARED = frozenset({"redis_url", "redis_prefix", "mysql_dsn", "laravel_api_token", "log_level"})
+# TOML tables of other programs, read and checked by their own loaders.
+TABLES = frozenset({"workers"})
+
 SECRETS = frozenset({"laravel_api_token", "admin_token", "redis_url", "mysql_dsn"})
 
 # Env names besides GATEWAY_<NAME>: the ones the issue and Laravel's .env use.
 ENV_NAMES: Mapping[str, tuple[str, ...]] = {
     "max_sessions_per_instance": ("WHATSAPP_MAX_SESSIONS_PER_INSTANCE",),
     "laravel_api_token": ("LARAVEL_API_TOKEN",),
-    "gateway_url": ("GATEWAY_URL",),
 }
 
 
@@ -224,22 +209,7 @@ def _coerce(name: str, target: Any, value: Any) -> Any:
         raise SettingsError(f"{name}: {value!r} is not a valid {kind}") from None
 
 
-def _validate(s: Settings) -> None:
-    def need(ok: bool, name: str, value: Any, why: str) -> None:
-        if not ok:
-            source = next(
-                (v for k, v in s.sources.items() if name == k or name.startswith(f"{k}.")),
-                "default",
-            )
-            raise SettingsError(f"{name}: {value!r} {why} (from {source})")
-
-    need(1 <= s.port <= 65535, "port", s.port, "is out of range 1-65535")
-    need(bool(s.instances), "instances", s.instances, "names no instance")
-    seen: set[str] = set()
-    for url in s.instances:
-        need(url not in seen, "instances", url, "is listed twice")
-        seen.add(url)
-    need(s.placement in PLACEMENTS, "placement", s.placement, f"is not one of {PLACEMENTS}")
+def _check_shared(s: Settings, need: Need) -> None:
     need(s.log_level in LOG_LEVELS, "log_level", s.log_level, f"is not one of {LOG_LEVELS}")
     need(
         urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix"),
@@ -254,6 +224,16 @@ def _validate(s: Settings) -> None:
             _mask(s.mysql_dsn),
             "is not a mysql:// DSN",
         )
+
+
+def _check_gateway(s: Settings, need: Need) -> None:
+    need(1 <= s.port <= 65535, "port", s.port, "is out of range 1-65535")
+    need(bool(s.instances), "instances", s.instances, "names no instance")
+    seen: set[str] = set()
+    for url in s.instances:
+        need(url not in seen, "instances", url, "is listed twice")
+        seen.add(url)
+    need(s.placement in PLACEMENTS, "placement", s.placement, f"is not one of {PLACEMENTS}")
     for name in ("max_sessions_per_instance", "max_body_bytes", "health_fall", "health_rise"):
         need(getattr(s, name) >= 1, name, getattr(s, name), "must be at least 1")
     for name in (
@@ -265,37 +245,6 @@ def _validate(s: Settings) -> None:
         "reconcile_interval",
     ):
         need(getattr(s, name) > 0, name, getattr(s, name), "must be greater than 0")
-    w = s.workers
-    need(bool(w.queues), "workers.queues", w.queues, "names no queue")
-    need(w.concurrency >= 1, "workers.concurrency", w.concurrency, "must be at least 1")
-    need(w.tries >= 1, "workers.tries", w.tries, "must be at least 1")
-    need(w.timeout > 0, "workers.timeout", w.timeout, "must be greater than 0")
-    need(
-        0 <= w.metrics_port <= 65535,
-        "workers.metrics_port",
-        w.metrics_port,
-        "is out of range 0-65535",
-    )
-    need(
-        all(p.strip().isdigit() for p in w.backoff.split(",")),
-        "workers.backoff",
-        w.backoff,
-        "is not a comma-separated list of seconds",
-    )
-    for queue, interval in w.min_send_interval.items():
-        need(
-            isinstance(interval, int | float) and interval >= 0,
-            f"workers.min_send_interval.{queue}",
-            interval,
-            "is not a number of seconds >= 0",
-        )
-    for name, target in w.handlers.items():
-        need(
-            isinstance(target, str) and ":" in target,
-            f"workers.handlers.{name}",
-            target,
-            "is not 'package.module:function'",
-        )
 
 
 def _mask(value: str) -> str:
@@ -311,17 +260,11 @@ def _mask(value: str) -> str:
 # --- the loader ---------------------------------------------------------------------------
 
 
-def _env_names(table: str | None, name: str) -> tuple[str, ...]:
+def _env_names(
+    table: str | None, name: str, aliases: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
     own = f"GATEWAY_{table}_{name}" if table else f"GATEWAY_{name}"
-    return (*ENV_NAMES.get(name, ()), own.upper())
-
-
-def _from_layer(table: str | None, name: str, layer: Mapping[str, str]) -> str | None:
-    for env_name in _env_names(table, name):
-        if env_name in layer:
-            return layer[env_name]
-    composite = COMPOSITES.get(name) if table is None else None
-    return composite(layer) if composite else None
+    return (*aliases.get(name, ()), own.upper())
 
 
 def _load_toml(path: Path, required: bool) -> dict[str, Any]:
@@ -335,72 +278,132 @@ def _load_toml(path: Path, required: bool) -> dict[str, Any]:
         raise SettingsError(f"GATEWAY_CONFIG: {str(path)!r} is not valid TOML ({exc})") from None
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read every setting from its highest-precedence source, check it, and return them."""
-    environ = os.environ if environ is None else environ
-    dotenv_path = environ.get("LARAVEL_ENV_FILE", "")
-    dotenv: dict[str, str] = {}
-    if dotenv_path:
-        try:
-            dotenv = parse_dotenv(Path(dotenv_path).read_text())
-        except OSError as exc:
-            raise SettingsError(f"LARAVEL_ENV_FILE: {dotenv_path!r} ({exc.strerror})") from None
-    toml_path = Path(environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
-    toml = _load_toml(toml_path, required="GATEWAY_CONFIG" in environ)
-    layers = (
-        ("env", environ),
-        (f".env ({dotenv_path})", dotenv),
-    )
-    sources: dict[str, str] = {}
+class Sources:
+    """Every source of settings, read once; each program resolves its own sections from it.
 
-    def resolve(cls: type, table: str | None, toml_table: Mapping[str, Any]) -> Any:
-        known = {f.name for f in fields(cls)} - {"workers", "sources"}
-        nested = {"workers"} if table is None else set()
-        for key in toml_table:
-            if key not in known and key not in nested:
-                where = f"{table}.{key}" if table else key
-                raise SettingsError(f"{where}: unknown key in {toml_path}")
+    ``origin`` records, per setting resolved so far, where its value came from.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        dotenv_path = environ.get("LARAVEL_ENV_FILE", "")
+        dotenv: dict[str, str] = {}
+        if dotenv_path:
+            try:
+                dotenv = parse_dotenv(Path(dotenv_path).read_text())
+            except OSError as exc:
+                raise SettingsError(f"LARAVEL_ENV_FILE: {dotenv_path!r} ({exc.strerror})") from None
+        self.toml_path = Path(environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
+        self.toml = _load_toml(self.toml_path, required="GATEWAY_CONFIG" in environ)
+        self.layers = (("env", environ), (f".env ({dotenv_path})", dotenv))
+        self.origin: dict[str, str] = {}
+
+    def _table(self, table: str | None) -> Mapping[str, Any]:
+        if table is None:
+            return self.toml
+        values = self.toml.get(table, {})
+        if not isinstance(values, dict):
+            raise SettingsError(f"{table}: must be a table in {self.toml_path}")
+        return values
+
+    def _raw(self, table: str | None, name: str, aliases: Mapping[str, tuple[str, ...]]) -> Any:
+        """The highest-precedence raw value of one setting, or None; records its origin."""
+        label = f"{table}.{name}" if table else name
+        for source, layer in self.layers:
+            raw = next((layer[n] for n in _env_names(table, name, aliases) if n in layer), None)
+            composite = COMPOSITES.get(name) if table is None else None
+            if raw is None and composite is not None:
+                raw = composite(layer)
+            if raw is not None:
+                self.origin[label] = source
+                return raw
+        toml_table = self._table(table)
+        if name in toml_table:
+            self.origin[label] = f"toml ({self.toml_path})"
+            return toml_table[name]
+        self.origin[label] = "default"
+        return None
+
+    def resolve(
+        self,
+        cls: type,
+        table: str | None = None,
+        *,
+        names: Collection[str] | None = None,
+        aliases: Mapping[str, tuple[str, ...]] = ENV_NAMES,
+        urls: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """The values of one section (a dataclass of defaults), coerced to their types.
+
+        ``names`` limits it to some fields (the others keep their defaults, unread and
+        unchecked); only a whole section checks the TOML table for unknown keys.
+        """
+        known = {f.name for f in fields(cls)} - {"sources"}
+        if names is None:
+            for key in self._table(table):
+                if key not in known and not (table is None and key in TABLES):
+                    where = f"{table}.{key}" if table else key
+                    raise SettingsError(f"{where}: unknown key in {self.toml_path}")
         defaults = cls()
         values: dict[str, Any] = {}
-        for name in sorted(known):
+        for name in sorted(known if names is None else known & set(names)):
             label = f"{table}.{name}" if table else name
             default = getattr(defaults, name)
-            raw: Any = None
-            for source, layer in layers:
-                raw = _from_layer(table, name, layer)
-                if raw is not None:
-                    sources[label] = source
-                    break
-            if raw is None and name in toml_table:
-                raw, sources[label] = toml_table[name], f"toml ({toml_path})"
+            raw = self._raw(table, name, aliases)
             if raw is None:
-                sources[label] = "default"
                 values[name] = default
                 continue
             value = _coerce(label, default, raw)
-            if name == "instances":
-                value = tuple(_check_url(label, u) for u in value)
-            elif name == "gateway_url":
-                value = _check_url(label, value)
+            if name in urls:
+                value = (
+                    tuple(_check_url(label, u) for u in value)
+                    if isinstance(value, tuple)
+                    else _check_url(label, value)
+                )
             values[name] = value
         return values
 
-    workers_toml = toml.get("workers", {})
-    if not isinstance(workers_toml, dict):
-        raise SettingsError(f"workers: must be a table in {toml_path}")
-    workers = WorkerSettings(**resolve(WorkerSettings, "workers", workers_toml))
-    top = resolve(Settings, None, toml)
-    settings = Settings(**top, workers=workers, sources=sources)
-    _validate(settings)
+    def need(self, ok: bool, name: str, value: Any, why: str) -> None:
+        """Raise the one-line error for a value that fails a check, naming its source."""
+        if not ok:
+            source = next(
+                (v for k, v in self.origin.items() if name == k or name.startswith(f"{k}.")),
+                "default",
+            )
+            raise SettingsError(f"{name}: {value!r} {why} (from {source})")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    shared_only: bool = False,
+    sources: Sources | None = None,
+) -> Settings:
+    """The top-level settings, checked; ``shared_only`` (the workers): just ``SHARED``.
+
+    With ``shared_only`` the gateway's own settings keep their defaults, so a bad one
+    cannot stop the workers.
+    """
+    sources = sources or Sources(environ)
+    names = SHARED if shared_only else None
+    values = sources.resolve(Settings, names=names, urls={"instances"})
+    settings = Settings(**values, sources=dict(sources.origin))
+    _check_shared(settings, sources.need)
+    if not shared_only:
+        _check_gateway(settings, sources.need)
     return settings
 
 
-def describe(settings: Settings) -> list[tuple[str, str, str]]:
-    """Rows of (setting, value, source) for ``check-config``, secrets masked."""
+def describe(settings: Settings, **tables: object) -> list[tuple[str, str, str]]:
+    """Rows of (setting, value, source) for ``check-config``, secrets masked.
+
+    ``tables`` are the sections of other programs (e.g. ``workers=WorkerSettings``), whose
+    sources ``settings.sources`` must hold.
+    """
     rows = []
     for name, source in sorted(settings.sources.items()):
         table, _, attr = name.rpartition(".")
-        value = getattr(settings.workers if table else settings, attr)
+        value = getattr(tables[table] if table else settings, attr)
         if isinstance(value, tuple):
             shown = ",".join(value)
         elif isinstance(value, Mapping):
@@ -411,3 +414,10 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             shown = _mask(shown)
         rows.append((name, shown, source))
     return rows
+
+
+def print_settings(rows: list[tuple[str, str, str]]) -> None:
+    """Print ``describe``'s rows as aligned columns (``check-config``)."""
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value}  [{source}]")

@@ -38,8 +38,9 @@ from dev.run import (
     stages,
     workers_available,
 )
-from gateway.settings import Settings, WorkerSettings, load_settings
+from gateway.settings import Settings, load_settings
 from tests.conftest import API_KEY, ROOT, eventually, free_port, wait_healthy
+from workers.settings import WorkerSettings
 
 RUNNING_REDIS = RedisChoice("redis://127.0.0.1:6379/0")
 EMBEDDED = embedded_redis("redis://127.0.0.1:6379/3", "/bin/redis-server", 6390, "/r/var/redis")
@@ -122,7 +123,7 @@ def test_connect_delay_and_ports_are_passed_on() -> None:
 
 
 def test_embedded_redis_starts_first_and_everyone_uses_it() -> None:
-    specs = plan(Settings(), {}, redis=EMBEDDED, workers=True, python=PY)
+    specs = plan(Settings(), {}, redis=EMBEDDED, workers=WorkerSettings(), python=PY)
 
     redis = specs[0]
     assert redis.name == "redis"
@@ -142,7 +143,7 @@ def test_running_redis_is_used_as_is() -> None:
 
 def test_workers_point_at_the_gateway_and_stop_quickly() -> None:
     settings = Settings(port=9000, host="0.0.0.0")
-    specs = plan(settings, {}, redis=RUNNING_REDIS, workers=True, python=PY)
+    specs = plan(settings, {}, redis=RUNNING_REDIS, workers=WorkerSettings(), python=PY)
 
     workers = specs[-1]
     assert workers.name == "workers"
@@ -155,13 +156,13 @@ def test_workers_point_at_the_gateway_and_stop_quickly() -> None:
 
 def test_a_grace_set_by_the_developer_is_kept() -> None:
     environ = {"GATEWAY_WORKERS_GRACE": "42"}
-    specs = plan(Settings(), environ, redis=RUNNING_REDIS, workers=True)
+    specs = plan(Settings(), environ, redis=RUNNING_REDIS, workers=WorkerSettings())
     assert "GATEWAY_WORKERS_GRACE" not in by_name(specs)["workers"].env  # inherited as is
 
 
 def test_workers_without_metrics_are_ready_once_started() -> None:
-    settings = Settings(workers=WorkerSettings(metrics_port=0))
-    workers = plan(settings, {}, redis=RUNNING_REDIS, workers=True)[-1]
+    workers = WorkerSettings(metrics_port=0)
+    workers = plan(Settings(), {}, redis=RUNNING_REDIS, workers=workers)[-1]
     assert workers.ready_url is None
     assert workers.port is None
 
@@ -172,7 +173,7 @@ def test_no_workers_when_not_asked() -> None:
 
 
 def test_stages_start_redis_then_simulators_then_gateway_then_workers() -> None:
-    specs = plan(Settings(), {}, redis=EMBEDDED, workers=True)
+    specs = plan(Settings(), {}, redis=EMBEDDED, workers=WorkerSettings())
     assert [[s.name for s in stage] for stage in stages(specs)] == [
         ["redis"],
         ["sim-3001", "sim-3002", "sim-3003", "sim-3004"],

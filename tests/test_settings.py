@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.settings import Settings, SettingsError, describe, load_settings, parse_dotenv
+from workers.settings import WorkerSettings, load_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,35 +86,62 @@ def test_the_shipped_toml_states_the_defaults() -> None:
     defaults = Settings()
     for name in ("port", "instances", "placement", "health_interval", "max_body_bytes"):
         assert getattr(s, name) == getattr(defaults, name)
-    assert s.workers.queues == defaults.workers.queues
+    _, workers = load_worker_settings({"GATEWAY_CONFIG": str(ROOT / "config" / "gateway.toml")})
+    assert workers.queues == WorkerSettings().queues
+
+
+GATEWAY, WORKERS = load_settings, load_worker_settings
 
 
 @pytest.mark.parametrize(
-    ("env", "toml", "words"),
+    ("load", "env", "toml", "words"),
     [
-        ({"GATEWAY_PORT": "70000"}, "", "port: 70000 is out of range"),
-        ({"GATEWAY_PORT": "eighty"}, "", "port: 'eighty' is not a valid int"),
-        ({"WHATSAPP_INSTANCES": "http://a:1,http://a:1"}, "", "is listed twice"),
-        ({"WHATSAPP_INSTANCES": "localhost:3001"}, "", "is not an http(s) URL"),
+        (GATEWAY, {"GATEWAY_PORT": "70000"}, "", "port: 70000 is out of range"),
+        (GATEWAY, {"GATEWAY_PORT": "eighty"}, "", "port: 'eighty' is not a valid int"),
+        (GATEWAY, {"WHATSAPP_INSTANCES": "http://a:1,http://a:1"}, "", "is listed twice"),
+        (GATEWAY, {"WHATSAPP_INSTANCES": "localhost:3001"}, "", "is not an http(s) URL"),
         (
+            GATEWAY,
             {"WHATSAPP_INSTANCE_COUNT": "2", "WHATSAPP_INSTANCE_1": "http://a:1"},
             "",
             "WHATSAPP_INSTANCE_2: missing",
         ),
-        ({}, "colour = 'blue'\n", "colour: unknown key"),
-        ({}, "[workers]\nspeed = 3\n", "workers.speed: unknown key"),
-        ({}, "health_fall = 'two'\n", "health_fall: 'two' is not a valid int"),
-        ({}, "placement = 'random'\n", "placement: 'random' is not one of"),
-        ({"REDIS_URL": "http://x"}, "", "redis_url"),
+        (GATEWAY, {}, "colour = 'blue'\n", "colour: unknown key"),
+        (WORKERS, {}, "[workers]\nspeed = 3\n", "workers.speed: unknown key"),
+        (WORKERS, {"GATEWAY_WORKERS_CONCURRENCY": "0"}, "", "workers.concurrency: 0 must be"),
+        (WORKERS, {}, "workers = 3\n", "workers: must be a table"),
+        (GATEWAY, {}, "health_fall = 'two'\n", "health_fall: 'two' is not a valid int"),
+        (GATEWAY, {}, "placement = 'random'\n", "placement: 'random' is not one of"),
+        (GATEWAY, {"REDIS_URL": "http://x"}, "", "redis_url"),
+        (WORKERS, {"REDIS_URL": "http://x"}, "", "redis_url"),  # shared: stops both
     ],
 )
 def test_a_bad_setting_is_named_with_its_value(
-    tmp_path: Path, env: dict[str, str], toml: str, words: str
+    tmp_path: Path, load: Callable[..., object], env: dict[str, str], toml: str, words: str
 ) -> None:
     with pytest.raises(SettingsError) as exc:
-        load_settings({**env, "GATEWAY_CONFIG": write(tmp_path / "g.toml", toml)})
+        load({**env, "GATEWAY_CONFIG": write(tmp_path / "g.toml", toml)})
     assert words in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+def test_each_program_checks_only_its_own_sections(tmp_path: Path) -> None:
+    bad_workers = {
+        "GATEWAY_CONFIG": write(tmp_path / "w.toml", "[workers]\nspeed = 3\ntries = 0\n"),
+        "GATEWAY_WORKERS_CONCURRENCY": "many",
+    }
+    assert load_settings(bad_workers).port == 8080  # the gateway starts
+    bad_gateway = {
+        "GATEWAY_CONFIG": write(tmp_path / "g.toml", "colour = 'blue'\nplacement = 'random'\n"),
+        "GATEWAY_PORT": "eighty",
+        "REDIS_PREFIX": "app_",
+        "GATEWAY_WORKERS_TRIES": "5",
+    }
+    settings, workers = load_worker_settings(bad_gateway)  # the workers start
+    assert (settings.redis_prefix, workers.tries) == ("app_", 5)
+    assert settings.sources["redis_prefix"] == "env"
+    assert settings.sources["workers.tries"] == "env"
+    assert "port" not in settings.sources  # not read, so not shown as in force
 
 
 def test_dotenv_parsing() -> None:
@@ -163,3 +192,36 @@ def test_the_commands_print_one_line_on_a_bad_setting() -> None:
     assert good.returncode == 0
     assert "laravel_api_token" in good.stdout and "zzz-secret" not in good.stdout
     assert "[env]" in good.stdout and "[toml (config/gateway.toml)]" in good.stdout
+
+
+def run_module(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, "check-config"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_a_bad_worker_setting_stops_only_the_workers() -> None:
+    env = {"GATEWAY_WORKERS_CONCURRENCY": "0"}
+    workers = run_module("workers", env)
+    assert workers.returncode == 2
+    assert workers.stderr.strip().splitlines() == [
+        "workers: workers.concurrency: 0 must be at least 1 (from env)"
+    ]
+    gateway = run_module("gateway", env)
+    assert gateway.returncode == 0, gateway.stderr
+    assert "workers." not in gateway.stdout
+
+
+def test_a_bad_gateway_setting_stops_only_the_gateway() -> None:
+    env = {"GATEWAY_PORT": "0", "GATEWAY_WORKERS_CONCURRENCY": "7"}
+    assert run_module("gateway", env).returncode == 2
+    workers = run_module("workers", env)
+    assert workers.returncode == 0, workers.stderr
+    rows = {line.split()[0]: line for line in workers.stdout.splitlines()}
+    assert "7  [env]" in rows["workers.concurrency"]
+    assert "redis_url" in rows and "port" not in rows

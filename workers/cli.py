@@ -1,6 +1,6 @@
 """``python -m workers``: run the pool, enqueue a job, show stats, manage failed jobs.
 
-Settings come from :func:`gateway.settings.load_settings`; the flags override them. A bad
+Settings come from :func:`workers.settings.load_worker_settings`; the flags override them. A bad
 setting or flag prints one line and exits 2.
 """
 
@@ -18,12 +18,13 @@ from typing import Any, NoReturn
 
 import uvloop
 
-from gateway.settings import Settings, SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, describe, print_settings
 from workers.connections import mysql_pool, redis_client
 from workers.failed import FailedStore
 from workers.handlers import HandlerError
 from workers.jobs import encode, new_payload
 from workers.queues import Depth, Queues
+from workers.settings import WorkerSettings, load_worker_settings
 from workers.worker import Pool, PoolConfig
 
 # Flag -> WorkerSettings field, for the flags that override settings.
@@ -89,6 +90,7 @@ def build_parser() -> Parser:
     enqueue.add_argument("--data", type=json.loads, default={}, help="the job's data as JSON")
     enqueue.add_argument("--delay", type=float, default=0.0, help="run in S seconds")
     sub.add_parser("stats", parents=[common], help="queue depths and failed count")
+    sub.add_parser("check-config", help="print the settings in force and where each came from")
     failed = sub.add_parser("failed", parents=[common], help="failed jobs")
     action = failed.add_subparsers(dest="action", metavar="ACTION", required=True)
     action.add_parser("list", help="list failed jobs")
@@ -101,24 +103,24 @@ def build_parser() -> Parser:
     return parser
 
 
-def configure(args: argparse.Namespace, settings: Settings) -> PoolConfig:
+def configure(args: argparse.Namespace, settings: Settings, workers: WorkerSettings) -> PoolConfig:
     """The pool config: settings, then the flags given."""
     overrides: dict[str, Any] = {}
     for flag, name in OVERRIDES.items():
         if hasattr(args, flag):
             value = getattr(args, flag)
             if flag == "handler":
-                value = {**settings.workers.handlers, **dict(value)}
+                value = {**workers.handlers, **dict(value)}
             overrides[name] = value
-    return PoolConfig.build(settings, dataclasses.replace(settings.workers, **overrides))
+    return PoolConfig.build(settings, dataclasses.replace(workers, **overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
-        config = configure(args, settings)
+        settings, workers = load_worker_settings()
+        config = configure(args, settings, workers)
         if args.command == "enqueue" and not isinstance(args.data, dict):
             raise SettingsError("--data must be a JSON object")
         if args.command == "failed" and args.action == "retry" and bool(args.id) == args.all:
@@ -126,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"workers: {exc}", file=sys.stderr)
         return 2
+    if args.command == "check-config":
+        print_settings(describe(settings, workers=workers))
+        return 0
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

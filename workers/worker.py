@@ -22,7 +22,7 @@ import aiomysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.settings import Settings, SettingsError, WorkerSettings
+from gateway.settings import Settings, SettingsError
 from workers.failed import FailedStore
 from workers.handlers import (
     Handler,
@@ -38,6 +38,7 @@ from workers.metrics import Metrics
 from workers.pacing import Pacer
 from workers.queues import Queues
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
+from workers.settings import WorkerSettings
 
 log = logging.getLogger("workers")
 
@@ -67,9 +68,8 @@ class PoolConfig:
     depth_interval: float = 5.0
 
     @classmethod
-    def build(cls, settings: Settings, workers: WorkerSettings | None = None) -> PoolConfig:
+    def build(cls, settings: Settings, w: WorkerSettings) -> PoolConfig:
         """Check the worker settings (possibly overridden by flags) and fill in defaults."""
-        w = workers or settings.workers
 
         def need(ok: bool, name: str, value: object, why: str) -> None:
             if not ok:

@@ -24,6 +24,7 @@ from typing import Any
 import uvloop
 
 from gateway.settings import load_settings
+from workers.settings import load_worker_settings
 
 ENGINES = ("ours", "saq", "arq")
 
@@ -61,9 +62,9 @@ async def bench_ours(url: str, jobs: int, concurrency: int) -> float:
     from workers.worker import Pool, PoolConfig
 
     prefix = f"bench-{uuid.uuid4().hex[:12]}:"
-    settings = load_settings()
+    settings, workers = load_worker_settings()
     workers = dataclasses.replace(
-        settings.workers, queues=("bench",), concurrency=concurrency, metrics_port=0, handlers={}
+        workers, queues=("bench",), concurrency=concurrency, metrics_port=0, handlers={}
     )
     config = dataclasses.replace(
         PoolConfig.build(settings, workers), redis_prefix=prefix, key_prefix=f"{prefix}gw:"
@@ -167,7 +168,7 @@ RUNNERS = {"ours": bench_ours, "saq": bench_saq, "arq": bench_arq}
 
 def run_engine(engine: str, jobs: int, concurrency: int) -> None:
     """In the child: run one engine and print its result as one JSON line."""
-    url = load_settings().redis_url
+    url = load_settings(shared_only=True).redis_url
     seconds = uvloop.run(RUNNERS[engine](url, jobs, concurrency))
     print(json.dumps({"engine": engine, "seconds": seconds, "rate": jobs / seconds}))
 

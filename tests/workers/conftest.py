@@ -27,10 +27,11 @@ import aiomysql
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings
 from workers.connections import redis_client
 from workers.jobs import encode, new_payload
 from workers.queues import QueueKeys, failed_key
+from workers.settings import WorkerSettings, load_worker_settings
 from workers.worker import Pool, PoolConfig
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -140,12 +141,12 @@ class Harness:
             **extra,
         }
 
-    def settings(self, **extra: str) -> Settings:
-        return load_settings(self.environ(**extra))
+    def settings(self, **extra: str) -> tuple[Settings, WorkerSettings]:
+        return load_worker_settings(self.environ(**extra))
 
     def config(self, **overrides: Any) -> PoolConfig:
         """Pool config from this test's settings; keyword args replace PoolConfig fields."""
-        config = PoolConfig.build(self.settings())
+        config = PoolConfig.build(*self.settings())
         return replace(config, **{"metrics_port": 0, "idle_wait": 0.2, **overrides})
 
     async def push(self, queue: str, job: str, data: dict[str, Any], **options: Any) -> bytes:
