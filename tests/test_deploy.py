@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.settings import WorkerSettings
 from tests.conftest import REDIS_URL, ROOT, RunningGateway, eventually, free_port
 from tests.supervised import LEAKY
+from workers.settings import WorkerSettings
 
 DEPLOY = ROOT / "deploy"
 SUPERVISOR_CONF = DEPLOY / "supervisor" / "whatsapp-gateway.conf"
