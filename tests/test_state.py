@@ -178,3 +178,32 @@ async def test_pin_changes_are_told_once_to_this_process_listeners_only(simulato
 
     await eventually(second_forgot, timeout=1.0)
     assert mirrored == []  # the other process only mirrors; the change was told where made
+
+
+async def test_every_kind_of_pin_change_names_its_source(simulators, gateways, http):
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims], admin_token="t")
+    told: list[PinChange] = []
+    gw.gw.pins.on_change(told.append)
+    first = await create(http, gw.url, "src-1")
+    other = next(s.url for s in sims if s.url != first)
+    for url, method in ((other, "POST"), (first, "DELETE")):  # moved outside the gateway
+        path = "/api/sessions" if method == "POST" else "/api/sessions/src-1"
+        body = {"session_id": "src-1", "api_key": API_KEY}
+        async with http.request(method, f"{url}{path}", json=body) as resp:
+            assert resp.status == 200
+    async with http.get(f"{gw.url}/api/sessions/src-1/status?api_key={API_KEY}") as resp:
+        assert resp.headers["X-WhatsApp-Instance"] == other  # found again
+    auth = {"Authorization": "Bearer t"}
+    async with http.put(
+        f"{gw.url}/gateway/sessions/src-1", json={"instance": first}, headers=auth
+    ) as resp:
+        assert resp.status == 200  # a wrong pin, set by hand...
+    async with http.post(f"{gw.url}/gateway/reconcile", headers=auth) as resp:
+        assert resp.status == 200  # ...that reconciliation corrects
+    assert [(c.url, c.source) for c in told] == [
+        (first, "create"),
+        (other, "rediscovery"),
+        (first, "admin"),
+        (other, "reconcile"),
+    ]
