@@ -28,6 +28,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return await gw.proxy.handle(call)
 
 
+async def receive_webhook(request: web.Request) -> web.Response:
+    return await request.app[GATEWAY].webhooks.handle(request)
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text; instance gauges are read from the live state at scrape time."""
     request[ROUTE] = "/metrics"
@@ -48,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app.cleanup_ctx.append(gateway_ctx)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_route("*", f"{settings.webhook_path}{{tail:.*}}", receive_webhook)
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -107,6 +107,30 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.webhooks_received = Counter(
+            "gateway_webhooks_received",
+            "Webhook events queued for the backend, by event name (unknown names: other).",
+            ["event"],
+            registry=r,
+        )
+        self.webhooks_rejected = Counter(
+            "gateway_webhooks_rejected",
+            "Webhook events refused, by reason (missing_headers, bad_timestamp,"
+            " stale_timestamp, bad_signature, too_large, off, redis_down).",
+            ["reason"],
+            registry=r,
+        )
+        self.webhooks_duplicates = Counter(
+            "gateway_webhooks_duplicates",
+            "Webhook events dropped as repeats of one received within the dedup window.",
+            registry=r,
+        )
+        self.webhook_pins = Counter(
+            "gateway_webhook_pins",
+            "Sessions re-pinned from a webhook event, by instance.",
+            ["instance"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "gateway_redis_up",
             "1 while Redis answers; 0 while the gateway runs from memory.",

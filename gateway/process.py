@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.health.checks import HealthChecker
@@ -17,8 +18,10 @@ from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.service.proxy import Proxy
+from gateway.service.webhooks import Receiver
 from gateway.settings import Settings
 from gateway.state.instances import Fleet
+from gateway.state.outbox import Outbox
 from gateway.state.store import PinStore
 from gateway.upstream.client import Upstreams
 
@@ -37,6 +40,7 @@ class Gateway:
     router: Router
     proxy: Proxy
     reconciler: Reconciler
+    webhooks: Receiver
     started: float
 
 
@@ -81,6 +85,21 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         interval=s.reconcile_interval,
         timeout=s.health_timeout,
     )
+    # The webhook route's own Redis client: an event is never queued behind a pin's call.
+    webhook_redis = aioredis.Redis.from_url(
+        s.redis_url, socket_timeout=s.redis_timeout, socket_connect_timeout=s.redis_timeout
+    )
+    webhooks = Receiver(
+        secret=s.hmac_secret,
+        prefix=s.webhook_path,
+        instances=s.instances,
+        dedup_window=s.webhook_dedup_window,
+        max_body=s.webhook_max_body_bytes,
+        timeout=s.redis_timeout,
+        outbox=Outbox(webhook_redis, s.key_prefix),
+        pins=pins,
+        metrics=metrics,
+    )
     await pins.start()
     await health.start()
     await reconciler.start()
@@ -95,9 +114,11 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         router,
         proxy,
         reconciler,
+        webhooks,
         time.monotonic(),
     )
     yield
+    await webhook_redis.aclose()
     await reconciler.close()
     await health.close()
     await upstreams.close()

@@ -25,6 +25,7 @@ DEFAULT_CONFIG = "config/gateway.toml"
 DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 3005))
 PLACEMENTS = ("least_loaded", "workspace", "shard")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+WEBHOOK_PATH = re.compile(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+")
 
 
 class SettingsError(ValueError):
@@ -59,6 +60,10 @@ class Settings:
     health_rise: int = 2
     reconcile_interval: float = 30.0
     log_level: str = "INFO"
+    hmac_secret: str = ""  # the instances' webhook secret; empty: the webhook route is off
+    webhook_path: str = "/api/whatsapp/webhooks/"
+    webhook_dedup_window: float = 600.0
+    webhook_max_body_bytes: int = 8 * 1024 * 1024
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -68,16 +73,19 @@ class Settings:
 
 
 # The top-level settings the workers read too; a bad one stops both programs.
-SHARED = frozenset({"redis_url", "redis_prefix", "mysql_dsn", "laravel_api_token", "log_level"})
+SHARED = frozenset(
+    {"redis_url", "redis_prefix", "mysql_dsn", "laravel_api_token", "log_level", "hmac_secret"}
+)
 # TOML tables of other programs, read and checked by their own loaders.
 TABLES = frozenset({"workers"})
 
-SECRETS = frozenset({"laravel_api_token", "admin_token", "redis_url", "mysql_dsn"})
+SECRETS = frozenset({"laravel_api_token", "admin_token", "redis_url", "mysql_dsn", "hmac_secret"})
 
 # Env names besides GATEWAY_<NAME>: the ones the issue and Laravel's .env use.
 ENV_NAMES: Mapping[str, tuple[str, ...]] = {
     "max_sessions_per_instance": ("WHATSAPP_MAX_SESSIONS_PER_INSTANCE",),
     "laravel_api_token": ("LARAVEL_API_TOKEN",),
+    "hmac_secret": ("HMAC_SECRET", "WHATSAPP_HMAC_SECRET"),
 }
 
 
@@ -234,7 +242,20 @@ def _check_gateway(s: Settings, need: Need) -> None:
         need(url not in seen, "instances", url, "is listed twice")
         seen.add(url)
     need(s.placement in PLACEMENTS, "placement", s.placement, f"is not one of {PLACEMENTS}")
-    for name in ("max_sessions_per_instance", "max_body_bytes", "health_fall", "health_rise"):
+    need(
+        WEBHOOK_PATH.fullmatch(s.webhook_path) is not None,
+        "webhook_path",
+        s.webhook_path,
+        "must be a path of one or more segments, starting and ending with /",
+    )
+    need(s.webhook_dedup_window >= 0, "webhook_dedup_window", s.webhook_dedup_window, "is < 0")
+    for name in (
+        "max_sessions_per_instance",
+        "max_body_bytes",
+        "health_fall",
+        "health_rise",
+        "webhook_max_body_bytes",
+    ):
         need(getattr(s, name) >= 1, name, getattr(s, name), "must be at least 1")
     for name in (
         "redis_timeout",

@@ -9,22 +9,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import uvloop
 
 from gateway.settings import Settings, SettingsError, describe, print_settings
+from gateway.state.outbox import Backlog, DeadLetter, Outbox
 from workers.connections import mysql_pool, redis_client
 from workers.failed import FailedStore
 from workers.handlers import HandlerError
 from workers.jobs import encode, new_payload
 from workers.queues import Depth, Queues
 from workers.settings import WorkerSettings, load_worker_settings
+from workers.webhooks import RelayConfig, WebhookRelay
 from workers.worker import Pool, PoolConfig
 
 # Flag -> WorkerSettings field, for the flags that override settings.
@@ -134,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    command = {None: serve, "run": serve, "enqueue": enqueue, "stats": stats, "failed": failed}
+    run = functools.partial(serve, workers=workers)
+    command = {None: run, "run": run, "enqueue": enqueue, "stats": stats, "failed": failed}
     try:
         return uvloop.run(command[args.command](args, settings, config))
     except HandlerError as exc:
@@ -142,20 +148,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-async def serve(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
-    redis = redis_client(settings.redis_url, max_connections=2 * config.concurrency + 10)
+async def serve(
+    args: argparse.Namespace, settings: Settings, config: PoolConfig, workers: WorkerSettings
+) -> int:
+    """The pool, and the webhook relay beside it when webhooks are delivered."""
+    relay = RelayConfig.build(settings, workers)
+    slots = config.concurrency + (relay.concurrency + 1 if relay else 0)
+    redis = redis_client(settings.redis_url, max_connections=2 * slots + 10)
     mysql = await mysql_pool(settings.mysql_dsn)
     try:
         pool = Pool(config, redis, mysql)
+        relays = [WebhookRelay(relay, redis, pool.metrics)] if relay else []
         await redis.ping()
         pool.metrics.serve(config.metrics_port)
+
+        def stop() -> None:
+            pool.stop()
+            for r in relays:
+                r.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, pool.stop)
+            loop.add_signal_handler(sig, stop)
         logging.getLogger("workers").info(
             "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
         )
-        await pool.run()
+        await asyncio.gather(pool.run(), *(r.run() for r in relays))
     finally:
         await redis.aclose()
         if mysql is not None:
@@ -179,6 +197,17 @@ async def enqueue(args: argparse.Namespace, settings: Settings, config: PoolConf
     return 0
 
 
+def format_backlog(b: Backlog) -> str:
+    """The webhook outbox in one line, for ``stats``."""
+    if b.waiting == 0:
+        return f"webhooks: 0 waiting, {b.dead} dead-lettered"
+    oldest = "unknown" if b.oldest_age is None else f"{b.oldest_age:.1f}s"
+    return (
+        f"webhooks: {b.waiting} waiting in {b.lanes} sessions, oldest {oldest},"
+        f" {b.dead} dead-lettered"
+    )
+
+
 def format_depths(depths: Sequence[Depth], failed: int) -> str:
     def age(d: Depth) -> str:
         if d.waiting == 0:
@@ -200,9 +229,11 @@ async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig
     try:
         depths = await Queues(redis, settings.redis_prefix, config.queues).depths()
         failed = await FailedStore(redis, settings.redis_prefix, None).count()
+        backlog = await Outbox(redis, settings.key_prefix).backlog(time.time())
     finally:
         await redis.aclose()
     print(format_depths(depths, failed))
+    print(format_backlog(backlog))
     return 0
 
 
@@ -210,8 +241,22 @@ async def failed(args: argparse.Namespace, settings: Settings, config: PoolConfi
     redis = redis_client(settings.redis_url)
     mysql = await mysql_pool(settings.mysql_dsn)
     store = FailedStore(redis, settings.redis_prefix, mysql)
+    outbox = Outbox(redis, settings.key_prefix)
     try:
-        return await _failed_action(store, args)
+        letters = {letter.id: letter for letter in await outbox.dead_letters()}
+        if getattr(args, "id", None) in letters:
+            return await _dead_letter_action(outbox, letters[args.id], args.action)
+        code = await _failed_action(store, args)
+        if args.action == "list":
+            for letter in letters.values():
+                print(_dead_letter_line(letter))
+        elif args.action == "retry" and args.all:
+            for letter in letters.values():
+                await _dead_letter_action(outbox, letter, "retry")
+        elif args.action == "flush" and letters:
+            gone = [await outbox.forget(letter_id) for letter_id in letters]
+            print(f"flushed {sum(gone)} dead-lettered webhooks")
+        return code
     finally:
         await redis.aclose()
         if mysql is not None:
@@ -245,6 +290,26 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
         print(f"forgot {args.id}")
         return 0
     print(f"flushed {await store.flush()}")
+    return 0
+
+
+def _dead_letter_line(letter: DeadLetter) -> str:
+    """A dead-lettered webhook as ``failed list`` shows a failed job; the queue is webhook."""
+    when = datetime.fromtimestamp(letter.dead_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lines = letter.error.strip().splitlines()
+    first = lines[0] if lines else ""
+    return f"{letter.id}  {when}  webhook  {letter.event or '?'}  {first[:100]}"
+
+
+async def _dead_letter_action(outbox: Outbox, letter: DeadLetter, action: str) -> int:
+    if action == "show":
+        entry = dataclasses.asdict(letter) | {"body": letter.body.decode("utf-8", "replace")}
+        print(json.dumps(entry, indent=2, ensure_ascii=False))
+    elif action == "retry":
+        if await outbox.requeue(letter.id, time.time()):
+            print(f"retried {letter.id}")
+    elif action == "forget" and await outbox.forget(letter.id):
+        print(f"forgot {letter.id}")
     return 0
 
 

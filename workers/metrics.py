@@ -17,9 +17,12 @@ from prometheus_client import (
     start_http_server,
 )
 
+from gateway.state.outbox import Backlog
 from workers.queues import Depth
 
 OUTCOMES = ("done", "retried", "failed", "timed_out", "paced")
+# From a busy backend's milliseconds to a day-long outage's retries.
+LAG_BUCKETS = (0.01, 0.05, 0.25, 1, 5, 30, 60, 300, 900, 3600, 21600, 86400)
 
 
 class Metrics:
@@ -59,9 +62,48 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.webhooks = Counter(
+            "workers_webhooks",
+            "Webhook delivery attempts by outcome: delivered, retried, dead_lettered.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_lag = Histogram(
+            "workers_webhook_delivery_lag_seconds",
+            "Time from the gateway receiving a webhook event to the backend's 2xx.",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_backlog = Gauge(
+            "workers_webhook_backlog",
+            "Webhook events waiting for delivery (all processes).",
+            registry=self.registry,
+        )
+        self.webhook_sessions = Gauge(
+            "workers_webhook_sessions_waiting",
+            "Sessions (and the shared lane) with webhook events waiting.",
+            registry=self.registry,
+        )
+        self.webhook_oldest = Gauge(
+            "workers_webhook_oldest_waiting_seconds",
+            "Age of the oldest webhook event waiting; 0 when none waits.",
+            registry=self.registry,
+        )
+        self.webhook_dead = Gauge(
+            "workers_webhook_dead_letters",
+            "Dead-lettered webhook events kept for `python -m workers failed`.",
+            registry=self.registry,
+        )
+
     def serve(self, port: int) -> None:
         if port:
             start_http_server(port, registry=self.registry)
+
+    def observe_webhooks(self, backlog: Backlog) -> None:
+        self.webhook_backlog.set(backlog.waiting)
+        self.webhook_sessions.set(backlog.lanes)
+        self.webhook_oldest.set(backlog.oldest_age or 0.0)
+        self.webhook_dead.set(backlog.dead)
 
     def observe_depths(self, depths: Iterable[Depth]) -> None:
         for d in depths:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 from gateway.settings import Need, Settings, Sources, load_settings
 
@@ -22,7 +23,10 @@ DEFAULT_QUEUES = (
 )
 
 # Env names besides GATEWAY_WORKERS_<NAME>.
-ENV_NAMES: Mapping[str, tuple[str, ...]] = {"gateway_url": ("GATEWAY_URL",)}
+ENV_NAMES: Mapping[str, tuple[str, ...]] = {
+    "gateway_url": ("GATEWAY_URL",),
+    "laravel_url": ("LARAVEL_URL",),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,12 @@ class WorkerSettings:
     min_send_interval: Mapping[str, float] = field(default_factory=dict)
     handlers: Mapping[str, str] = field(default_factory=dict)
     retry_unknown_queues: tuple[str, ...] = ()
+    laravel_url: str = ""  # where webhook events are delivered; empty: not delivered
+    webhook_concurrency: int = 10
+    webhook_timeout: float = 30.0
+    webhook_max_age: float = 86400.0
+    webhook_backoff_base: float = 1.0
+    webhook_backoff_cap: float = 300.0
 
 
 def _check(w: WorkerSettings, need: Need) -> None:
@@ -59,6 +69,29 @@ def _check(w: WorkerSettings, need: Need) -> None:
         "workers.backoff",
         w.backoff,
         "is not a comma-separated list of seconds",
+    )
+    if w.laravel_url:
+        parts = urlsplit(w.laravel_url)
+        need(
+            parts.scheme in ("http", "https") and bool(parts.hostname),
+            "workers.laravel_url",
+            w.laravel_url,
+            "is not an http(s) URL",
+        )
+    need(
+        w.webhook_concurrency >= 1,
+        "workers.webhook_concurrency",
+        w.webhook_concurrency,
+        "must be at least 1",
+    )
+    for name in ("webhook_timeout", "webhook_max_age", "webhook_backoff_base"):
+        value = getattr(w, name)
+        need(value > 0, f"workers.{name}", value, "must be greater than 0")
+    need(
+        w.webhook_backoff_cap >= w.webhook_backoff_base,
+        "workers.webhook_backoff_cap",
+        w.webhook_backoff_cap,
+        "must be at least workers.webhook_backoff_base",
     )
     for queue, interval in w.min_send_interval.items():
         need(

@@ -1,0 +1,123 @@
+"""The webhook route: an instance's event is checked, queued durably, and read for its pin.
+
+Only a correctly signed, fresh event is kept; anything else is answered ``401`` and leaves no
+trace. A valid event is answered ``200`` only once Redis holds it (``503`` when Redis cannot
+take it, so the instance sends it again). An event that shows where a session lives
+re-pins the session there before the answer, so the next request for it goes straight to
+the right instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway.decisions.signature import (
+    INSTANCE_URL_HEADER,
+    MESSAGES,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    verify,
+)
+from gateway.decisions.webhooks import Event, match_instance, parse
+from gateway.errors import json_error
+from gateway.metrics import Metrics
+from gateway.requests import ROUTE
+from gateway.state.outbox import Incoming, Outbox
+from gateway.state.store import PinStore
+
+log = logging.getLogger("gateway.webhooks")
+
+MAX_PATH = 2048
+
+
+@dataclass
+class Receiver:
+    """Everything the route needs; ``secret`` empty means the route is off."""
+
+    secret: str
+    prefix: str  # webhook_path
+    instances: tuple[str, ...]
+    dedup_window: float
+    max_body: int
+    timeout: float  # longest wait on Redis
+    outbox: Outbox
+    pins: PinStore
+    metrics: Metrics
+
+    def _reject(self, reason: str, status: int, message: str) -> web.Response:
+        self.metrics.webhooks_rejected.labels(reason).inc()
+        return json_error(status, message)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request[ROUTE] = f"{self.prefix}*"
+        if not self.secret:
+            return self._reject(
+                "off", 404, "The webhook relay is off: no HMAC_SECRET is configured"
+            )
+        if request.method != "POST":
+            return json_error(405, "Webhooks are sent with POST")
+        path = request.raw_path
+        if (
+            len(path) > MAX_PATH
+            or not path.startswith(self.prefix)
+            or posixpath.normpath(request.path) != request.path.rstrip("/")
+        ):
+            return self._reject("bad_path", 400, "Webhook path is not a plain path")
+        if (request.content_length or 0) > self.max_body:
+            return self._too_large()
+        try:
+            body = await request.clone(client_max_size=self.max_body).read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
+        headers = request.headers
+        rejection = verify(
+            self.secret,
+            headers.get(TIMESTAMP_HEADER),
+            headers.get(SIGNATURE_HEADER),
+            body,
+            time.time(),
+        )
+        if rejection is not None:
+            return self._reject(rejection.value, 401, MESSAGES[rejection])
+        event = parse(body)
+        incoming = Incoming(
+            path=path,
+            body=body,
+            instance=headers.get(INSTANCE_URL_HEADER, ""),
+            content_type=headers.get("Content-Type", "application/json"),
+            name=event.name or "",
+            lane=event.lane,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                repeats = await self.outbox.receive(incoming, time.time(), self.dedup_window)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not queue a webhook event (%s)", type(exc).__name__)
+            await self._pin(event, incoming.instance)  # genuine, even if it cannot be kept
+            return self._reject("redis_down", 503, "The event could not be queued; send it again")
+        if repeats is not None:
+            self.metrics.webhooks_duplicates.inc()
+            return web.json_response({"success": True, "queued": True, "duplicate": True})
+        self.metrics.webhooks_received.labels(event.label).inc()
+        await self._pin(event, incoming.instance)
+        return web.json_response({"success": True, "queued": True})
+
+    def _too_large(self) -> web.Response:
+        return self._reject("too_large", 413, f"Webhook body is over {self.max_body} bytes")
+
+    async def _pin(self, event: Event, instance: str) -> None:
+        """Re-pin the event's session to the instance that sent it, when that says anything."""
+        if not event.pins or event.session_id is None:
+            return
+        url = match_instance(instance, self.instances)
+        if url is None or await self.pins.session(event.session_id) == url:
+            return
+        await self.pins.pin_session(event.session_id, url, source="webhook")
+        self.metrics.webhook_pins.labels(url).inc()

@@ -1,0 +1,371 @@
+"""The webhook outbox: every accepted event durably in Redis until the backend took it.
+
+Events wait in *lanes*, one list per session (plus one shared lane for events without a
+session), so a session's events go out one at a time, in the order they were received, and a
+session whose events keep failing holds up no other. A sorted set says when each non-empty
+lane may next be tried: at once for fresh events, later while its head waits for a retry,
+and at the lease's end while a worker delivers its head. A worker that dies mid-delivery
+therefore only holds its lanes until their leases run out; then the head goes out again.
+
+Keys, under ``<key_prefix>webhooks:``:
+
+=================  ======  ==============================================================
+``event:<id>``     hash    path, body, instance, content_type, event, lane, received,
+                           since (start of the retry window), attempts; plus status,
+                           error and dead_at once dead-lettered
+``lane:<lane>``    list    ids waiting in the lane, oldest first
+``lanes``          zset    lane -> when its head may next be tried
+``leases``         hash    lane -> token of the worker delivering its head
+``pending``        zset    id -> receive time: the backlog, oldest first
+``dead``           zset    id -> when it was dead-lettered
+``seen:<digest>``  string  id of an event received within the dedup window
+``wake``           pubsub  published on each new event, so idle workers start at once
+=================  ======  ==============================================================
+
+Each change is one Lua script, so a crash between two writes cannot leave an event in no
+lane or in two. Scripts that find a lane inside Redis build key names from the prefix they
+are given, so the outbox needs a single Redis server (not Redis Cluster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+# KEYS: seen, event, lane list, lanes, pending. ARGV: id, now, dedup window in ms (0: none),
+# lane, wake channel, then the event hash as field/value pairs.
+# Returns nil for a new event, or the id of the one it repeats.
+RECEIVE = """
+if ARGV[3] ~= '0' then
+  local first = redis.call('get', KEYS[1])
+  if first then return first end
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[3])
+end
+redis.call('hset', KEYS[2], unpack(ARGV, 6))
+redis.call('rpush', KEYS[3], ARGV[1])
+redis.call('zadd', KEYS[4], 'NX', ARGV[2], ARGV[4])
+redis.call('zadd', KEYS[5], ARGV[2], ARGV[1])
+redis.call('publish', ARGV[5], 1)
+return false
+"""
+
+# KEYS: lanes, leases. ARGV: now, lease expiry, most lanes, token, key base.
+# Leases the head of up to ARGV[3] due lanes. Returns {next due time or false, {lane, id,
+# attempts, path, body, instance, content_type, received, since}...}; the next due time is
+# that of the first lane left in the set (a lease expiry counts: a dead worker's lane).
+TAKE = """
+local base = ARGV[5]
+local out = {false}
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'limit', 0, tonumber(ARGV[3]))
+for _, lane in ipairs(due) do
+  local list = base .. 'lane:' .. lane
+  local id = redis.call('lindex', list, 0)
+  while id and redis.call('exists', base .. 'event:' .. id) == 0 do
+    redis.call('lpop', list)  -- its hash is gone (deleted by hand, or evicted): skip it
+    id = redis.call('lindex', list, 0)
+  end
+  if id then
+    local key = base .. 'event:' .. id
+    redis.call('zadd', KEYS[1], ARGV[2], lane)
+    redis.call('hset', KEYS[2], lane, ARGV[4])
+    local attempts = redis.call('hincrby', key, 'attempts', 1)
+    local f = redis.call(
+      'hmget', key, 'path', 'body', 'instance', 'content_type', 'received', 'since')
+    out[#out + 1] = {lane, id, attempts, f[1], f[2], f[3], f[4], f[5], f[6]}
+  else
+    redis.call('zrem', KEYS[1], lane)
+    redis.call('hdel', KEYS[2], lane)
+  end
+end
+local first = redis.call('zrange', KEYS[1], 0, 0, 'withscores')
+if first[2] then out[1] = first[2] end
+return out
+"""
+
+# KEYS: lanes, leases, lane list, event, pending, dead.
+# ARGV: lane, id, token, now, outcome (done, retry or dead), retry time, then fields to
+# set on the event. Only the holder of the lane's lease may settle its head: a lease that
+# ran out and was taken again belongs to the new holder. Returns 1 when settled.
+SETTLE = """
+if redis.call('hget', KEYS[2], ARGV[1]) ~= ARGV[3] then return 0 end
+redis.call('hdel', KEYS[2], ARGV[1])
+if #ARGV > 6 then redis.call('hset', KEYS[4], unpack(ARGV, 7)) end
+if ARGV[5] == 'retry' then
+  redis.call('zadd', KEYS[1], ARGV[6], ARGV[1])
+  return 1
+end
+if redis.call('lindex', KEYS[3], 0) == ARGV[2] then redis.call('lpop', KEYS[3]) end
+redis.call('zrem', KEYS[5], ARGV[2])
+if ARGV[5] == 'dead' then
+  redis.call('zadd', KEYS[6], ARGV[4], ARGV[2])
+else
+  redis.call('del', KEYS[4])
+end
+if redis.call('llen', KEYS[3]) > 0 then
+  redis.call('zadd', KEYS[1], ARGV[4], ARGV[1])
+else
+  redis.call('zrem', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: dead, event, lanes, pending. ARGV: id, now, key base, wake channel.
+# A dead letter goes to the end of its lane with its attempts and retry window reset.
+REQUEUE = """
+local lane = redis.call('hget', KEYS[2], 'lane')
+if not lane or redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('hset', KEYS[2], 'attempts', 0, 'since', ARGV[2])
+redis.call('hdel', KEYS[2], 'status', 'error', 'dead_at')
+redis.call('rpush', ARGV[3] .. 'lane:' .. lane, ARGV[1])
+redis.call('zadd', KEYS[3], 'NX', ARGV[2], lane)
+redis.call('zadd', KEYS[4], redis.call('hget', KEYS[2], 'received'), ARGV[1])
+redis.call('publish', ARGV[4], 1)
+return 1
+"""
+
+# KEYS: dead, event. ARGV: id. Drops a dead letter (only a dead one).
+FORGET = """
+if redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('del', KEYS[2])
+return 1
+"""
+
+
+class OutboxKeys:
+    """The outbox's Redis keys, under ``<key_prefix>webhooks:``."""
+
+    def __init__(self, key_prefix: str) -> None:
+        self.base = f"{key_prefix}webhooks:"
+        self.lanes = f"{self.base}lanes"
+        self.leases = f"{self.base}leases"
+        self.pending = f"{self.base}pending"
+        self.dead = f"{self.base}dead"
+        self.wake = f"{self.base}wake"
+
+    def lane(self, lane: str) -> str:
+        return f"{self.base}lane:{lane}"
+
+    def event(self, event_id: str) -> str:
+        return f"{self.base}event:{event_id}"
+
+    def seen(self, digest: str) -> str:
+        return f"{self.base}seen:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """An event the gateway accepted, as it will be delivered."""
+
+    path: str
+    body: bytes
+    instance: str  # X-Instance-Url as sent ("" when absent)
+    content_type: str
+    name: str  # the event's name, "" when it has none
+    lane: str
+
+    @property
+    def digest(self) -> str:
+        """Same instance, path and body: the same event sent again."""
+        h = hashlib.sha256()
+        for part in (self.instance.encode(), self.path.encode(), self.body):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The head of a lane, leased to one worker until it is settled or the lease runs out."""
+
+    id: str
+    lane: str
+    token: str
+    attempts: int  # this one included
+    path: str
+    body: bytes
+    instance: str
+    content_type: str
+    received: float
+    since: float  # start of the retry window (receive, or a manual retry)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    event: str
+    lane: str
+    path: str
+    instance: str
+    received: float
+    dead_at: float
+    attempts: int
+    status: str  # the backend's HTTP status, "" when it gave none
+    error: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    waiting: int  # events not yet delivered nor dead-lettered
+    lanes: int  # sessions (and the shared lane) with events waiting
+    oldest_age: float | None  # seconds since the oldest waiting event was received
+    dead: int
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value is not None else ""
+
+
+class Outbox:
+    def __init__(self, redis: aioredis.Redis, key_prefix: str) -> None:
+        self.redis = redis
+        self.keys = OutboxKeys(key_prefix)
+        self._receive = redis.register_script(RECEIVE)
+        self._take = redis.register_script(TAKE)
+        self._settle = redis.register_script(SETTLE)
+        self._requeue = redis.register_script(REQUEUE)
+        self._forget = redis.register_script(FORGET)
+
+    # --- the gateway's side ----------------------------------------------------------------
+
+    async def receive(self, incoming: Incoming, now: float, dedup_window: float) -> str | None:
+        """Store a new event at the end of its lane; returns the id of the event it repeats."""
+        k, event_id, lane = self.keys, str(uuid.uuid4()), incoming.lane
+        fields = {
+            "path": incoming.path,
+            "body": incoming.body,
+            "instance": incoming.instance,
+            "content_type": incoming.content_type,
+            "event": incoming.name,
+            "lane": lane,
+            "received": repr(now),
+            "since": repr(now),
+            "attempts": 0,
+        }
+        first = await self._receive(
+            keys=[k.seen(incoming.digest), k.event(event_id), k.lane(lane), k.lanes, k.pending],
+            args=[
+                event_id,
+                repr(now),
+                int(dedup_window * 1000),
+                lane,
+                k.wake,
+                *(x for pair in fields.items() for x in pair),
+            ],
+        )
+        return None if first is None else first.decode()
+
+    # --- the workers' side -----------------------------------------------------------------
+
+    async def take(
+        self, most: int, lease: float, now: float
+    ) -> tuple[list[Delivery], float | None]:
+        """Lease the heads of up to ``most`` due lanes; also when the next lane falls due."""
+        token = uuid.uuid4().hex
+        next_due, *rows = await self._take(
+            keys=[self.keys.lanes, self.keys.leases],
+            args=[repr(now), repr(now + lease), most, token, self.keys.base],
+        )
+        deliveries = [
+            Delivery(
+                id=_text(row[1]),
+                lane=_text(row[0]),
+                token=token,
+                attempts=int(row[2]),
+                path=_text(row[3]),
+                body=row[4] or b"",
+                instance=_text(row[5]),
+                content_type=_text(row[6]),
+                received=float(row[7] or now),
+                since=float(row[8] or now),
+            )
+            for row in rows
+        ]
+        return deliveries, (float(next_due) if next_due else None)
+
+    async def _settle_call(
+        self, d: Delivery, now: float, outcome: str, due: float, **fields: str
+    ) -> bool:
+        k = self.keys
+        settled = await self._settle(
+            keys=[k.lanes, k.leases, k.lane(d.lane), k.event(d.id), k.pending, k.dead],
+            args=[
+                d.lane,
+                d.id,
+                d.token,
+                repr(now),
+                outcome,
+                repr(due),
+                *(x for pair in fields.items() for x in pair),
+            ],
+        )
+        return bool(settled)
+
+    async def delivered(self, d: Delivery, now: float) -> bool:
+        """The backend took it: drop it, and let the lane's next event go."""
+        return await self._settle_call(d, now, "done", now)
+
+    async def retry(self, d: Delivery, now: float, due: float, error: str) -> bool:
+        """Keep it at the head of its lane, which waits until ``due``."""
+        return await self._settle_call(d, now, "retry", due, error=error)
+
+    async def dead(self, d: Delivery, now: float, status: str, error: str) -> bool:
+        """Set it aside with the reason, and let the lane's next event go."""
+        return await self._settle_call(
+            d, now, "dead", now, status=status, error=error, dead_at=repr(now)
+        )
+
+    async def backlog(self, now: float) -> Backlog:
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(k.pending).zrange(k.pending, 0, 0, withscores=True)
+            pipe.zcard(k.lanes).zcard(k.dead)
+            waiting, oldest, lanes, dead = await pipe.execute()
+        age = max(0.0, now - oldest[0][1]) if oldest else None
+        return Backlog(waiting, lanes, age, dead)
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Every dead-lettered event, oldest first."""
+        ids = [_text(i) for i in await self.redis.zrange(self.keys.dead, 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.hgetall(self.keys.event(event_id))
+            rows = await pipe.execute()
+        letters = []
+        for event_id, row in zip(ids, rows, strict=True):
+            f = {key.decode(): value for key, value in row.items()}
+            letters.append(
+                DeadLetter(
+                    id=event_id,
+                    event=_text(f.get("event")),
+                    lane=_text(f.get("lane")),
+                    path=_text(f.get("path")),
+                    instance=_text(f.get("instance")),
+                    received=float(f.get("received") or 0),
+                    dead_at=float(f.get("dead_at") or 0),
+                    attempts=int(f.get("attempts") or 0),
+                    status=_text(f.get("status")),
+                    error=_text(f.get("error")),
+                    body=f.get("body") or b"",
+                )
+            )
+        return letters
+
+    async def requeue(self, event_id: str, now: float) -> bool:
+        """Send a dead letter again: to the end of its lane, with a fresh retry window."""
+        k = self.keys
+        return bool(
+            await self._requeue(
+                keys=[k.dead, k.event(event_id), k.lanes, k.pending],
+                args=[event_id, repr(now), k.base, k.wake],
+            )
+        )
+
+    async def forget(self, event_id: str) -> bool:
+        k = self.keys
+        return bool(await self._forget(keys=[k.dead, k.event(event_id)], args=[event_id]))
