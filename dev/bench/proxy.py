@@ -26,14 +26,11 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,118 +40,26 @@ from pathlib import Path
 import aiohttp
 import redis
 
+from dev.bench.harness import (
+    KEY,
+    ROOT,
+    Layout,
+    cpu_seconds,
+    ensure_tools,
+    free_port,
+    pinned,
+    tool,
+    wait_http,
+    write,
+)
+from dev.bench.memory import Memory
+from dev.bench.memory import measure as measure_memory
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-KEY = "bench-key"
 ADMIN = "bench-admin"
 KINDS = ("status", "send")
 PATHS = ("direct", "nginx", "gateway")
-SBIN = "/usr/sbin:/sbin"
-MARK_START, MARK_END = "<!-- make bench: start -->", "<!-- make bench: end -->"
-
-
-# --- tools and placement ------------------------------------------------------------------
-
-
-def tool(name: str) -> str | None:
-    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:{SBIN}")
-
-
-def ensure_tools() -> None:
-    """Install Debian's nginx and wrk when missing (quietly; asks nothing)."""
-    missing = [name for name in ("nginx", "wrk") if tool(name) is None]
-    if not missing:
-        return
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"installing {' '.join(missing)} with apt-get", flush=True)
-    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        subprocess.run([*sudo, *step], env=env, stdout=subprocess.DEVNULL, check=False)
-    still = [name for name in missing if tool(name) is None]
-    if still:
-        raise SystemExit(f"cannot install {' '.join(still)}: install them and run again")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Which cores each process may run on."""
-
-    load: tuple[int, ...]  # wrk
-    instances: tuple[int, ...]
-    proxy: tuple[int, ...]  # the gateway, or nginx the peer
-
-    @classmethod
-    def for_cores(cls, cores: Sequence[int]) -> Layout:
-        cores = tuple(sorted(cores))
-        if len(cores) >= 3:
-            return cls(cores[:1], cores[1:2], cores[2:3])
-        if len(cores) == 2:
-            return cls(cores[:1], cores[:1], cores[1:])
-        return cls(cores, cores, cores)
-
-    def describe(self) -> str:
-        def name(cores: tuple[int, ...]) -> str:
-            return "core " + ",".join(map(str, cores))
-
-        return (
-            f"the proxy under test (gateway or nginx) on {name(self.proxy)}; "
-            f"wrk on {name(self.load)}; the four instances on {name(self.instances)}"
-        )
-
-
-def pinned(cores: tuple[int, ...], argv: Sequence[str]) -> list[str]:
-    return ["taskset", "-c", ",".join(map(str, cores)), *argv]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"{url} exited with {process.returncode}:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not answer within 30 s:\n{tail(log)}")
-        time.sleep(0.05)
-
-
-def tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
-
-
-def cpu_seconds(root: int) -> float:
-    """CPU time used so far by ``root`` and every process under it."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = (int(fields[11]) + int(fields[12])) / tick
-    family = {root}
-    grew = True
-    while grew:
-        more = {pid for pid, parent in parents.items() if parent in family} - family
-        grew = bool(more)
-        family |= more
-    return sum(times.get(pid, 0.0) for pid in family)
+SECTION = "proxy"
 
 
 # --- the processes --------------------------------------------------------------------------
@@ -415,8 +320,18 @@ NAMES = {
 }
 
 
+# The issue's targets: one process, same cores, same run.
+TARGET_RATIO = 0.25  # gateway/nginx req/s at saturation
+TARGET_ADDED = (0.5, 2.0)  # ms added over direct at the paced rate, p50 and p99
+TARGET_RSS = 150.0  # MB per process with a million pinned sessions
+
+
 def report(
-    results: dict[tuple[str, str, str], Sample], opt: Options, layout: Layout, load: str
+    results: dict[tuple[str, str, str], Sample],
+    opt: Options,
+    layout: Layout,
+    load: str,
+    memory: Memory | None,
 ) -> str:
     lines = [
         f"Machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
@@ -425,36 +340,69 @@ def report(
         f"Pinned with taskset: {layout.describe()}. One process each (nginx: 1 worker).",
         f"Median of {opt.rounds} interleaved rounds; saturation: {opt.connections} connections "
         f"for {opt.seconds} s; paced: {opt.rate:,} req/s over {opt.paced_connections} "
-        f"connections for {opt.paced_seconds} s. Proxy CPU: share of one core it used "
-        "during the saturated run.",
+        f"connections for {opt.paced_seconds} s. Proxy CPU: share of one core the proxy used "
+        "during the saturated run; per core: its req/s divided by that share.",
         f"Load average (1, 5, 15 min) before the run: {load} (other work on the machine "
         "makes the numbers noisier; compare ratios within one run).",
         "",
     ]
+    verdicts = []
     for kind in KINDS:
         direct = results[("direct", kind, "paced")]
         lines += [
             f"**{TITLES[kind]}**",
             "",
-            f"| path | req/s ({opt.connections} conns) | p50 | p99 | proxy CPU "
+            f"| path | req/s ({opt.connections} conns) | p50 | p99 | proxy CPU | per core "
             f"| p50 at {opt.rate:,}/s | p99 at {opt.rate:,}/s | added p50 | added p99 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for path in PATHS:
             sat, paced = results[(path, kind, "saturated")], results[(path, kind, "paced")]
-            cpu = f"{sat.cpu:.0%}" if path != "direct" and sat.cpu is not None else "-"
-            added = (
-                f"{paced.p50 - direct.p50:+.2f} ms | {paced.p99 - direct.p99:+.2f} ms"
-                if path != "direct"
-                else "- | -"
-            )
+            if path == "direct" or not sat.cpu:
+                cpu = added = "- | -"
+            else:
+                cpu = f"{sat.cpu:.0%} | {sat.rate / sat.cpu:,.0f}"
+                added = f"{paced.p50 - direct.p50:+.2f} ms | {paced.p99 - direct.p99:+.2f} ms"
             lines.append(
                 f"| {NAMES[path]} | {sat.rate:,.0f} | {sat.p50:.2f} ms | {sat.p99:.2f} ms | {cpu} "
                 f"| {paced.p50:.2f} ms | {paced.p99:.2f} ms | {added} |"
             )
         gw, ng, dr = (results[(p, kind, "saturated")].rate for p in ("gateway", "nginx", "direct"))
         lines += ["", f"gateway/direct {gw / dr:.3f}x, gateway/nginx **{gw / ng:.2f}x**", ""]
-    return "\n".join(lines)
+        paced = results[("gateway", kind, "paced")]
+        added = (paced.p50 - direct.p50, paced.p99 - direct.p99)
+        verdicts += [
+            verdict(
+                f"{kind}: gateway/nginx req/s >= {TARGET_RATIO}",
+                gw / ng >= TARGET_RATIO,
+                f"{gw / ng:.2f}x",
+            ),
+            verdict(
+                f"{kind}: added at {opt.rate:,} req/s <= {TARGET_ADDED[0]} ms p50, "
+                f"<= {TARGET_ADDED[1]} ms p99",
+                added[0] <= TARGET_ADDED[0] and added[1] <= TARGET_ADDED[1],
+                f"{added[0]:+.2f} ms, {added[1]:+.2f} ms",
+            ),
+        ]
+    if memory is not None:
+        lines += [
+            f"Memory of one gateway process with {memory.sessions:,} pinned sessions: "
+            f"{memory.rss_mb:.0f} MB resident once serving, {memory.peak_mb:.0f} MB at most "
+            f"while loading them; serving {memory.load_s:.1f} s after start.",
+            "",
+        ]
+        verdicts.append(
+            verdict(
+                f"RSS with {memory.sessions:,} pins <= {TARGET_RSS:.0f} MB",
+                memory.rss_mb <= TARGET_RSS,
+                f"{memory.rss_mb:.0f} MB",
+            )
+        )
+    return "\n".join([*lines, "Targets:", "", *verdicts])
+
+
+def verdict(target: str, met: bool, measured: str) -> str:
+    return f"- {target}: {'met' if met else '**not met**'} ({measured})"
 
 
 def cpu_model() -> str:
@@ -475,14 +423,6 @@ def version(name: str) -> str:
     return f"{name} {found.group(1)}" if found else name
 
 
-def write(doc: Path, text: str) -> None:
-    """Replace the generated section of ``doc`` (between the markers) with ``text``."""
-    current = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{MARK_START}\n{MARK_END}\n"
-    before, _, rest = current.partition(MARK_START)
-    _, _, after = rest.partition(MARK_END)
-    doc.write_text(f"{before}{MARK_START}\n{text}\n{MARK_END}{after}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m dev.bench.proxy", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -492,6 +432,12 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="paced requests per second")
     parser.add_argument("--paced-connections", type=int, default=16)
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument(
+        "--memory-sessions",
+        type=int,
+        default=1_000_000,
+        help="pins for the memory measurement (0: skip it)",
+    )
     parser.add_argument("--write", type=Path, help="put the table in this Markdown file")
     args = parser.parse_args()
     opt = Options(
@@ -506,12 +452,16 @@ def main() -> None:
     layout = Layout.for_cores(sorted(os.sched_getaffinity(0)))
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    memory = None
     with running(layout, args.sessions, redis_url) as stack:
         results = measure(stack, opt)
-    text = report(results, opt, layout, load)
+        if args.memory_sessions:
+            print(f"memory with {args.memory_sessions:,} pins", flush=True)
+            memory = measure_memory(args.memory_sessions, stack.instances, redis_url, layout.proxy)
+    text = report(results, opt, layout, load, memory)
     print(text)
     if args.write:
-        write(args.write, text)
+        write(args.write, text, SECTION)
         print(f"written to {args.write}")
 
 
