@@ -104,7 +104,7 @@ class Reconciler:
     async def _reconcile(self) -> Outcome:
         # Pins are read before listing: a pin made after that (a new session, a
         # rediscovery) is newer than the lists and is left alone by ``_apply``.
-        snapshot = dict(self.pins.sessions)
+        snapshot = self.pins.sessions.copy()
         listing = await self._list_all()
         complete = len(listing.sessions) == len(self.fleet.instances)
         applied = [

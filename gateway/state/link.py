@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -151,7 +151,3 @@ class RedisLink:
             except REDIS_ERRORS as exc:
                 self.went_away(exc)
                 await asyncio.sleep(0.5)
-
-
-def decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()}

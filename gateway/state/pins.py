@@ -16,18 +16,22 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
 from gateway.state.instances import Fleet
-from gateway.state.link import Backlog, Change, RedisLink, Unavailable, decoded
+from gateway.state.link import Backlog, Change, RedisLink, Unavailable
+from gateway.state.table import PinTable
 from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.pins")
+
+SCAN_BATCH = 10_000  # pins per Redis round trip when loading the map
+P = TypeVar("P", bound=MutableMapping[str, str])
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class PinMap:
     def __init__(self, link: RedisLink, fleet: Fleet, metrics: Metrics) -> None:
         self.link, self.fleet, self.metrics = link, fleet, metrics
         self.keys = link.keys
-        self.sessions: dict[str, str] = {}
+        self.sessions = PinTable()
         self.workspaces: dict[str, str] = {}
         self._listeners: list[PinListener] = []
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +76,7 @@ class PinMap:
         """The instance of the workspace's most recent session."""
         return await self._lookup(self.workspaces, self.keys.workspaces, workspace_id)
 
-    async def _lookup(self, cache: dict[str, str], key: str, field: str) -> str | None:
+    async def _lookup(self, cache: MutableMapping[str, str], key: str, field: str) -> str | None:
         url = cache.get(field)
         if url is not None:
             self.metrics.pin_cache.labels("hit").inc()
@@ -129,12 +133,14 @@ class PinMap:
                 log.exception("a pin change listener failed (%s)", change.source)
 
     def _apply(self, kind: str, ident: str, value: str | None) -> None:
+        if value is not None and (instance := self.fleet.get(value)) is not None:
+            value = instance.url  # one string per instance, however many pins name it
         if kind == "draining":
             instance = self.fleet.get(ident)
             if instance is not None:
                 instance.draining = value is not None
             return
-        cache = self.sessions if kind == "session" else self.workspaces
+        cache: MutableMapping[str, str] = self.sessions if kind == "session" else self.workspaces
         if value is None:
             cache.pop(ident, None)
         else:
@@ -144,24 +150,41 @@ class PinMap:
 
     async def _reload(self, backlog: Backlog) -> Backlog:
         """Take Redis's pins, with this process's unwritten changes on top; what to write."""
-        pipe = self.link.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.sessions)
-        pipe.hgetall(self.keys.workspaces)
-        pipe.smembers(self.keys.draining)
-        sessions, workspaces, draining = await pipe.execute()
+        sessions = await self._scan(self.keys.sessions, PinTable())
+        workspaces = await self._scan(self.keys.workspaces, {})
+        draining = await self.link.redis.smembers(self.keys.draining)
         if not sessions and self.sessions:
             # Redis came back empty (restarted without persistence): memory is the truth.
             memory: Backlog = {("session", k): v for k, v in self.sessions.items()}
             memory |= {("workspace", k): v for k, v in self.workspaces.items()}
             return memory | backlog
-        self.sessions = decoded(sessions)
-        self.workspaces = decoded(workspaces)
+        self.sessions, self.workspaces = sessions, workspaces
         marked = {m.decode() for m in draining}
         for instance in self.fleet.instances:
             instance.draining = instance.url in marked
         for (kind, ident), value in backlog.items():
             self._apply(kind, ident, value)
         return backlog
+
+    async def _scan(self, key: str, pins: P) -> P:
+        """A whole hash of pins, read in batches that each fit within ``redis_timeout``.
+
+        A million pins in one HGETALL take longer than that, and a reply that large costs
+        as much memory again while it is decoded. Each instance URL is kept once, however
+        many sessions it holds. Changes made during the scan reach the map as events
+        afterwards (the follower subscribes before it reloads).
+        """
+        urls = {url.encode(): url for url in self.fleet.urls}
+        cursor = 0
+        while True:
+            cursor, batch = await self.link.redis.hscan(key, cursor, count=SCAN_BATCH)
+            for field, value in batch.items():
+                url = urls.get(value)
+                if url is None:  # an instance no longer configured: still kept once
+                    url = urls[value] = value.decode()
+                pins[field.decode()] = url
+            if cursor == 0:
+                return pins
 
     async def _follow(self) -> None:
         """Apply the other processes' changes as they are published."""

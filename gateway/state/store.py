@@ -15,6 +15,7 @@ from gateway.state.instances import Fleet
 from gateway.state.keys import Keys
 from gateway.state.link import RedisLink
 from gateway.state.pins import PinListener, PinMap
+from gateway.state.table import PinTable
 
 
 class PinStore:
@@ -50,7 +51,7 @@ class PinStore:
         return self.link.available
 
     @property
-    def sessions(self) -> dict[str, str]:
+    def sessions(self) -> PinTable:
         return self.map.sessions
 
     @property
