@@ -11,9 +11,15 @@ What it starts, in this order, each waited for before the next:
    the Laravel ``.env``, or a list other than the default one in the TOML file). They check
    ``LARAVEL_API_TOKEN`` when it is set and pair after a short delay, so ``qr_scanning``
    then ``connected`` can be seen.
+   They report their events (signed) to the gateway's webhook route, as real instances do
+   once their ``LARAVEL_URL`` points at the gateway.
 3. **The gateway** - ``python -m gateway`` on ``GATEWAY_PORT`` (8080).
 4. **The workers** - ``python -m workers`` pointed at the gateway (``GATEWAY_URL``), when the
-   ``workers`` package has a ``__main__``.
+   ``workers`` package has a ``__main__``. They deliver the webhook events to ``LARAVEL_URL``
+   or, when it is not set, to a stand-in backend (``python -m dev.backend`` on
+   ``DEVRUN_BACKEND_PORT``, 8090, started with the simulators) that checks each signature
+   as Laravel does and logs one line per event. Without ``HMAC_SECRET`` everything here
+   shares a development secret, so the relay works out of the box.
 
 Every child's output is shown prefixed with its name (``[gateway] ...``). SIGINT or SIGTERM
 stops them all, newest first (a second Ctrl-C kills at once); a child that dies on its own
@@ -27,6 +33,7 @@ Knobs, all optional (the ``DEVRUN_`` names belong to this tool alone):
   or ``auto`` for four free ports (what the tests use).
 - ``DEVRUN_CONNECT_DELAY`` - seconds a simulated session pairs in (2).
 - ``DEVRUN_WORKERS`` - ``0`` to leave the workers out.
+- ``DEVRUN_BACKEND_PORT`` - port of the stand-in backend (8090), or ``auto`` for a free one.
 - ``DEVRUN_VAR_DIR`` - where the embedded Redis keeps its data (``<repo>/var``).
 - ``DEVRUN_READY_TIMEOUT`` - seconds each step may take to answer (30).
 - ``GATEWAY_WORKERS_GRACE`` defaults to 5 s here (not the job timeout), so Ctrl-C is quick.
@@ -67,6 +74,8 @@ from workers.settings import WorkerSettings, load_worker_settings
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIM_PORTS = (3001, 3002, 3003, 3004)
 DEFAULT_CONNECT_DELAY = 2.0
+DEFAULT_BACKEND_PORT = 8090
+DEV_HMAC_SECRET = "make-run-webhook-secret"  # only when HMAC_SECRET is not set
 DEFAULT_READY_TIMEOUT = 30.0
 DEV_WORKER_GRACE = "5"
 PING_TIMEOUT = 0.5
@@ -131,19 +140,34 @@ def needs_simulators(settings: Settings, environ: Mapping[str, str]) -> bool:
     return settings.instances == DEFAULT_INSTANCES
 
 
-def parse_simulator_ports(value: str | None) -> tuple[int, ...] | None:
-    """``DEVRUN_SIMULATOR_PORTS``: the ports, or None for ``auto`` (free ports, chosen later)."""
+def parse_ports(
+    name: str, value: str | None, default: tuple[int, ...], most: int = 65535
+) -> tuple[int, ...] | None:
+    """A ports setting: the ports, or None for ``auto`` (free ports, chosen later)."""
     if value is None or not value.strip():
-        return DEFAULT_SIM_PORTS
+        return default
     if value.strip().lower() == "auto":
         return None
     try:
         ports = tuple(int(p) for p in value.split(",") if p.strip())
     except ValueError:
-        raise DevrunError(f"DEVRUN_SIMULATOR_PORTS: {value!r} is not 'auto' nor ports") from None
+        raise DevrunError(f"{name}: {value!r} is not 'auto' nor ports") from None
     if not ports or not all(1 <= p <= 65535 for p in ports) or len(set(ports)) != len(ports):
-        raise DevrunError(f"DEVRUN_SIMULATOR_PORTS: {value!r} needs distinct ports 1-65535")
+        raise DevrunError(f"{name}: {value!r} needs distinct ports 1-65535")
+    if len(ports) > most:
+        raise DevrunError(f"{name}: {value!r} names more than {most} port")
     return ports
+
+
+def parse_simulator_ports(value: str | None) -> tuple[int, ...] | None:
+    """``DEVRUN_SIMULATOR_PORTS``: the ports, or None for ``auto``."""
+    return parse_ports("DEVRUN_SIMULATOR_PORTS", value, DEFAULT_SIM_PORTS)
+
+
+def parse_backend_port(value: str | None) -> int:
+    """``DEVRUN_BACKEND_PORT``: one port, or a free one for ``auto``."""
+    ports = parse_ports("DEVRUN_BACKEND_PORT", value, (DEFAULT_BACKEND_PORT,), most=1)
+    return ports[0] if ports else free_port()
 
 
 def env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -191,11 +215,14 @@ def plan(
     sim_ports: Sequence[int] = DEFAULT_SIM_PORTS,
     connect_delay: float = DEFAULT_CONNECT_DELAY,
     workers: WorkerSettings | None = None,
+    backend_port: int = DEFAULT_BACKEND_PORT,
     python: str = sys.executable,
 ) -> list[ProcessSpec]:
     """Every process ``make run`` starts, in start order; no I/O, so it is unit-tested."""
     specs: list[ProcessSpec] = []
-    shared = {"REDIS_URL": redis.url}
+    # Secrets go in the environment, not argv, out of `ps`.
+    shared = {"REDIS_URL": redis.url, "HMAC_SECRET": settings.hmac_secret or DEV_HMAC_SECRET}
+    gateway_url = local_url(settings.host, settings.port)
     if redis.embedded:
         assert redis.server is not None
         specs.append(
@@ -230,8 +257,11 @@ def plan(
     gateway_env = dict(shared)
     simulated = needs_simulators(settings, environ)
     if simulated:
-        # The key goes in the environment (the simulator's default), not argv, out of `ps`.
-        sim_env = {"LARAVEL_API_TOKEN": settings.laravel_api_token}
+        sim_env = {
+            "LARAVEL_API_TOKEN": settings.laravel_api_token,
+            "HMAC_SECRET": shared["HMAC_SECRET"],
+            "LARAVEL_URL": gateway_url,  # the instances report their events to the gateway
+        }
         urls = []
         for port in sim_ports:
             url = f"http://127.0.0.1:{port}"
@@ -257,7 +287,22 @@ def plan(
             )
         gateway_env["WHATSAPP_INSTANCES"] = ",".join(urls)
 
-    gateway_url = local_url(settings.host, settings.port)
+    worker_env = {**gateway_env, "GATEWAY_URL": gateway_url}
+    if workers is not None and not workers.laravel_url:
+        backend = f"http://127.0.0.1:{backend_port}"
+        worker_env["LARAVEL_URL"] = backend
+        specs.append(
+            ProcessSpec(
+                name="backend",
+                argv=(python, "-m", "dev.backend", "--port", str(backend_port)),
+                stage=STAGE_SIMULATORS,
+                env={"HMAC_SECRET": shared["HMAC_SECRET"]},
+                ready_url=f"{backend}/up",
+                port=backend_port,
+                port_setting="DEVRUN_BACKEND_PORT",
+            )
+        )
+
     specs.append(
         ProcessSpec(
             name="gateway",
@@ -275,7 +320,6 @@ def plan(
 
     if workers is not None:
         metrics_port = workers.metrics_port
-        worker_env = {**gateway_env, "GATEWAY_URL": gateway_url}
         if not environ.get("GATEWAY_WORKERS_GRACE"):
             worker_env["GATEWAY_WORKERS_GRACE"] = DEV_WORKER_GRACE  # not the 300 s job timeout
         specs.append(
@@ -324,11 +368,12 @@ def banner(
     pids: Mapping[str, int],
     connect_delay: float,
     elapsed: float,
+    workers: WorkerSettings | None = None,
 ) -> str:
     """What is running where, and how to try it, once everything answers."""
     by_name = {s.name: s for s in specs}
     gateway_url = local_url(settings.host, settings.port)
-    sims = [s for s in specs if s.stage == STAGE_SIMULATORS]
+    sims = [s for s in specs if s.name.startswith("sim-")]
 
     def pid(name: str) -> str:
         return f"pid {pids[name]}" if name in pids else "not started"
@@ -354,6 +399,8 @@ def banner(
         lines.append(f"  workers    python -m workers  ({where}{pid('workers')})")
     else:
         lines.append("  workers    not started (no workers/__main__.py, or DEVRUN_WORKERS=0)")
+    lines.append(f"  webhooks   {webhook_route(settings, gateway_url, bool(sims))}")
+    lines.append(f"             -> {webhook_target(by_name, workers, pid)}")
     create, status, send = example_curls(gateway_url, settings.laravel_api_token)
     wait = f"after ~{connect_delay:g} s the status says connected" if sims else "once paired"
     lines += [
@@ -365,6 +412,26 @@ def banner(
         "",
     ]
     return "\n".join(lines)
+
+
+def webhook_route(settings: Settings, gateway_url: str, simulated: bool) -> str:
+    """Where the instances' events come in."""
+    route = f"{gateway_url}{settings.webhook_path}"
+    if simulated:
+        return f"instances -> {route}  (signed, as the real ones do)"
+    return f"instances (their LARAVEL_URL set to {gateway_url}) -> {route}"
+
+
+def webhook_target(
+    specs: Mapping[str, ProcessSpec], workers: WorkerSettings | None, pid: Callable[[str], str]
+) -> str:
+    """Where the workers deliver the events, if anywhere."""
+    if "workers" not in specs or workers is None:
+        return "kept in Redis: the workers are not started"
+    if "backend" in specs:
+        url = f"http://127.0.0.1:{specs['backend'].port}"
+        return f"workers -> {url}  (stand-in backend, logs each event, {pid('backend')})"
+    return f"workers -> {workers.laravel_url}  (LARAVEL_URL)"
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -627,6 +694,7 @@ class Devrun:
         delay = env_seconds(environ, "DEVRUN_CONNECT_DELAY", DEFAULT_CONNECT_DELAY)
         timeout = env_seconds(environ, "DEVRUN_READY_TIMEOUT", DEFAULT_READY_TIMEOUT)
         ports = parse_simulator_ports(environ.get("DEVRUN_SIMULATOR_PORTS"))
+        backend_port = parse_backend_port(environ.get("DEVRUN_BACKEND_PORT"))
         if ports is None:
             ports = tuple(free_port() for _ in DEFAULT_SIM_PORTS)
         redis = await choose_redis(self.settings, var_dir)
@@ -643,6 +711,7 @@ class Devrun:
             sim_ports=ports,
             connect_delay=delay,
             workers=self.workers,
+            backend_port=backend_port,
         )
         self.out = Output(s.name for s in specs)
         check_ports(specs)
@@ -654,7 +723,8 @@ class Devrun:
                     *(wait_ready(c, http, timeout, self.out) for c in self.children[-len(stage) :])
                 )
         pids = {c.spec.name: c.proc.pid for c in self.children}
-        text = banner(self.settings, redis, specs, pids, delay, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        text = banner(self.settings, redis, specs, pids, delay, elapsed, self.workers)
         self.out.banner(text)
 
     async def supervise(self) -> int:

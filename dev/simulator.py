@@ -4,7 +4,10 @@
 one answers every route of ``whatsapp-instance-api.md`` with the same shapes and errors
 (``401`` bad key, ``404 Session not found``, ``400 Session not connected``), so the gateway
 cannot tell it from the real thing. Knobs make it slow (``latency``), flaky (``error_rate``)
-or slow to pair (``connect_delay``). Run it with ``python -m dev.simulator --port 3001``.
+or slow to pair (``connect_delay``). With ``LARAVEL_URL`` and ``HMAC_SECRET`` it reports its
+events as the instances do (``dev.webhooks``): ``qr_code_generated``, ``session_authenticated``
+and ``session_ready`` when a session pairs, ``message_sent`` for each message,
+``session_disconnected`` on a delete. Run it with ``python -m dev.simulator --port 3001``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-import uvloop
 from aiohttp import web
+
+from dev.serving import hmac_secret, serve
+from dev.webhooks import Reporter
 
 log = logging.getLogger("dev.simulator")
 
@@ -48,12 +53,16 @@ class SimulatorConfig:
     latency: float = 0.0  # seconds added to every response
     error_rate: float = 0.0  # fraction of API requests answered 500 (never /health)
     public_url: str = "http://localhost:3001"  # own base URL, shown by /info
+    laravel_url: str | None = None  # where events are reported; None: not reported
+    hmac_secret: str = ""  # signs the events
 
     def __post_init__(self) -> None:
         if self.connect_delay < 0 or self.latency < 0:
             raise ValueError("connect_delay and latency must be >= 0")
         if not 0 <= self.error_rate <= 1:
             raise ValueError("error_rate must be between 0 and 1")
+        if self.laravel_url and not self.hmac_secret:
+            raise ValueError("events to LARAVEL_URL are signed: set HMAC_SECRET")
 
 
 @dataclass
@@ -82,6 +91,7 @@ class ApiError(Exception):
 CONFIG = web.AppKey("config", SimulatorConfig)
 SESSIONS = web.AppKey("sessions", dict[str, Session])
 STARTED = web.AppKey("started", float)  # time.monotonic() at creation, for uptime
+REPORTER = web.AppKey("reporter", Reporter)  # only when events are reported
 BODY = web.RequestKey("body", dict[str, Any])
 
 
@@ -161,6 +171,45 @@ def _new_session(request: web.Request, session_id: str, now: float, *, restored:
     )
     request.app[SESSIONS][session_id] = session
     return session
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def _report(app: web.Application, event: str, session: Session, **data: Any) -> None:
+    """Report an event of ``session``, when this instance reports events."""
+    reporter = app.get(REPORTER)
+    if reporter is not None:
+        payload = {"session_id": session.session_id, "workspace_id": session.workspace_id}
+        reporter.report(event, payload | data)
+
+
+def _pairing(app: web.Application, session: Session, qr_code: str | None = None) -> None:
+    """A pairing began: its QR code (a restore has none), then ``session_ready`` on time."""
+    if REPORTER not in app:
+        return
+    if qr_code is None:
+        _report(app, "session_authenticated", session, status=AUTHENTICATED)
+    else:
+        _report(app, "qr_code_generated", session, qr_code=qr_code)
+    began = session.created_at
+
+    def ready() -> None:
+        if app[SESSIONS].get(session.session_id) is session and session.created_at == began:
+            phone = fake_phone(session.session_id)
+            _report(app, "session_ready", session, status=CONNECTED, phone_number=phone)
+
+    asyncio.get_running_loop().call_later(app[CONFIG].connect_delay, ready)
+
+
+async def _reporting(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.laravel_url:
+        app[REPORTER] = Reporter(config.laravel_url, config.hmac_secret, config.public_url)
+        await app[REPORTER].start()
+    yield
+    if config.laravel_url:
+        await app[REPORTER].close()
 
 
 # --- middleware ----------------------------------------------------------------------------
@@ -296,12 +345,14 @@ async def create_session(request: web.Request) -> web.Response:
             {"success": True, "session_id": session_id, "status": status, "existing": True}
         )
     session = _new_session(request, session_id, now, restored=False)
+    qr_code = _qr_code(session_id)
+    _pairing(request.app, session, qr_code)
     return web.json_response(
         {
             "success": True,
             "session_id": session_id,
             "status": status_at(session, config.connect_delay, now),
-            "qr_code": _qr_code(session_id),
+            "qr_code": qr_code,
         }
     )
 
@@ -348,6 +399,7 @@ async def restore_session(request: web.Request) -> web.Response:
     restored = session is None
     if session is None:
         session = _new_session(request, session_id, now, restored=True)
+        _pairing(request.app, session)
     return web.json_response(
         {
             "success": True,
@@ -360,10 +412,12 @@ async def restore_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     session_id = request.match_info["session_id"]
-    if request.app[SESSIONS].pop(session_id, None) is None:
+    session = request.app[SESSIONS].pop(session_id, None)
+    if session is None:
         return web.json_response(
             {"success": True, "session_id": session_id, "alreadyDisconnected": True}
         )
+    _report(request.app, "session_disconnected", session, reason="logout")
     return web.json_response(
         {"success": True, "session_id": session_id, "message": "Session disconnected"}
     )
@@ -374,12 +428,14 @@ async def reconnect_session(request: web.Request) -> web.Response:
     session = _path_session(request)
     session.created_at = session.last_activity = time.time()
     session.restored = False
+    qr_code = _qr_code(session.session_id)
+    _pairing(request.app, session, qr_code)
     return web.json_response(
         {
             "success": True,
             "session_id": session.session_id,
             "status": status_at(session, request.app[CONFIG].connect_delay, session.created_at),
-            "qr_code": _qr_code(session.session_id),
+            "qr_code": qr_code,
         }
     )
 
@@ -388,8 +444,10 @@ async def regenerate_qr(request: web.Request) -> web.Response:
     session = _path_session(request)
     if status_at(session, request.app[CONFIG].connect_delay, time.time()) == CONNECTED:
         _fail(400, "Session already connected")
+    qr_code = _qr_code(session.session_id)
+    _report(request.app, "qr_code_generated", session, qr_code=qr_code)
     return web.json_response(
-        {"success": True, "session_id": session.session_id, "qr_code": _qr_code(session.session_id)}
+        {"success": True, "session_id": session.session_id, "qr_code": qr_code}
     )
 
 
@@ -412,19 +470,22 @@ def _sender(request: web.Request, required: Sequence[str]) -> Session:
     return session
 
 
-def _sent(session: Session) -> dict[str, Any]:
-    """Count one message out of ``session`` and describe it as the instance does."""
+def _sent(app: web.Application, session: Session, recipient: Any) -> dict[str, Any]:
+    """Count one message out of ``session``, report it, and describe it as the instance does."""
     now = time.time()
     session.messages_sent += 1
     session.last_activity = now
-    return {"success": True, "message_id": f"sim_{uuid.uuid4().hex}", "timestamp": int(now * 1000)}
+    message_id = f"sim_{uuid.uuid4().hex}"
+    _report(app, "message_sent", session, message_id=message_id, recipient_phone=recipient)
+    return {"success": True, "message_id": message_id, "timestamp": int(now * 1000)}
 
 
 def _send_one(*required: str) -> Handler:
     """A handler for one message to ``recipient_phone`` with these other required fields."""
 
     async def handler(request: web.Request) -> web.Response:
-        return web.json_response(_sent(_sender(request, ("recipient_phone", *required))))
+        session = _sender(request, ("recipient_phone", *required))
+        return web.json_response(_sent(request.app, session, request[BODY]["recipient_phone"]))
 
     return handler
 
@@ -434,7 +495,7 @@ async def bulk_send(request: web.Request) -> web.Response:
     recipients = request[BODY]["recipients"]
     if not isinstance(recipients, list):
         _fail(400, "recipients must be a list")
-    results = [{"recipient": r, **_sent(session)} for r in recipients]
+    results = [{"recipient": r, **_sent(request.app, session, r)} for r in recipients]
     return web.json_response(
         {"success": True, "results": results, "total": len(results), "sent": len(results)}
     )
@@ -489,6 +550,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app[CONFIG] = config
     app[SESSIONS] = {}
     app[STARTED] = time.monotonic()
+    app.cleanup_ctx.append(_reporting)
     app.router.add_routes(
         [
             web.get("/", info),
@@ -533,6 +595,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-delay", type=float, default=SimulatorConfig.connect_delay)
     parser.add_argument("--latency", type=float, default=SimulatorConfig.latency)
     parser.add_argument("--error-rate", type=float, default=SimulatorConfig.error_rate)
+    parser.add_argument(
+        "--laravel-url",
+        default=os.environ.get("LARAVEL_URL") or None,
+        help="report events to URL/api/whatsapp/webhooks/webjs, signed with $HMAC_SECRET"
+        " (default: $LARAVEL_URL; none: not reported)",
+    )
     return parser
 
 
@@ -547,27 +615,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             latency=args.latency,
             error_rate=args.error_rate,
             public_url=f"http://{args.host}:{args.port}",
+            laravel_url=args.laravel_url,
+            hmac_secret=hmac_secret(),
         )
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log.info(
-        "simulated instance on %s (key %s, connect_delay=%gs, latency=%gs, error_rate=%g)",
+        "simulated instance on %s (key %s, connect_delay=%gs, latency=%gs, error_rate=%g,"
+        " events to %s)",
         config.public_url,
         "required" if config.api_key else "not checked",
         config.connect_delay,
         config.latency,
         config.error_rate,
+        config.laravel_url or "nowhere",
     )
-    web.run_app(
-        create_app(config),
-        host=args.host,
-        port=args.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=2.0,
-        loop=uvloop.new_event_loop(),
-    )
+    serve(create_app(config), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import pytest
 
 from dev.run import (
     DEFAULT_SIM_PORTS,
+    DEV_HMAC_SECRET,
     DevrunError,
     ProcessSpec,
     RedisChoice,
@@ -33,6 +34,7 @@ from dev.run import (
     embedded_redis,
     local_url,
     needs_simulators,
+    parse_backend_port,
     parse_simulator_ports,
     plan,
     stages,
@@ -114,6 +116,44 @@ def test_the_api_key_reaches_the_simulators_but_not_their_command_line() -> None
         assert "s3cret" not in " ".join(sim.argv)
 
 
+def test_simulated_instances_report_to_the_gateway_and_a_stand_in_backend_gets_the_events():
+    specs = by_name(plan(Settings(port=9000), {}, redis=RUNNING_REDIS, workers=WorkerSettings()))
+
+    for name in ("sim-3001", "sim-3004"):
+        assert specs[name].env["LARAVEL_URL"] == "http://127.0.0.1:9000"
+        assert specs[name].env["HMAC_SECRET"] == DEV_HMAC_SECRET  # none set: a shared dev one
+    assert specs["gateway"].env["HMAC_SECRET"] == DEV_HMAC_SECRET
+    backend = specs["backend"]
+    assert backend.argv[-3:] == ("dev.backend", "--port", "8090")
+    assert backend.env["HMAC_SECRET"] == DEV_HMAC_SECRET
+    assert backend.ready_url == "http://127.0.0.1:8090/up"
+    assert specs["workers"].env["LARAVEL_URL"] == "http://127.0.0.1:8090"
+    assert specs["workers"].env["HMAC_SECRET"] == DEV_HMAC_SECRET
+    assert all(DEV_HMAC_SECRET not in " ".join(s.argv) for s in specs.values())
+
+
+def test_a_configured_backend_and_secret_are_used_as_they_are() -> None:
+    settings = Settings(hmac_secret="theirs")
+    workers = WorkerSettings(laravel_url="https://app.test")
+    specs = by_name(plan(settings, {}, redis=RUNNING_REDIS, workers=workers, backend_port=9))
+
+    assert "backend" not in specs
+    assert "LARAVEL_URL" not in specs["workers"].env  # read from their settings as usual
+    assert {specs[n].env["HMAC_SECRET"] for n in ("sim-3001", "gateway", "workers")} == {"theirs"}
+
+
+@pytest.mark.parametrize(("value", "port"), [(None, 8090), ("", 8090), ("8123", 8123)])
+def test_backend_port_setting(value: str | None, port: int) -> None:
+    assert parse_backend_port(value) == port
+    assert parse_backend_port("auto") not in (0, 8090)
+
+
+@pytest.mark.parametrize("value", ["x", "0", "8001,8002"])
+def test_bad_backend_ports_name_the_setting(value: str) -> None:
+    with pytest.raises(DevrunError, match="DEVRUN_BACKEND_PORT"):
+        parse_backend_port(value)
+
+
 def test_connect_delay_and_ports_are_passed_on() -> None:
     specs = plan(Settings(), {}, redis=RUNNING_REDIS, sim_ports=(4100, 4200), connect_delay=0.25)
 
@@ -176,7 +216,7 @@ def test_stages_start_redis_then_simulators_then_gateway_then_workers() -> None:
     specs = plan(Settings(), {}, redis=EMBEDDED, workers=WorkerSettings())
     assert [[s.name for s in stage] for stage in stages(specs)] == [
         ["redis"],
-        ["sim-3001", "sim-3002", "sim-3003", "sim-3004"],
+        ["sim-3001", "sim-3002", "sim-3003", "sim-3004", "backend"],
         ["gateway"],
         ["workers"],
     ]
@@ -234,10 +274,46 @@ def test_banner_shows_where_everything_is_and_the_curls() -> None:
     assert "/api/messages/send" in text
 
 
+def test_banner_says_where_the_webhook_events_go() -> None:
+    settings, workers = Settings(), WorkerSettings()
+    specs = plan(settings, {}, redis=RUNNING_REDIS, workers=workers, python=PY)
+    pids = {s.name: 100 + i for i, s in enumerate(specs)}
+    text = banner(settings, RUNNING_REDIS, specs, pids, 2.0, 1.5, workers)
+    assert "instances -> http://127.0.0.1:8080/api/whatsapp/webhooks/" in text
+    assert text.count("  instance   ") == 4  # the stand-in backend is not one
+    backend = f"stand-in backend, logs each event, pid {pids['backend']}"
+    assert f"workers -> http://127.0.0.1:8090  ({backend})" in text
+
+    workers = WorkerSettings(laravel_url="https://app.test")
+    specs = plan(settings, {}, redis=RUNNING_REDIS, workers=workers, python=PY)
+    assert "workers -> https://app.test  (LARAVEL_URL)" in banner(
+        settings, RUNNING_REDIS, specs, {}, 2.0, 1.5, workers
+    )
+    specs = plan(settings, {}, redis=RUNNING_REDIS, python=PY)
+    assert "kept in Redis: the workers are not started" in banner(
+        settings, RUNNING_REDIS, specs, {}, 2.0, 1.5
+    )
+    real = Settings(instances=("http://10.0.0.5:3000",))
+    specs = plan(real, {}, redis=RUNNING_REDIS, python=PY)
+    assert "their LARAVEL_URL set to http://127.0.0.1:8080" in banner(
+        real, RUNNING_REDIS, specs, {}, 2.0, 1.5
+    )
+
+
 # --- make run, for real ----------------------------------------------------------------------
 
 # Whatever the developer's shell says about instances, Redis or ports must not leak in.
-LEAKY = ("WHATSAPP_", "REDIS_", "GATEWAY_", "LARAVEL_", "DEVRUN_", "MYSQL_", "DB_", "APP_NAME")
+LEAKY = (
+    "WHATSAPP_",
+    "REDIS_",
+    "GATEWAY_",
+    "LARAVEL_",
+    "DEVRUN_",
+    "MYSQL_",
+    "DB_",
+    "APP_NAME",
+    "HMAC_",
+)
 linux_only = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads children from /proc")
 
 
@@ -289,6 +365,11 @@ class DevRun:
             "/api/messages/send" in line for line in self.lines[starts[0] :]
         )
 
+    def backend_events(self, session: str) -> list[tuple[str, str]]:
+        """(event, instance) of each line the stand-in backend logged for ``session``."""
+        found = re.findall(rf"\[backend\].* (\w+) {session} from (\S+)$", self.output, re.M)
+        return [(event, instance) for event, instance in found]
+
     async def all_gone(self) -> bool:
         return not any(exists(pid) for pid in self.pids.values())
 
@@ -308,6 +389,7 @@ async def devrun(tmp_path: Path) -> AsyncIterator[DevRun]:
         "LARAVEL_API_TOKEN": API_KEY,
         "GATEWAY_WORKERS_METRICS_PORT": str(metrics_port),
         "DEVRUN_SIMULATOR_PORTS": "auto",
+        "DEVRUN_BACKEND_PORT": "auto",
         "DEVRUN_CONNECT_DELAY": "0.3",
         "DEVRUN_VAR_DIR": str(tmp_path),
         "DEVRUN_READY_TIMEOUT": "15",
@@ -391,6 +473,17 @@ async def test_make_run_serves_the_readme_curls_and_ctrl_c_stops_everything(
                 assert resp.status == 200, await resp.text()
                 assert (await resp.json())["success"] is True
                 assert resp.headers["X-WhatsApp-Instance"] == instance
+
+        # The instance's events went through the gateway and the workers to the backend.
+        events = ("qr_code_generated", "session_ready", "message_sent")
+
+        async def delivered() -> bool:
+            return run.backend_events("devrun-1") == [(e, instance) for e in events]
+
+        with contextlib.suppress(AssertionError):
+            await eventually(delivered, timeout=10)
+        assert await delivered(), run.output
+        assert "webhooks   instances -> " in run.output
 
         run.proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(run.proc.wait(), 20) == 0, run.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from dev.backend import Backend
 from dev.simulator import (
     SESSIONS,
     Session,
@@ -24,6 +24,8 @@ from dev.simulator import (
     fake_phone,
     status_at,
 )
+from dev.webhooks import WEBHOOK_PATH
+from tests.conftest import eventually, free_port
 
 KEY = "secret"
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,12 +301,6 @@ async def test_unknown_paths_answer_404_endpoint_not_found(sim: MakeSim) -> None
     assert (status, body["error"]) == (404, "Endpoint not found")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_runs_as_a_module_and_stops_on_sigterm() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -341,3 +337,53 @@ async def test_runs_as_a_module_and_stops_on_sigterm() -> None:
     assert proc.returncode in (0, -signal.SIGTERM), stderr.decode()
     assert b"INFO" in stderr
     assert b"Traceback" not in stderr
+
+
+async def test_events_are_reported_signed_in_order_as_the_instances_do(
+    simulators: Any, http: aiohttp.ClientSession
+) -> None:
+    backend = Backend("hmac", free_port())
+    await backend.start()
+    try:
+        [instance] = await simulators(
+            1, api_key=KEY, connect_delay=0.05, laravel_url=backend.url, hmac_secret="hmac"
+        )
+        url, key = instance.url, {"api_key": KEY}
+        await http.post(f"{url}/api/sessions", json={"session_id": "s-1", "workspace_id": 7, **key})
+
+        async def seen(*events: str) -> bool:
+            return tuple(d.event for d in backend.received) == events
+
+        await eventually(lambda: seen("qr_code_generated", "session_ready"))
+        send = {"session_id": "s-1", "recipient_phone": "628123", "message": "hi", **key}
+        await http.post(f"{url}/api/messages/send", json=send)
+        await http.delete(f"{url}/api/sessions/s-1", json=key)
+        await http.post(f"{url}/api/sessions/s-2/restore", json=key)
+        await eventually(
+            lambda: seen(
+                "qr_code_generated",
+                "session_ready",
+                "message_sent",
+                "session_disconnected",
+                "session_authenticated",
+                "session_ready",
+            )
+        )
+        first, ready, sent, *_ = backend.received
+        assert all(d.signed and d.instance == url for d in backend.received)
+        assert {d.path for d in backend.received} == {WEBHOOK_PATH}
+        assert first.payload["data"]["workspace_id"] == 7
+        assert ready.payload["data"] == {
+            "session_id": "s-1",
+            "workspace_id": 7,
+            "status": "connected",
+            "phone_number": fake_phone("s-1"),
+        }
+        assert sent.payload["data"]["recipient_phone"] == "628123"
+    finally:
+        await backend.stop()
+
+
+def test_reporting_events_needs_the_secret() -> None:
+    with pytest.raises(ValueError, match="HMAC_SECRET"):
+        SimulatorConfig(laravel_url="http://127.0.0.1:8000")

@@ -17,11 +17,19 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from yarl import URL
 
+from dev.backend import Backend, Delivered
 from gateway.decisions.signature import sign
 from gateway.state.outbox import Backlog, Outbox
 from gateway.state.pins import PinChange
-from tests.conftest import API_KEY, REDIS_URL, RunningGateway, eventually, sample, spawn
-from tests.webhook_backend import Backend, Delivered
+from tests.conftest import (
+    API_KEY,
+    REDIS_URL,
+    RunningGateway,
+    eventually,
+    free_port,
+    sample,
+    spawn,
+)
 from workers.connections import redis_client
 from workers.metrics import Metrics
 from workers.webhooks import RelayConfig, WebhookRelay
@@ -80,9 +88,22 @@ async def outbox_redis() -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:
-    b = Backend(SECRET)
+    b = Backend(SECRET, free_port())
     yield b
     await b.stop()
+
+
+def seq_of(d: Delivered) -> int:
+    """The test's own sequence number of an event, carried in ``data.seq``."""
+    return int(d.payload["data"]["seq"])
+
+
+def by_session(backend: Backend) -> dict[str | None, list[int]]:
+    """The ``data.seq`` numbers each session received, in arrival order."""
+    seen: dict[str | None, list[int]] = {}
+    for d in backend.received:
+        seen.setdefault(d.session, []).append(seq_of(d))
+    return seen
 
 
 @pytest.fixture
@@ -151,13 +172,13 @@ async def test_backend_down_while_60_events_of_6_sessions_arrive_then_all_once_i
     received = backend.received
     assert len(received) == 60
     assert len({d.webhook_id for d in received}) == 60  # each exactly once
-    assert {d.seq: d.body for d in received} == sent  # bytes unchanged
-    for session, seqs in backend.by_session().items():
+    assert {seq_of(d): d.body for d in received} == sent  # bytes unchanged
+    for session, seqs in by_session(backend).items():
         assert seqs == sorted(seqs), session  # in receive order per session
         assert len(seqs) == 10
     assert all(d.signed for d in received)
     assert all(d.path == PATH and d.content_type == "application/json" for d in received)
-    assert all(d.instance == sims[d.seq % 6 % 2].url for d in received)
+    assert all(d.instance == sims[seq_of(d) % 6 % 2].url for d in received)
     assert count(relay, "delivered") == 60
     assert count(relay, "dead_lettered") == 0
     assert sample(gw, "gateway_webhooks_received_total", event="message_received") == 60
@@ -288,10 +309,10 @@ async def test_a_session_answered_500_forever_holds_up_no_other_session(
         lambda: outbox_of(gw, outbox_redis).backlog(time.time()), lambda b: b.waiting == 5
     )
     assert backlog.lanes == 1  # only the broken session still waits
-    by_session = backend.by_session()
+    seen = by_session(backend)
     for session in ("g-1", "g-2", "g-3"):
-        assert by_session[session] == [s for s in range(20) if s % 4 == int(session[-1])]
-    assert set(by_session["broken"]) == {0}  # its later events wait behind its head
+        assert seen[session] == [s for s in range(20) if s % 4 == int(session[-1])]
+    assert set(seen["broken"]) == {0}  # its later events wait behind its head
     assert count(relay, "retried") >= 1
     await eventually(lambda: _true(count(relay, "retried") >= 3))  # and it keeps trying
 
@@ -324,7 +345,7 @@ async def test_a_422_is_dead_lettered_at_once_and_failed_retry_sends_it_again(
     refuse = {"on": True}
 
     def answer(d: Delivered) -> web.Response:
-        if d.seq == 1 and refuse["on"]:
+        if seq_of(d) == 1 and refuse["on"]:
             return web.json_response({"message": "The data.chat field is required."}, status=422)
         return web.json_response({"success": True})
 
@@ -335,7 +356,7 @@ async def test_a_422_is_dead_lettered_at_once_and_failed_retry_sends_it_again(
         assert (await post(http, gw.url, event("message_received", "s-1", seq)))[0] == 200
     outbox = outbox_of(gw, outbox_redis)
     backlog = await settled(outbox)
-    assert backend.by_session() == {"s-1": [1, 2]}  # tried once; its lane went on
+    assert by_session(backend) == {"s-1": [1, 2]}  # tried once; its lane went on
     assert backlog.dead == 1
     assert count(relay, "retried") == 0
     [letter] = await outbox.dead_letters()
@@ -346,7 +367,7 @@ async def test_a_422_is_dead_lettered_at_once_and_failed_retry_sends_it_again(
     refuse["on"] = False
     assert await outbox.requeue(letter.id, time.time())
     backlog = await settled(outbox)
-    assert backend.by_session() == {"s-1": [1, 2, 1]}
+    assert by_session(backend) == {"s-1": [1, 2, 1]}
     assert backend.received[-1].webhook_id == letter.id
     assert backlog.dead == 0
 
@@ -359,7 +380,7 @@ async def test_sigkill_of_the_worker_mid_delivery_loses_nothing_and_repeats_only
     held: list[Delivered] = []
 
     async def answer(d: Delivered) -> web.Response:
-        if d.session == "a" and d.seq == 3 and not held:
+        if d.session == "a" and seq_of(d) == 3 and not held:
             held.append(d)
             await release.wait()  # the worker dies while this request is open
         return web.json_response({"success": True})
@@ -394,7 +415,7 @@ async def test_sigkill_of_the_worker_mid_delivery_loses_nothing_and_repeats_only
         second = spawn("workers", env=env)
         try:
             await settled(outbox)
-            assert backend.by_session() == {"b": [1, 2, 3, 4], "a": [1, 2, 3, 3, 4, 5, 6]}
+            assert by_session(backend) == {"b": [1, 2, 3, 4], "a": [1, 2, 3, 3, 4, 5, 6]}
             repeats = Counter(d.webhook_id for d in backend.received)
             assert sorted(repeats.values()) == [1] * 9 + [2]
             assert repeats[held[0].webhook_id] == 2
