@@ -9,7 +9,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.middlewares import observe
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
 from gateway.requests import ROUTE, BadRequest, read_call
-from gateway.service.fanout import fleet_health, list_sessions
+from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
 
 __all__ = ["GATEWAY", "Gateway", "create_app"]
@@ -24,7 +24,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if call.method == "GET" and call.route.template == "/api/sessions":
         return await list_sessions(call, gw.fleet, gw.upstreams)
     if call.method == "GET" and call.route.template == "/health":
-        return fleet_health(gw.fleet, gw.pins.available, gw.started)
+        return await gw.fleet_health.answer(gw.pins.available, gw.started)
     return await gw.proxy.handle(call)
 
 

@@ -52,9 +52,18 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
-            "Failed calls to an instance, by kind (refused, reset, timeout, bad_response).",
+            "Failed calls to an instance, by kind: not sent (refused, connect_timeout, dns, "
+            "tls) or sent (timeout, reset, bad_response).",
             ["instance", "kind"],
             registry=r,
+        )
+        self.pool_wait = Histogram(
+            "gateway_upstream_pool_wait_seconds",
+            "Time a call waited for a free connection to its instance "
+            "(max_connections_per_instance reached).",
+            ["instance"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
         )
         self.placements = Counter(
             "gateway_placements", "New sessions placed, by instance.", ["instance"], registry=r
@@ -129,6 +138,18 @@ class Metrics:
             "gateway_webhook_pins",
             "Sessions re-pinned from a webhook event, by instance.",
             ["instance"],
+            registry=r,
+        )
+        self.pin_events = Counter(
+            "gateway_pin_events",
+            "Pin changes published by other gateway processes, by result (applied, bad).",
+            ["result"],
+            registry=r,
+        )
+        self.pin_mirror_up = Gauge(
+            "gateway_pin_mirror_up",
+            "1 while this process's memory follows the other processes' pin changes; "
+            "0 while it reads pins from Redis instead.",
             registry=r,
         )
         self.redis_up = Gauge(

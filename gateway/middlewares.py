@@ -1,4 +1,5 @@
-"""Middlewares: request ids, JSON errors instead of tracebacks, and request metrics."""
+"""Middlewares: request ids, JSON errors instead of tracebacks, request metrics, and
+no request target but a plain path."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.decisions.paths import origin_form
 from gateway.errors import json_error
 from gateway.headers import INSTANCE_HEADER
 from gateway.metrics import Metrics
@@ -26,7 +28,10 @@ def observe(metrics: Metrics) -> web.middleware:
         request[REQUEST_ID] = request_id(request)
         started = time.perf_counter()
         try:
-            response = await handler(request)
+            if origin_form(request.raw_path):
+                response = await handler(request)
+            else:  # a URL or an authority: never reach a host the caller names
+                response = json_error(400, "The request target must be a path (/...)")
         except web.HTTPException as exc:  # e.g. 413 from the body size limit
             response = json_error(exc.status, exc.reason)
         except Exception:

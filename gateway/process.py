@@ -17,6 +17,7 @@ from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
 from gateway.router import Router
+from gateway.service.fanout import FleetHealth
 from gateway.service.proxy import Proxy
 from gateway.service.webhooks import Receiver
 from gateway.settings import Settings
@@ -41,6 +42,7 @@ class Gateway:
     proxy: Proxy
     reconciler: Reconciler
     webhooks: Receiver
+    fleet_health: FleetHealth
     started: float
 
 
@@ -60,18 +62,34 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         fleet=fleet,
     )
-    upstreams = Upstreams(s.instances, s.connect_timeout, s.read_timeout, metrics)
+    upstreams = Upstreams(
+        s.instances,
+        connect_timeout=s.connect_timeout,
+        read_timeout=s.read_timeout,
+        keepalive=s.upstream_keepalive,
+        max_connections=s.max_connections_per_instance,
+        metrics=metrics,
+    )
     health = HealthChecker(
         fleet,
         upstreams,
         pins,
         metrics,
         interval=s.health_interval,
+        down_interval=s.health_down_interval,
         timeout=s.health_timeout,
         fall=s.health_fall,
         rise=s.health_rise,
     )
-    rediscovery = Rediscovery(upstreams, pins, s.laravel_api_token, s.health_timeout, metrics)
+    rediscovery = Rediscovery(
+        upstreams,
+        pins,
+        api_token=s.laravel_api_token,
+        timeout=s.health_timeout,
+        negative_ttl=s.rediscovery_negative_ttl,
+        concurrency=s.rediscovery_concurrency,
+        metrics=metrics,
+    )
     router = Router(fleet, pins, s.placement, s.max_sessions_per_instance)
     proxy = Proxy(
         router, pins, upstreams, health, rediscovery, metrics, s.max_sessions_per_instance
@@ -115,6 +133,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         proxy,
         reconciler,
         webhooks,
+        FleetHealth(fleet, upstreams, s.health_timeout),
         time.monotonic(),
     )
     yield

@@ -1,20 +1,25 @@
 """Request parsing: turn an incoming request into a ``Call`` the router and service act on.
 
-Everything a caller can get wrong is caught here, before anything is forwarded: a body
-that should be JSON and is not, a session id outside the allowed alphabet, a workspace
-id that is not a whole number.
+Everything a caller can get wrong is caught here, before anything is forwarded: a request
+target that is not a plain path, a path that reads two ways, a body that should be JSON
+and is not, a session id outside the allowed alphabet, a workspace id that is not a short
+string of ASCII digits. The path is made canonical once and that one string is routed and
+forwarded.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.decisions.paths import PATH_CHARS, BadPath, normalize
 from gateway.decisions.routes import Route, classify, valid_session_id
 from gateway.errors import json_error
 from gateway.headers import end_to_end
@@ -22,6 +27,8 @@ from gateway.headers import end_to_end
 ROUTE = web.RequestKey("route", str)
 REQUEST_ID = web.RequestKey("request_id", str)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+WORKSPACE_ID = re.compile(r"[0-9]{1,20}")
+SESSION_ID_RULE = "session_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ - (not . or ..)"
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class Call:
     route: Route
     session_id: str | None
     workspace_id: str | None
+    api_key: str | None  # the caller's own key, for the gateway's searches on its behalf
 
 
 class BadRequest(Exception):
@@ -47,13 +55,11 @@ def _json_body(request: web.Request, body: bytes) -> Any:
     if request.method not in BODY_METHODS or not body.strip():
         return None
     ctype = request.content_type
-    if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith(
-        "+json"
-    ):
-        return None  # a form or file upload: forwarded as is
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        return None  # binary, a form or a file upload: forwarded as is
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest("Request body is not valid JSON") from None
 
 
@@ -85,24 +91,56 @@ def request_id(request: web.Request) -> str:
     return request.headers.get("X-Request-ID") or uuid.uuid4().hex
 
 
+def _path_qs(request: web.Request) -> str:
+    """The canonical path and the query string as sent (the target is a path: middlewares)."""
+    path, sep, query = request.raw_path.partition("?")
+    if not PATH_CHARS.fullmatch(query):
+        raise BadRequest("The query string must be printable ASCII; percent-encode the rest")
+    try:
+        return normalize(path) + sep + query
+    except BadPath as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _path_session(route: Route) -> str | None:
+    """The session id in the path, decoded; it must name one session, not a path."""
+    if route.session_id is None:
+        return None
+    try:
+        session_id = unquote(route.session_id, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest(SESSION_ID_RULE) from None
+    if "/" in session_id:
+        raise BadRequest(SESSION_ID_RULE)
+    return session_id
+
+
+def _api_key(payload: Any, request: web.Request) -> str | None:
+    key = payload.get("api_key") if isinstance(payload, dict) else None
+    key = key if isinstance(key, str) else request.query.get("api_key")
+    return key or None
+
+
 async def read_call(request: web.Request) -> Call:
     """Parse and check a request; raises ``BadRequest`` with the answer to give."""
-    route = classify(request.path)
+    path_qs = _path_qs(request)
+    route = classify(path_qs.partition("?")[0])
     request[ROUTE] = route.template
     body = await request.read()
     payload = _json_body(request, body)
-    session_id = route.session_id or _field(payload, request, "session_id")
+    session_id = _path_session(route) or _field(payload, request, "session_id")
     if session_id is not None and not valid_session_id(session_id):
-        raise BadRequest("session_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+        raise BadRequest(SESSION_ID_RULE)
     workspace_id = _field(payload, request, "workspace_id")
-    if workspace_id is not None and not workspace_id.lstrip("-").isdigit():
-        raise BadRequest("workspace_id must be a whole number")
+    if workspace_id is not None and not WORKSPACE_ID.fullmatch(workspace_id):
+        raise BadRequest("workspace_id must be 1-20 ASCII digits")
     return Call(
         method=request.method,
-        path_qs=request.raw_path,
+        path_qs=path_qs,
         headers=forwarded_headers(request, request[REQUEST_ID]),
         body=body,
         route=route,
         session_id=session_id,
         workspace_id=workspace_id,
+        api_key=_api_key(payload, request),
     )

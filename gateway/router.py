@@ -18,9 +18,13 @@ class Router:
             i.url for i in self.fleet.instances if i.up and not i.draining and i.url not in exclude
         ]
 
-    def live(self, exclude: str | None = None) -> list[str]:
+    def live(self) -> list[str]:
         """Instances that may hold sessions right now (draining ones still do)."""
-        return [i.url for i in self.fleet.up() if i.url != exclude]
+        return [i.url for i in self.fleet.up()]
+
+    def down(self) -> list[str]:
+        """Instances that failed their health checks (they may still hold sessions)."""
+        return [i.url for i in self.fleet.instances if not i.up]
 
     def is_up(self, url: str) -> bool:
         instance = self.fleet.get(url)
@@ -34,14 +38,20 @@ class Router:
         return await self.pins.place(self.eligible(exclude), self.limit, preferred)
 
     async def for_workspace(self, workspace_id: str) -> str:
-        """The workspace's instance; a workspace never seen is sharded, then pinned."""
+        """The workspace's instance; a workspace with no session placed yet is sharded.
+
+        Nothing is written: a workspace is pinned only when one of its sessions is placed
+        or found, so requests naming made-up workspaces cannot grow the pins.
+        """
         url = await self.pins.workspace(workspace_id)
-        if url is None:
-            url = shard(self.fleet.urls, int(workspace_id))
-            await self.pins.pin_workspace(workspace_id, url)
-        return url
+        return url if url is not None else shard(self.fleet.urls, int(workspace_id))
 
     def any_up(self) -> str | None:
         """Where a request naming no session or workspace goes."""
         instance = self.fleet.first_up()
         return instance.url if instance else None
+
+    def fallbacks(self, first: str) -> list[str]:
+        """``first``, then every other live instance: where a call goes while none is reached."""
+        live = self.live()
+        return [url for url in live if url == first] + [url for url in live if url != first]

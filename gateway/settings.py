@@ -52,13 +52,18 @@ class Settings:
     laravel_api_token: str = ""
     admin_token: str = ""
     connect_timeout: float = 2.0
-    read_timeout: float = 60.0
+    read_timeout: float = 60.0  # the whole of one proxied call, connect to last byte
+    upstream_keepalive: float = 4.0  # below Node's default keepAliveTimeout of 5 s
+    max_connections_per_instance: int = 256
     max_body_bytes: int = 50 * 1024 * 1024
     health_interval: float = 5.0
+    health_down_interval: float = 1.0  # how often an instance that is down is checked
     health_timeout: float = 2.0
     health_fall: int = 2
     health_rise: int = 2
     reconcile_interval: float = 30.0
+    rediscovery_negative_ttl: float = 5.0
+    rediscovery_concurrency: int = 16
     log_level: str = "INFO"
     hmac_secret: str = ""  # the instances' webhook secret; empty: the webhook route is off
     webhook_path: str = "/api/whatsapp/webhooks/"
@@ -255,27 +260,41 @@ def _check_gateway(s: Settings, need: Need) -> None:
         "health_fall",
         "health_rise",
         "webhook_max_body_bytes",
+        "max_connections_per_instance",
+        "rediscovery_concurrency",
     ):
         need(getattr(s, name) >= 1, name, getattr(s, name), "must be at least 1")
     for name in (
         "redis_timeout",
         "connect_timeout",
         "read_timeout",
+        "upstream_keepalive",
         "health_interval",
+        "health_down_interval",
         "health_timeout",
         "reconcile_interval",
     ):
         need(getattr(s, name) > 0, name, getattr(s, name), "must be greater than 0")
+    need(
+        s.rediscovery_negative_ttl >= 0,
+        "rediscovery_negative_ttl",
+        s.rediscovery_negative_ttl,
+        "must be 0 (off) or more",
+    )
+
+
+# Query parameters that carry a secret in a DSN (``mysql://u@h/db?password=...``).
+SECRET_PARAMS = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token)=)[^&#]*", re.I)
 
 
 def _mask(value: str) -> str:
-    """Hide the password of a URL, or the whole of a bare secret."""
+    """Hide the password of a URL (userinfo or query string), or the whole of a bare secret."""
     parts = urlsplit(value)
-    if parts.scheme and parts.password:
-        return value.replace(f":{parts.password}@", ":***@", 1)
-    if parts.scheme:
-        return value
-    return "***" if value else ""
+    if not parts.scheme:
+        return "***" if value else ""
+    if parts.password:
+        value = value.replace(f":{parts.password}@", ":***@", 1)
+    return SECRET_PARAMS.sub(r"\1***", value)
 
 
 # --- the loader ---------------------------------------------------------------------------

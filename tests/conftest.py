@@ -7,6 +7,7 @@ the Redis server with anything else running on the machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -57,11 +58,64 @@ async def serve(app: web.Application, port: int | None = None) -> tuple[web.AppR
     return runner, f"http://127.0.0.1:{port}"
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request as an instance received it, and when it was being handled."""
+
+    method: str
+    path_qs: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    started: float
+    ended: float
+
+
+def peak_overlap(seen: list[Seen]) -> int:
+    """The most requests of ``seen`` that were being handled at the same moment."""
+    edges = sorted([(s.started, 1) for s in seen] + [(s.ended, -1) for s in seen])
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def recording(seen: list[Seen]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """A middleware keeping every request an app receives, health checks included."""
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.monotonic()
+        body = await request.read()
+        try:
+            return await handler(request)
+        finally:
+            seen.append(
+                Seen(
+                    request.method,
+                    request.raw_path,
+                    dict(request.query),
+                    dict(request.headers),
+                    body,
+                    started,
+                    time.monotonic(),
+                )
+            )
+
+    return record
+
+
 @dataclass
 class Sim:
     url: str
     app: web.Application
     runner: web.AppRunner
+    seen: list[Seen] = dataclasses.field(default_factory=list)
+
+    def calls(self, path: str) -> list[Seen]:
+        """The requests it received for ``path`` (query string left out)."""
+        return [s for s in self.seen if s.path_qs.partition("?")[0] == path]
 
     @property
     def sessions(self) -> dict[str, Any]:
@@ -100,6 +154,13 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
+async def teardown() -> AsyncIterator[contextlib.AsyncExitStack]:
+    """Clean-ups a test registers as it starts things (servers, stand-ins), run at its end."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
@@ -110,17 +171,18 @@ async def simulators() -> AsyncIterator[Callable[..., Awaitable[list[Sim]]]]:
     """Start N simulators in this process, each a real HTTP server on its own port."""
     started: list[Sim] = []
 
-    async def start(count: int = 4, **config: Any) -> list[Sim]:
+    async def start(count: int = 4, ports: list[int] | None = None, **config: Any) -> list[Sim]:
         sims = []
-        for _ in range(count):
-            port = free_port()
+        for port in ports or [free_port() for _ in range(count)]:
             url = f"http://127.0.0.1:{port}"
             cfg = SimulatorConfig(
                 **{"api_key": API_KEY, "connect_delay": 0, **config}, public_url=url
             )
             app = create_simulator(cfg)
+            seen: list[Seen] = []
+            app.middlewares.insert(0, recording(seen))
             runner, _ = await serve(app, port)
-            sims.append(Sim(url, app, runner))
+            sims.append(Sim(url, app, runner, seen))
         started.extend(sims)
         return sims
 

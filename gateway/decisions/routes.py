@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SESSION_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+# Also used in paths the gateway builds, so never a dot segment ("." or "..").
+SESSION_ID = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.:@-]{1,128}")
 
 # (template, pattern); a ``sid`` group is the session id in the path.
 _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(

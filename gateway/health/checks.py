@@ -1,7 +1,9 @@
 """Active and passive health checks, and the active counts they correct.
 
 An instance goes down after ``health_fall`` failed checks in a row and up after
-``health_rise`` good ones, so one slow answer does not move sessions around. A refused
+``health_rise`` good ones, so one slow answer does not move sessions around. An instance
+that is down is checked every ``health_down_interval`` (HAProxy's ``downinter``), so one
+that boots after the gateway is in service within about ``health_rise`` seconds. A refused
 connection on a proxied request makes the instance suspect: it is checked again at once,
 back to back, so a crashed instance stops getting traffic within a second.
 """
@@ -15,7 +17,7 @@ import time
 from gateway.metrics import Metrics
 from gateway.state.instances import Fleet, Instance
 from gateway.state.store import PinStore
-from gateway.tasks import cancel_and_wait, every
+from gateway.tasks import cancel_and_wait
 from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.health")
@@ -32,22 +34,30 @@ class HealthChecker:
         metrics: Metrics,
         *,
         interval: float,
+        down_interval: float,
         timeout: float,
         fall: int,
         rise: int,
     ) -> None:
         self.fleet, self.upstreams, self.pins, self.metrics = fleet, upstreams, pins, metrics
-        self.interval, self.timeout, self.fall, self.rise = interval, timeout, fall, rise
+        self.interval, self.down_interval = interval, down_interval
+        self.timeout, self.fall, self.rise = timeout, fall, rise
         self._suspects: dict[str, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Check every instance once, taking the result as is, then keep checking."""
+        """Check every instance once, taking the result as is, then keep checking each."""
         await self.check_all(initial=True)
-        self._task = asyncio.create_task(every(self.interval, self.check_all))
+        self._tasks = [asyncio.create_task(self._keep_checking(i)) for i in self.fleet.instances]
 
     async def close(self) -> None:
-        await cancel_and_wait([self._task, *self._suspects.values()])
+        await cancel_and_wait([*self._tasks, *self._suspects.values()])
+
+    async def _keep_checking(self, instance: Instance) -> None:
+        """Each instance on its own clock: one that does not answer delays no other."""
+        while True:
+            await asyncio.sleep(self.interval if instance.up else self.down_interval)
+            await self.check(instance)
 
     async def check_all(self, initial: bool = False) -> None:
         await asyncio.gather(*(self.check(i, initial) for i in self.fleet.instances))
@@ -93,9 +103,8 @@ class HealthChecker:
         sessions = body.get("sessions")
         if not isinstance(sessions, dict):
             return
-        instance.reported = {k: v for k, v in sessions.items() if isinstance(v, int)}
-        total = instance.reported.get("total")
-        if total is not None:
+        total = sessions.get("total")
+        if isinstance(total, int) and not isinstance(total, bool):
             await self.pins.set_active(instance.url, total)
 
     def _set(self, instance: Instance, up: bool) -> None:

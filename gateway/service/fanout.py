@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import unanswered
 from gateway.requests import Call
 from gateway.service.proxy import respond
 from gateway.state.instances import Fleet
@@ -42,6 +43,10 @@ async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> web.S
             unavailable.append(url)
     if refusals and len(refusals) == len(replies):
         return respond(refusals[0][1], refusals[0][0])  # e.g. every instance said 401
+    if len(unavailable) == len(fleet.instances):
+        return unanswered(
+            503, "No instance answered", "not-sent", instances_unavailable=unavailable
+        )
     return web.json_response(
         {
             "success": True,
@@ -52,27 +57,85 @@ async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> web.S
     )
 
 
-def fleet_health(fleet: Fleet, redis_up: bool, started: float) -> web.Response:
-    """``GET /health`` in the instances' own shape, summed, plus one line per instance."""
-    up = fleet.up()
-    totals = {
-        key: sum(i.reported.get(key, 0) for i in up)
-        for key in ("total", "connected", "disconnected")
-    }
-    body = {
-        "status": "healthy" if up else "unhealthy",
-        "uptime": round(time.monotonic() - started, 1),
-        "sessions": totals,
-        "redis": "up" if redis_up else "down",
-        "instances": [
-            {
-                "url": i.url,
-                "up": i.up,
-                "draining": i.draining,
-                "active": i.sessions,
-            }
-            for i in fleet.instances
-        ],
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    }
-    return web.json_response(body, status=200 if up else 503)
+# A fleet health answer this young is reused: frequent monitoring costs the instances little.
+HEALTH_REUSE = 1.0
+SESSION_COUNTS = ("total", "connected", "disconnected")
+Reports = dict[str, dict[str, Any]]  # instance URL -> its own /health body
+
+
+class FleetHealth:
+    """``GET /health`` from the instances' own ``/health``, asked in parallel at the call.
+
+    The sums are what the instances hold at that moment (so ``sessions.total`` agrees with
+    ``GET /api/sessions``), not what the last periodic check saw.
+    """
+
+    def __init__(self, fleet: Fleet, upstreams: Upstreams, timeout: float) -> None:
+        self.fleet, self.upstreams, self.timeout = fleet, upstreams, timeout
+        self._last: tuple[float, Reports] | None = None
+        self._asking: asyncio.Task[Reports] | None = None
+
+    async def reports(self) -> Reports:
+        """Each up instance's healthy report; calls at once share one round of asking."""
+        if self._last is not None and time.monotonic() - self._last[0] <= HEALTH_REUSE:
+            return self._last[1]
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.create_task(self._ask_all())
+        return await asyncio.shield(self._asking)
+
+    async def _ask_all(self) -> Reports:
+        up = [i.url for i in self.fleet.up()]
+        answers = await asyncio.gather(*(self._ask(url) for url in up))
+        reports = {url: body for url, body in zip(up, answers, strict=True) if body is not None}
+        self._last = (time.monotonic(), reports)
+        return reports
+
+    async def _ask(self, url: str) -> dict[str, Any] | None:
+        try:
+            status, body = await self.upstreams.get_json(url, "/health", {}, self.timeout)
+        except UpstreamError:
+            return None
+        healthy = status == 200 and isinstance(body, dict) and body.get("status") != "unhealthy"
+        return body if healthy else None
+
+    async def answer(self, redis_up: bool, started: float) -> web.Response:
+        """The instances' ``/health`` shape, summed, plus ``redis`` and one line per instance."""
+        reports = await self.reports()
+        body = {
+            "status": "healthy" if reports else "unhealthy",
+            "uptime": round(time.monotonic() - started, 1),
+            "sessions": {key: _sum(reports, "sessions", key) for key in SESSION_COUNTS},
+            "memory": {
+                "used": _sum(reports, "memory", "used"),
+                "total": _sum(reports, "memory", "total"),
+                "unit": next(
+                    (r["memory"]["unit"] for r in reports.values() if _part(r, "memory")), "MB"
+                ),
+            },
+            "redis": "up" if redis_up else "down",
+            "instances": [
+                {
+                    "url": i.url,
+                    "up": i.up,
+                    "draining": i.draining,
+                    "active": i.sessions,
+                    "answered": i.url in reports,
+                }
+                for i in self.fleet.instances
+            ],
+            "timestamp": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+        }
+        return web.json_response(body, status=200 if reports else 503)
+
+
+def _part(report: dict[str, Any], name: str) -> dict[str, Any]:
+    part = report.get(name)
+    return part if isinstance(part, dict) else {}
+
+
+def _sum(reports: Reports, part: str, key: str) -> int | float:
+    """The sum of one number over the reports (a missing or odd value counts 0)."""
+    values = (_part(r, part).get(key) for r in reports.values())
+    return sum(v for v in values if isinstance(v, int | float) and not isinstance(v, bool))

@@ -1,10 +1,14 @@
 """The service: forward a call to the instance the router chose, and keep sessions reachable.
 
 A session that is not where its pin says (the instance refused the connection, is down, or
-answered ``Session not found``) is searched for on the other instances, re-pinned and the
+answered ``Session not found``) is searched for on the live instances, re-pinned and the
 request replayed there once, but only when nothing can have been done by the first
 instance. After a timeout or a cut answer the request is not sent again: a message might
 have gone out.
+
+The gateway never says more than the instances do: ``Session not found`` comes from an
+instance, and only once every instance that may hold the session has said it does not;
+when one of them could not be asked, the answer is ``503`` naming it.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import logging
 from aiohttp import web
 
 from gateway.decisions.routes import REVIVING_ACTIONS
-from gateway.errors import json_error
+from gateway.errors import Outcome, unanswered
 from gateway.headers import INSTANCE_HEADER, end_to_end
 from gateway.health.checks import HealthChecker
-from gateway.locate.rediscovery import Rediscovery
+from gateway.locate.rediscovery import Rediscovery, Search
 from gateway.metrics import Metrics
 from gateway.requests import Call
 from gateway.router import Router
@@ -33,15 +37,24 @@ def respond(reply: Reply, url: str) -> web.Response:
     """The instance's answer, unchanged but for hop-by-hop headers, naming the instance."""
     headers = end_to_end(reply.headers)
     headers[INSTANCE_HEADER] = url
+    if not reply.body and "Content-Length" in reply.headers:
+        # A HEAD answer: its length is that of the body a GET would have had.
+        headers["Content-Length"] = reply.headers["Content-Length"]
+        return web.Response(status=reply.status, headers=headers)
     return web.Response(status=reply.status, headers=headers, body=reply.body)
+
+
+def outcome(sent: bool) -> Outcome:
+    return "unknown" if sent else "not-sent"
 
 
 def failure(error: UpstreamError) -> web.Response:
     """Our answer when an instance gave none: 504 after a timeout, else 502."""
-    status = 504 if error.kind == "timeout" else 502
-    return json_error(
+    status = 504 if error.kind in ("timeout", "connect_timeout") else 502
+    return unanswered(
         status,
         f"Instance {error.url} did not answer ({error.kind})",
+        outcome(error.sent),
         instance=error.url,
         kind=error.kind,
     )
@@ -62,6 +75,13 @@ def _already_gone(call: Call, reply: Reply) -> bool:
     return (
         call.method == "DELETE" and isinstance(body, dict) and bool(body.get("alreadyDisconnected"))
     )
+
+
+def _is_delete(call: Call) -> bool:
+    return call.method == "DELETE" and call.route.template == "/api/sessions/{id}"
+
+
+NO_INSTANCE = "No instance is up"
 
 
 class Proxy:
@@ -90,16 +110,19 @@ class Proxy:
             return await self.session_call(call, call.session_id)
         if call.workspace_id is not None:
             return await self.forward(call, await self.router.for_workspace(call.workspace_id))
-        url = self.router.any_up()
-        if url is None:
-            return json_error(503, "No instance is up")
-        return await self.forward(call, url)
+        return await self.forward(call, self.router.any_up())
 
-    async def forward(self, call: Call, url: str) -> web.StreamResponse:
-        try:
-            return respond(await self._send(call, url), url)
-        except UpstreamError as exc:
-            return failure(exc)
+    async def forward(self, call: Call, first: str | None) -> web.StreamResponse:
+        """Send to ``first``; while the call reaches no instance, to the next live one."""
+        error: UpstreamError | None = None
+        for url in self.router.fallbacks(first) if first else []:
+            try:
+                return respond(await self._send(call, url), url)
+            except UpstreamError as exc:
+                error = exc
+                if exc.sent:
+                    break
+        return failure(error) if error else unanswered(503, NO_INSTANCE, "not-sent")
 
     async def _send(self, call: Call, url: str) -> Reply:
         try:
@@ -115,84 +138,108 @@ class Proxy:
 
     async def session_call(self, call: Call, session_id: str) -> web.StreamResponse:
         pinned = await self.pins.session(session_id)
-        tried: set[str] = set()
-        pinned_down = pinned is not None and not self.router.is_up(pinned)
-        if pinned is not None and not pinned_down:
+        said_not_found: Reply | None = None
+        sent = False  # the call reached an instance that gave no answer
+        if pinned is not None and self.router.is_up(pinned):
             try:
                 reply = await self._send(call, pinned)
             except UpstreamError as exc:
                 if not replayable(call, exc):
                     return failure(exc)
-                pinned_down = not exc.sent
+                sent = exc.sent
             else:
                 if not (reply.session_not_found or _already_gone(call, reply)):
                     await self._after(call, session_id, pinned, reply)
                     return respond(reply, pinned)
-            tried.add(pinned)
-        return await self._relocate(call, session_id, pinned, tried, pinned_down)
+                said_not_found = reply
+        return await self._relocate(call, session_id, pinned, said_not_found, sent)
 
     async def _relocate(
-        self, call: Call, session_id: str, pinned: str | None, tried: set[str], pinned_down: bool
+        self,
+        call: Call,
+        session_id: str,
+        pinned: str | None,
+        said_not_found: Reply | None,
+        sent: bool,
     ) -> web.StreamResponse:
-        """The session is not on its pinned instance: find it, re-pin it, replay once."""
+        """The session is not where its pin says: find it, re-pin it, replay once."""
+        asked = {pinned} if said_not_found is not None else set()
         moved = self.pins.sessions.get(session_id)
-        if moved is not None and moved not in tried and self.router.is_up(moved):
-            url: str | None = moved  # another request found it meanwhile
+        if moved not in (None, pinned) and self.router.is_up(moved):
+            search = Search(holder=moved)  # another request found it meanwhile
+        elif self.rediscovery.known_absent(session_id):
+            search = Search()
         else:
-            candidates = [u for u in self.router.live() if u not in tried]
-            url = await self.rediscovery.find(session_id, candidates)
-        if url is not None:
-            if pinned is not None:
-                self.metrics.replays.labels(url).inc()
+            candidates = [u for u in self.router.live() if u not in asked]
+            complete = not self.router.down()
+            search = await self.rediscovery.find(session_id, candidates, call.api_key, complete)
+        if search.holder is not None:
+            if search.holder != pinned:
+                self.metrics.replays.labels(search.holder).inc()
+            try:
+                reply = await self._send(call, search.holder)
+            except UpstreamError as exc:
+                return failure(exc)
+            await self._after(call, session_id, search.holder, reply)
+            return respond(reply, search.holder)
+        if call.route.action in REVIVING_ACTIONS:
+            return await self.create(call, session_id)
+        unsure = [*self.router.down(), *search.unsure]
+        if unsure:
+            return unanswered(
+                503,
+                "Session unavailable: it may be on an instance that cannot be asked now",
+                outcome(sent),
+                instances=unsure,
+                instance=unsure[0],
+            )
+        if said_not_found is not None and pinned is not None and not search.denied:
+            await self._after(call, session_id, pinned, said_not_found)
+            return respond(said_not_found, pinned)
+        # On no instance: let one answer for itself (its 404, or its 401 for a wrong key).
+        return await self._answer_anywhere(call, session_id)
+
+    async def _answer_anywhere(self, call: Call, session_id: str) -> web.StreamResponse:
+        for url in self.router.live():
             try:
                 reply = await self._send(call, url)
             except UpstreamError as exc:
-                return failure(exc)
+                if exc.sent:
+                    return failure(exc)
+                continue
             await self._after(call, session_id, url, reply)
             return respond(reply, url)
-        return await self._on_no_instance(call, session_id, pinned, pinned_down)
-
-    async def _on_no_instance(
-        self, call: Call, session_id: str, pinned: str | None, pinned_down: bool
-    ) -> web.StreamResponse:
-        if call.route.action in REVIVING_ACTIONS:
-            return await self.create(call, session_id)
-        if call.method == "DELETE" and call.route.template == "/api/sessions/{id}":
-            if pinned is not None:
-                await self.pins.unpin_session(session_id, source="delete")
-            url = self.router.any_up()
-            return await self.forward(call, url) if url else json_error(503, "No instance is up")
-        if pinned_down:
-            return json_error(
-                503,
-                "Session unavailable: its instance is down and no other instance holds it",
-                instance=pinned,
-            )
-        return json_error(404, "Session not found", detail="the session is on no instance")
+        return unanswered(503, NO_INSTANCE, "not-sent")
 
     async def _after(self, call: Call, session_id: str, url: str, reply: Reply) -> None:
-        """Book-keeping once an instance acted on a session."""
-        deleted = call.method == "DELETE" and call.route.template == "/api/sessions/{id}"
-        if deleted and 200 <= reply.status < 300:
-            await self.pins.unpin_session(session_id, source="delete")
+        """Book-keeping once an instance answered for a session."""
+        if _is_delete(call) and 200 <= reply.status < 300:
+            if await self.pins.session(session_id) is not None:
+                await self.pins.unpin_session(session_id, source="delete")
             if not _already_gone(call, reply):
                 await self.pins.session_ended(url)
 
     # --- new sessions ---------------------------------------------------------------------
 
     async def create(self, call: Call, session_id: str) -> web.StreamResponse:
-        pinned = await self.pins.session(session_id)
-        if pinned is not None and self.router.is_up(pinned) and call.route.action is None:
-            return await self.forward(call, pinned)  # the instance answers with its session
+        """Place a new session; one create of a session at a time across all processes."""
+        async with self.pins.creating(session_id):
+            pinned = await self.pins.session(session_id, fresh=True)
+            if pinned is not None and self.router.is_up(pinned) and call.route.action is None:
+                return await self.forward(call, pinned)  # the instance answers with its session
+            return await self._place(call, session_id)
+
+    async def _place(self, call: Call, session_id: str) -> web.StreamResponse:
         refused: set[str] = set()
         while True:
             placement = await self.router.place(call.workspace_id, refused)
             if placement is None:
                 if not self.router.eligible(refused):
-                    return json_error(503, "No instance is up to take a new session")
-                return json_error(
+                    return unanswered(503, "No instance is up to take a new session", "not-sent")
+                return unanswered(
                     503,
                     f"Every instance holds its limit of {self.limit} active sessions",
+                    "not-sent",
                     max_sessions_per_instance=self.limit,
                 )
             try:

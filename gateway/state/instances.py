@@ -23,7 +23,6 @@ class Instance:
     rises: int = 0
     last_check: float | None = None
     last_error: str | None = None
-    reported: dict[str, int] = field(default_factory=dict)  # its own /health "sessions"
 
 
 @dataclass

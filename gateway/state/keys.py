@@ -10,7 +10,14 @@ class Keys:
         self.active = f"{prefix}active"
         self.draining = f"{prefix}draining"
         self.events = f"{prefix}events"
+        # Set once pins were loaded; missing after a reconnect: Redis lost its data.
+        self.loaded = f"{prefix}loaded"
         self._placing = f"{prefix}placing:"
+        self._creating = f"{prefix}creating:"
 
     def placing(self, url: str) -> str:
         return self._placing + url
+
+    def creating(self, session_id: str) -> str:
+        """The lock held while a create of the session is in flight."""
+        return self._creating + session_id

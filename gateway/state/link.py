@@ -51,8 +51,11 @@ class RedisLink:
         self.redis = aioredis.Redis.from_url(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        # The subscriber waits for messages indefinitely, so it has no socket timeout.
-        self.subscriber = aioredis.Redis.from_url(redis_url, socket_connect_timeout=timeout)
+        # The subscriber waits for messages indefinitely, so it has no socket timeout; the pin
+        # map pings it when it is silent, and TCP keepalive closes a connection long dead.
+        self.subscriber = aioredis.Redis.from_url(
+            redis_url, socket_connect_timeout=timeout, socket_keepalive=True
+        )
         self.origin = uuid.uuid4().hex  # marks this process's published changes
         self.available = False
         self.back = asyncio.Event()

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.asyncio.client import PubSub
 
 from gateway.metrics import Metrics
 from gateway.state.instances import Fleet
-from gateway.state.link import Backlog, Change, RedisLink, Unavailable
+from gateway.state.link import REDIS_ERRORS, Backlog, Change, RedisLink, Unavailable
 from gateway.state.table import PinTable
 from gateway.tasks import cancel_and_wait
 
@@ -32,6 +32,9 @@ log = logging.getLogger("gateway.pins")
 
 SCAN_BATCH = 10_000  # pins per Redis round trip when loading the map
 P = TypeVar("P", bound=MutableMapping[str, str])
+CHANGE_KINDS = frozenset({"session", "workspace", "draining"})
+MIRROR_PING = 1.0  # seconds of silence before the subscription is pinged, and for the pong
+MIRROR_PAUSE, MIRROR_PAUSE_MAX = 0.1, 5.0  # before subscribing again, doubling
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class PinMap:
         self.sessions = PinTable()
         self.workspaces: dict[str, str] = {}
         self._listeners: list[PinListener] = []
+        self._loaded = False  # pins were loaded from Redis once
+        self.mirrored = False  # memory follows the other processes' changes
+        self._reloading: list[Change] | None = None  # changes made while a reload reads Redis
         self._task: asyncio.Task[None] | None = None
         link.on_back(self._reload)
 
@@ -68,24 +74,32 @@ class PinMap:
 
     # --- reads --------------------------------------------------------------------------
 
-    async def session(self, session_id: str) -> str | None:
-        """The instance pinned for a session: memory first, Redis on a miss."""
-        return await self._lookup(self.sessions, self.keys.sessions, session_id)
+    async def session(self, session_id: str, fresh: bool = False) -> str | None:
+        """The instance pinned for a session: memory first, Redis on a miss.
+
+        ``fresh``: from Redis (while it answers), e.g. right after another process pinned it.
+        """
+        return await self._lookup(self.sessions, self.keys.sessions, session_id, fresh)
 
     async def workspace(self, workspace_id: str) -> str | None:
         """The instance of the workspace's most recent session."""
         return await self._lookup(self.workspaces, self.keys.workspaces, workspace_id)
 
-    async def _lookup(self, cache: MutableMapping[str, str], key: str, field: str) -> str | None:
+    async def _lookup(
+        self, cache: MutableMapping[str, str], key: str, field: str, fresh: bool = False
+    ) -> str | None:
+        """Memory while the mirror keeps it current; else Redis, and memory if Redis is away."""
         url = cache.get(field)
-        if url is not None:
+        if url is not None and self.mirrored and not fresh:
             self.metrics.pin_cache.labels("hit").inc()
             return url
         self.metrics.pin_cache.labels("miss").inc()
         with contextlib.suppress(Unavailable):
             raw = await self.link.run(lambda: self.link.redis.hget(key, field))
-            if raw is not None:
-                url = cache[field] = raw.decode()
+            if raw is None:
+                cache.pop(field, None)
+                return None
+            url = cache[field] = raw.decode()
         return url
 
     # --- writes -------------------------------------------------------------------------
@@ -112,15 +126,14 @@ class PinMap:
         await self._write([("session", session_id, None)])
         await self._emit(PinChange(session_id, None, None, source))
 
-    async def pin_workspace(self, workspace_id: str, url: str) -> None:
-        await self._write([("workspace", workspace_id, url)])
-
     async def set_draining(self, url: str, draining: bool) -> None:
         await self._write([("draining", url, "1" if draining else None)])
 
     async def _write(self, changes: Sequence[Change]) -> None:
         for kind, ident, value in changes:
             self._apply(kind, ident, value)
+        if self._reloading is not None:
+            self._reloading.extend(changes)
         await self.link.write(changes)
 
     async def _emit(self, change: PinChange) -> None:
@@ -150,19 +163,28 @@ class PinMap:
 
     async def _reload(self, backlog: Backlog) -> Backlog:
         """Take Redis's pins, with this process's unwritten changes on top; what to write."""
-        sessions = await self._scan(self.keys.sessions, PinTable())
-        workspaces = await self._scan(self.keys.workspaces, {})
-        draining = await self.link.redis.smembers(self.keys.draining)
-        if not sessions and self.sessions:
+        self._reloading = made_meanwhile = []
+        try:
+            loaded = await self.link.redis.getset(self.keys.loaded, "1")
+            sessions = await self._scan(self.keys.sessions, PinTable())
+            workspaces = await self._scan(self.keys.workspaces, {})
+            draining = await self.link.redis.smembers(self.keys.draining)
+        finally:
+            self._reloading = None
+        if loaded is None and self._loaded:
             # Redis came back empty (restarted without persistence): memory is the truth.
             memory: Backlog = {("session", k): v for k, v in self.sessions.items()}
             memory |= {("workspace", k): v for k, v in self.workspaces.items()}
+            memory |= {("draining", i.url): "1" for i in self.fleet.instances if i.draining}
             return memory | backlog
+        self._loaded = True
         self.sessions, self.workspaces = sessions, workspaces
         marked = {m.decode() for m in draining}
         for instance in self.fleet.instances:
             instance.draining = instance.url in marked
         for (kind, ident), value in backlog.items():
+            self._apply(kind, ident, value)
+        for kind, ident, value in made_meanwhile:  # Redis may have answered before them
             self._apply(kind, ident, value)
         return backlog
 
@@ -171,8 +193,9 @@ class PinMap:
 
         A million pins in one HGETALL take longer than that, and a reply that large costs
         as much memory again while it is decoded. Each instance URL is kept once, however
-        many sessions it holds. Changes made during the scan reach the map as events
-        afterwards (the follower subscribes before it reloads).
+        many sessions it holds. Other processes' changes made during the scan reach the map
+        as events afterwards (the follower subscribes before it reloads); this process's
+        own are applied again after the reload.
         """
         urls = {url.encode(): url for url in self.fleet.urls}
         cursor = 0
@@ -187,27 +210,67 @@ class PinMap:
                 return pins
 
     async def _follow(self) -> None:
-        """Apply the other processes' changes as they are published."""
+        """Apply the other processes' changes as they are published; never give up.
+
+        A subscription that fails or goes silent (a half-open connection answers no ping)
+        is dropped and made again, after a growing pause; meanwhile pins are read from
+        Redis, so no process routes from a memory that stopped following.
+        """
+        pause = MIRROR_PAUSE
         while True:
             await self.link.back.wait()
-            pubsub = self.link.subscriber.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.link.subscriber.pubsub()
             try:
                 await pubsub.subscribe(self.keys.events)
                 # Changes made between the reload and this subscription would be missed.
                 await self.link.reconnected()
-                async for message in pubsub.listen():
-                    self._on_event(message.get("data"))
-            except (RedisError, OSError) as exc:
-                self.link.went_away(exc)
+                self._mirroring(True)
+                pause = MIRROR_PAUSE
+                await self._listen(pubsub)
+            except REDIS_ERRORS as exc:
+                self._mirroring(False)
+                log.warning("pin mirror lost (%s); reading pins from Redis", type(exc).__name__)
             finally:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MIRROR_PAUSE_MAX)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Events until the subscription fails; a silent one is pinged, and must answer."""
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=MIRROR_PING)
+            if message is None:
+                if pinged:
+                    raise TimeoutError("the pin subscription answered no ping")
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False
+            if message["type"] == "message":
+                self._on_event(message["data"])
+
+    def _mirroring(self, up: bool) -> None:
+        self.mirrored = up
+        self.metrics.pin_mirror_up.set(int(up))
 
     def _on_event(self, data: Any) -> None:
+        """Apply one published change; one that cannot be read is counted and skipped."""
         try:
             event = json.loads(data)
-        except (TypeError, ValueError):
+            origin, kind, ident, url = event["origin"], event["kind"], event["id"], event["url"]
+        except (TypeError, ValueError, KeyError, IndexError):
+            origin = kind = ident = url = None
+        if origin == self.link.origin:
             return
-        if event.get("origin") == self.link.origin:
+        if (
+            kind not in CHANGE_KINDS
+            or not isinstance(ident, str)
+            or not isinstance(url, str | None)
+        ):
+            self.metrics.pin_events.labels("bad").inc()
+            log.warning("ignored a pin change event it cannot read")
             return
-        self._apply(event["kind"], event["id"], event["url"])
+        self._apply(kind, ident, url)
+        self.metrics.pin_events.labels("applied").inc()

@@ -8,9 +8,11 @@ them together and offers what the router, the service and the admin API call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 from gateway.metrics import Metrics
 from gateway.state.counts import Counts, Placement
+from gateway.state.flights import Flights
 from gateway.state.instances import Fleet
 from gateway.state.keys import Keys
 from gateway.state.link import RedisLink
@@ -35,6 +37,7 @@ class PinStore:
         self.link = RedisLink(redis_url, self.keys, timeout, metrics)
         self.map = PinMap(self.link, fleet, metrics)
         self.counts = Counts(self.link, fleet, reservation_ttl)
+        self.flights = Flights(self.link, reservation_ttl)
 
     async def start(self) -> None:
         """Load every pin into memory and follow the other processes' changes."""
@@ -69,8 +72,8 @@ class PinStore:
 
     # --- the pin map --------------------------------------------------------------------
 
-    async def session(self, session_id: str) -> str | None:
-        return await self.map.session(session_id)
+    async def session(self, session_id: str, fresh: bool = False) -> str | None:
+        return await self.map.session(session_id, fresh)
 
     async def workspace(self, workspace_id: str) -> str | None:
         return await self.map.workspace(workspace_id)
@@ -86,13 +89,14 @@ class PinStore:
     def on_change(self, listener: PinListener) -> None:
         self.map.on_change(listener)
 
-    async def pin_workspace(self, workspace_id: str, url: str) -> None:
-        await self.map.pin_workspace(workspace_id, url)
-
     async def set_draining(self, url: str, draining: bool) -> None:
         await self.map.set_draining(url, draining)
 
     # --- counts and placement -----------------------------------------------------------
+
+    def creating(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """While held, no other create of the session runs in any gateway process."""
+        return self.flights.only_one(session_id)
 
     async def place(
         self, eligible: Sequence[str], limit: int, preferred: str | None

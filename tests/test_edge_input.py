@@ -1,0 +1,186 @@
+"""Hostile request lines and fields: only what the gateway parsed itself reaches an instance."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.conftest import API_KEY
+from tests.support import ADMIN_TOKEN, pin, raw_http, stand_in
+
+
+async def test_absolute_and_authority_form_targets_are_refused(simulators, gateways, teardown):
+    """No request line can make the gateway reach a host of the caller's choosing."""
+    internal = await stand_in(teardown)  # a service the gateway can reach and callers must not
+    host = internal.url.removeprefix("http://")
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    before = len(sims[0].seen)
+    for method, target in [
+        ("GET", f"{internal.url}/secret"),
+        ("GET", f"http://{host}"),
+        ("POST", f"{internal.url}/api/messages/send"),
+        ("GET", f"//{host}/secret"),
+        ("GET", f"//{host}/api/sessions/x/status"),
+        ("CONNECT", host),
+        ("OPTIONS", "*"),
+    ]:
+        reply = await raw_http(gw.url, target, method=method)
+        assert reply.status == 400, (method, target, reply)
+        assert reply.json()["success"] is False, (method, target)
+    # what aiohttp's own parser refuses never reaches the gateway's code at all
+    assert (await raw_http(gw.url, "secret")).status == 400
+    assert internal.seen == []
+    assert len(sims[0].seen) == before
+
+
+async def test_the_path_routed_is_the_path_forwarded(simulators, gateways, http):
+    """Dot segments, doubled slashes and encoded letters are resolved once, before routing."""
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    for sid, sim in (("a", sims[0]), ("b", sims[1])):
+        async with http.post(
+            f"{gw.url}/api/sessions", json={"session_id": sid, "api_key": API_KEY}
+        ) as r:
+            assert r.headers["X-WhatsApp-Instance"] == sim.url
+    for target in [
+        "/api/sessions/a/../b/status",
+        "/api/sessions/a/./../b/status",
+        "/api/sessions/./b/status",
+        "/api//sessions/b/status",
+        "/api/x/../sessions/b//status",
+        "/api/sessions/%62/status",
+    ]:
+        reply = await raw_http(gw.url, f"{target}?api_key={API_KEY}")
+        assert reply.status == 200, (target, reply)
+        assert reply.headers["X-WhatsApp-Instance"] == sims[1].url, target
+        assert reply.json()["session_id"] == "b", target
+        assert sims[1].seen[-1].path_qs == f"/api/sessions/b/status?api_key={API_KEY}", target
+    # paths that read two ways, and session id segments that are not one session id
+    before = [len(s.seen) for s in sims]
+    for target in [
+        "/api/sessions/a%2Fb/status",
+        "/api/sessions/a%2fb",
+        "/api/messages/a%2Fb/validate",
+        "/api/sessions/%2e%2e/status",
+        "/api/sessions/%2E/status",
+        "/api/sessions/%2e/b/status",
+        "/api/sessions/a%00b/status",
+        "/api/sessions/%FF%FE/status",
+        "/api/sessions/%/status",
+    ]:
+        reply = await raw_http(gw.url, f"{target}?api_key={API_KEY}")
+        assert reply.status == 400, (target, reply)
+        assert reply.json()["success"] is False, target
+    assert (await raw_http(gw.url, "/api/sessions/\xc3\xa9/status")).status == 400  # raw UTF-8
+    assert [len(s.seen) for s in sims] == before
+
+
+ODD_WORKSPACE_IDS: list[Any] = [
+    "²",
+    "٣",
+    "--5",
+    "-5",
+    "+5",
+    " 5",
+    "5 ",
+    "5.0",
+    "0x10",
+    "1e3",
+    "5" * 21,
+    "5" * 5000,
+    -5,
+    10**21,
+    5.5,
+    True,
+    [],
+    {},
+    ["5"],
+]
+ODD_SESSION_IDS: list[Any] = [
+    ".",
+    "..",
+    "a/b",
+    "../x",
+    "x" * 129,
+    "é",
+    "a b",
+    "a\x00b",
+    "a\nb",
+    True,
+    1.5,
+    [],
+    {"id": "a"},
+]
+
+
+async def test_odd_values_of_every_field_get_a_json_4xx(simulators, gateways, http):
+    """A table of hostile values, in body and query: a 4xx JSON answer, nothing forwarded."""
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    before = [len(s.seen) for s in sims]
+    calls: list[tuple[str, str, dict[str, str], bytes | None]] = []
+    for value in ODD_WORKSPACE_IDS:
+        create = {"session_id": "odd-1", "workspace_id": value, "api_key": API_KEY}
+        calls.append(("POST", "/api/sessions", {}, json.dumps(create).encode()))
+        calls.append(("POST", "/info", {}, json.dumps({"workspace_id": value}).encode()))
+        if isinstance(value, str):
+            calls.append(("GET", "/info", {"workspace_id": value}, None))
+    for value in ODD_SESSION_IDS:
+        send = {"session_id": value, "api_key": API_KEY, "recipient_phone": "1", "message": "m"}
+        calls.append(("POST", "/api/messages/send", {}, json.dumps(send).encode()))
+        calls.append(("POST", "/api/sessions", {}, json.dumps({"session_id": value}).encode()))
+        if isinstance(value, str):
+            calls.append(("GET", "/api/messages/send", {"session_id": value}, None))
+    for body in [b"[" * 100_000, b'{"a":' * 50_000, b"\xff\xfe{}", b'{"session_id": "\xc3"}']:
+        calls.append(("POST", "/api/messages/send", {}, body))
+    for method, path, params, body in calls:
+        headers = {"Content-Type": "application/json"}
+        async with http.request(
+            method, f"{gw.url}{path}", params=params, data=body, headers=headers
+        ) as r:
+            text = await r.text()
+            assert 400 <= r.status < 500, (method, path[:80], r.status, text[:200])
+            answer = json.loads(text)
+            assert answer["success"] is False, (path[:80], text[:200])
+            assert isinstance(answer["error"], str), path[:80]
+    assert [len(s.seen) for s in sims] == before
+    # the boundaries that are fine
+    for value in ("0", "12345678901234567890", 7):
+        body = {"session_id": f"ok-{value}", "workspace_id": value, "api_key": API_KEY}
+        async with http.post(f"{gw.url}/api/sessions", json=body) as r:
+            assert r.status == 200, await r.text()
+
+
+async def test_binary_and_multipart_bodies_pass_untouched(gateways, http, teardown):
+    """Only JSON bodies are read for routing; anything else goes through byte for byte."""
+    instance = await stand_in(teardown)
+    gw = await gateways([instance.url], admin_token=ADMIN_TOKEN)
+    await pin(http, gw.url, "bin-1", instance.url)
+    blob = bytes(range(256)) * 4
+    headers = {"Content-Type": "application/octet-stream"}
+    async with http.put(f"{gw.url}/api/sessions/bin-1/metadata", data=blob, headers=headers) as r:
+        assert r.status == 200, await r.text()
+    seen = instance.forwarded()[-1]
+    assert seen.body == blob and seen.headers["Content-Type"] == "application/octet-stream"
+
+    form = b'--XyZ\r\nContent-Disposition: form-data; name="file"\r\n\r\n\x00\xff{\r\n--XyZ--\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    async with http.post(
+        f"{gw.url}/api/messages/send-media?session_id=bin-1", data=form, headers=headers
+    ) as r:
+        assert r.status == 200, await r.text()
+    seen = instance.forwarded()[-1]
+    assert seen.body == form and seen.path_qs == "/api/messages/send-media?session_id=bin-1"
+
+
+async def test_head_answers_keep_their_content_length(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    path = "/health/live"  # a body of fixed length
+    direct = await raw_http(sims[0].url, path, method="HEAD")
+    through = await raw_http(gw.url, path, method="HEAD")
+    assert direct.status == through.status == 200
+    assert int(direct.headers["Content-Length"]) > 0
+    assert through.headers["Content-Length"] == direct.headers["Content-Length"]
+    assert through.body == b""
