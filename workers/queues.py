@@ -10,7 +10,7 @@ for several queues and several jobs in one round trip, in priority order.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -18,16 +18,31 @@ import redis.asyncio as aioredis
 from workers.jobs import Job, decode, pushed_at
 
 # KEYS: per queue, in priority order: queue, reserved, delayed, notify.
-# ARGV: now, reservation expiry (now + retry_after), most jobs to take, migration batch.
+# ARGV: now, reservation expiry (now + retry_after), most jobs to take, batch (most jobs
+# migrated or paced per queue and call), pace key prefix, then per queue its pacing
+# interval in ms (0: not paced).
 # Per queue: move due delayed jobs and expired reservations back onto the list (as
 # migrateExpiredJobs, one notify element each), then pop as LuaScripts::pop does: attempts + 1,
 # the re-encoded job into :reserved, one notify element popped. A payload cjson cannot
 # take is reserved unchanged and flagged 0 so the worker fails it instead of losing it
 # (Laravel's own pop script would raise after the LPOP and drop it).
-# Returns a flat list: queue index (1-based), reserved string, counted flag.
+# Pacing: on a paced queue, a job of a session (data.session_id) that has no slot yet is
+# handed the session's next free slot (slot = max(now, next); next = slot + interval, on
+# Redis' clock, one key per session for every paced queue). Due now, it runs; later, it
+# goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged, and
+# runs without asking again when it comes back (the reserved copy drops ``paceSlot``). So a
+# job is popped at most twice for pacing, and a session's jobs leave in the order taken.
+# The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
+# Returns a flat list: per job its queue index (1-based), reserved string and a flag (1
+# counted, 0 unreadable, 2 paced: string false); then whether the batch stopped the call
+# early (1/0), then the earliest due time left in the :delayed sets (false when none or
+# when jobs were taken).
 RESERVE = """
-local now, expiry = ARGV[1], ARGV[2]
-local want, batch = tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
+local now, expiry = tonumber(ARGV[1]), ARGV[2]
+local want, batch, pace_prefix = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local clock = redis.call('time')
+local clock_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local out = {}
 local function migrate(from, to, notify)
   local due = redis.call('zrangebyscore', from, '-inf', now, 'limit', 0, batch)
@@ -40,33 +55,93 @@ local function migrate(from, to, notify)
     end
   end
 end
-local function count(job)
+local function decode(job)
   if not string.find(job, '^%s*{') then return nil end
   local ok, decoded = pcall(cjson.decode, job)
   if not ok or type(decoded) ~= 'table' then return nil end
-  decoded['attempts'] = (tonumber(decoded['attempts']) or 0) + 1
-  local encoded_ok, encoded = pcall(cjson.encode, decoded)
-  if not encoded_ok then return nil end
-  return encoded
+  return decoded
 end
-local taken = 0
+local function encode(decoded)
+  local ok, encoded = pcall(cjson.encode, decoded)
+  if ok then return encoded end
+  return nil
+end
+local function session_of(decoded)
+  local data = decoded['data']
+  if type(data) ~= 'table' then return nil end
+  local session = data['session_id']
+  if type(session) == 'string' and session ~= '' then return session end
+  if type(session) == 'number' and session == math.floor(session) then
+    return string.format('%.0f', session)
+  end
+  return nil
+end
+-- The slot of a job that must wait, in ms on Redis' clock; nil when it may run now.
+local function wait_slot(decoded, interval)
+  if interval <= 0 or decoded['paceSlot'] ~= nil then return nil end
+  local session = session_of(decoded)
+  if not session then return nil end
+  local key = pace_prefix .. session
+  local slot = math.max(clock_ms, tonumber(redis.call('get', key)) or 0)
+  redis.call('set', key, string.format('%.0f', slot + interval), 'PX', slot + interval - clock_ms)
+  if slot <= clock_ms then return nil end
+  return slot
+end
+local taken, handled, more = 0, 0, 0
 for k = 1, #KEYS, 4 do
   local queue, reserved, delayed, notify = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local index, interval = (k + 3) / 4, tonumber(ARGV[5 + (k + 3) / 4])
   migrate(delayed, queue, notify)
   migrate(reserved, queue, notify)
+  local paced = 0
   while taken < want do
+    if paced >= batch then more = 1 break end
     local job = redis.call('lpop', queue)
     if not job then break end
-    local counted = count(job)
-    redis.call('zadd', reserved, expiry, counted or job)
     redis.call('lpop', notify)
-    out[#out + 1] = (k + 3) / 4
-    out[#out + 1] = counted or job
-    out[#out + 1] = counted and 1 or 0
-    taken = taken + 1
+    local decoded = decode(job)
+    local slot = decoded and wait_slot(decoded, interval)
+    local counted, waiting = nil, nil
+    if slot then
+      decoded['paceSlot'] = slot
+      waiting = encode(decoded)
+      if not waiting then
+        decoded['paceSlot'] = nil
+        slot = nil
+      end
+    end
+    if slot then
+      redis.call('zadd', delayed, now + (slot - clock_ms) / 1000, waiting)
+      paced = paced + 1
+      out[#out + 1] = index
+      out[#out + 1] = false
+      out[#out + 1] = 2
+    else
+      if decoded then
+        decoded['paceSlot'] = nil
+        decoded['attempts'] = (tonumber(decoded['attempts']) or 0) + 1
+        counted = encode(decoded)
+      end
+      redis.call('zadd', reserved, expiry, counted or job)
+      out[#out + 1] = index
+      out[#out + 1] = counted or job
+      out[#out + 1] = counted and 1 or 0
+      taken = taken + 1
+    end
   end
-  if taken >= want then break end
+  if taken >= want or more == 1 then break end
 end
+out[#out + 1] = more
+local earliest = false
+if taken == 0 and more == 0 then
+  for k = 3, #KEYS, 4 do
+    local head = redis.call('zrange', KEYS[k], 0, 0, 'withscores')
+    if head[2] and (not earliest or tonumber(head[2]) < tonumber(earliest)) then
+      earliest = head[2]
+    end
+  end
+end
+out[#out + 1] = earliest
 return out
 """
 
@@ -77,13 +152,21 @@ redis.call('rpush', KEYS[2], 1)
 return 1
 """
 
-# LuaScripts::release, generalised: ARGV[1] leaves :reserved, ARGV[3] enters :delayed with
-# score ARGV[2]. They differ only when the payload is rewritten (a paced job gets its
-# attempt back). A reservation that expired meanwhile belongs to whoever took the job again:
-# releasing it too would leave two copies of the job.
+# LuaScripts::release: ARGV[1] leaves :reserved and enters :delayed with score ARGV[2]. A
+# reservation that expired meanwhile belongs to whoever took the job again: releasing it
+# too would leave two copies of the job. One notify element wakes an idle pool, which then
+# learns the new due time and wakes for it (Laravel's release does not notify).
 RELEASE = """
 if redis.call('zrem', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('zadd', KEYS[1], ARGV[2], ARGV[3])
+redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
+redis.call('rpush', KEYS[3], 1)
+return 1
+"""
+
+# Laravel's laterRaw (a ZADD to :delayed), plus a notify element as for RELEASE.
+LATER = """
+redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
+redis.call('rpush', KEYS[2], 1)
 return 1
 """
 
@@ -130,35 +213,68 @@ def failed_key(prefix: str) -> str:
     return f"{prefix}queues:failed"
 
 
-class Queues:
-    """The queues one pool drains, in priority order."""
+def pace_prefix(key_prefix: str) -> str:
+    """Prefix of the per-session pacing keys (value: the session's next free ms)."""
+    return f"{key_prefix}workers:pace:"
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, names: Sequence[str]) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """What one :data:`RESERVE` call did."""
+
+    jobs: list[Job]
+    paced: list[str]  # the queue of each job sent to :delayed to wait for its slot
+    more: bool  # stopped at the batch limit with jobs left: take again at once
+    next_due: float | None  # nothing taken: when the earliest delayed job is due
+
+
+class Queues:
+    """The queues one pool drains, in priority order, paced per session where configured."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        names: Sequence[str],
+        *,
+        key_prefix: str = "",
+        intervals: Mapping[str, float] | None = None,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.keys = [QueueKeys(prefix, name) for name in names]
         self._reserve_keys = [
             key for q in self.keys for key in (q.list, q.reserved, q.delayed, q.notify)
         ]
+        intervals = intervals or {}
+        self._pacing = [pace_prefix(key_prefix)] + [
+            max(0, round(float(intervals.get(name, 0)) * 1000)) for name in names
+        ]
         self._notify_keys = [q.notify for q in self.keys]
         self._reserve = redis.register_script(RESERVE)
         self._push = redis.register_script(PUSH)
         self._release = redis.register_script(RELEASE)
+        self._later = redis.register_script(LATER)
 
     def of(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
 
-    async def reserve(self, count: int, retry_after: float) -> list[Job]:
+    async def reserve(self, count: int, retry_after: float) -> Take:
         """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after."""
         now = time.time()
         flat = await self._reserve(
             keys=self._reserve_keys,
-            args=[repr(now), repr(now + retry_after), count, MIGRATION_BATCH],
+            args=[repr(now), repr(now + retry_after), count, MIGRATION_BATCH, *self._pacing],
         )
-        return [
-            Job.reserved(self.keys[int(flat[i]) - 1].name, flat[i + 1], flat[i + 2] == 1)
-            for i in range(0, len(flat), 3)
-        ]
+        *entries, more, due = flat
+        jobs, paced = [], []
+        for i in range(0, len(entries), 3):
+            queue = self.keys[int(entries[i]) - 1].name
+            if entries[i + 2] == 2:
+                paced.append(queue)
+            else:
+                jobs.append(Job.reserved(queue, entries[i + 1], entries[i + 2] == 1))
+        return Take(jobs, paced, more == 1, None if due is None else float(due))
 
     async def wait(self, timeout: float) -> None:
         """Block until a job is pushed to any of the queues, or ``timeout`` seconds pass."""
@@ -171,14 +287,17 @@ class Queues:
 
     async def later(self, queue: str, payload: bytes, delay: float) -> None:
         """Laravel's ``laterRaw``: into ``:delayed``, due in ``delay`` seconds."""
-        await self.redis.zadd(self.of(queue).delayed, {payload: time.time() + delay})
+        keys = self.of(queue)
+        await self._later(
+            keys=[keys.delayed, keys.notify], args=[payload, repr(time.time() + delay)]
+        )
 
-    async def release(self, job: Job, delay: float, payload: bytes | None = None) -> None:
-        """Move a reserved job to ``:delayed``, optionally rewritten, in one step."""
+    async def release(self, job: Job, delay: float) -> None:
+        """Move a reserved job to ``:delayed``, due in ``delay`` seconds, in one step."""
         keys = self.of(job.queue)
         await self._release(
-            keys=[keys.delayed, keys.reserved],
-            args=[job.raw, repr(time.time() + delay), payload or job.raw],
+            keys=[keys.delayed, keys.reserved, keys.notify],
+            args=[job.raw, repr(time.time() + delay)],
         )
 
     async def delete(self, job: Job) -> None:

@@ -33,9 +33,8 @@ from workers.handlers import (
     registry,
     summary,
 )
-from workers.jobs import Job, with_attempts
+from workers.jobs import Job
 from workers.metrics import Metrics
-from workers.pacing import Pacer
 from workers.queues import Queues
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
 from workers.settings import WorkerSettings
@@ -45,6 +44,8 @@ log = logging.getLogger("workers")
 # Longest wait to connect to the gateway or a webhook. A send that could not connect was
 # not sent and is retried; the job's own timeout bounds everything after that.
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5)
+
+REDIS_TICK = 0.1  # how late Redis may end a blocking wait (1 / its default hz)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class PoolConfig:
     redis_prefix: str
     key_prefix: str
     api_token: str
-    idle_wait: float = 1.0  # longest BLPOP, so due delayed jobs are still migrated
+    idle_wait: float = 1.0  # longest BLPOP: how soon jobs delayed by others are seen
     depth_interval: float = 5.0
 
     @classmethod
@@ -112,9 +113,14 @@ class Pool:
     ) -> None:
         self.config = config
         self.redis = redis
-        self.queues = Queues(redis, config.redis_prefix, config.queues)
+        self.queues = Queues(
+            redis,
+            config.redis_prefix,
+            config.queues,
+            key_prefix=config.key_prefix,
+            intervals=config.min_send_interval,
+        )
         self.failed = FailedStore(redis, config.redis_prefix, mysql)
-        self.pacer = Pacer(redis, config.key_prefix, config.min_send_interval)
         self.handlers: dict[str, Handler] = registry(config.handlers)
         self.metrics = metrics or Metrics()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,16 +155,32 @@ class Pool:
                 await self._or_stop(self._slot_free.wait())
                 continue
             try:
-                jobs = await self.queues.reserve(free, self.config.retry_after)
-                if not jobs:
-                    await self._or_stop(self.queues.wait(self.config.idle_wait))
+                take = await self.queues.reserve(free, self.config.retry_after)
+                for queue in take.paced:
+                    self.metrics.jobs.labels(queue, "paced").inc()
+                for job in take.jobs:
+                    self._start(job)
+                if not take.jobs and not take.more:
+                    await self._or_stop(self._idle(take.next_due))
             except Exception:
                 # Redis unreachable, or a bug: never let the fetcher die and the pool go idle.
                 log.exception("could not take jobs; trying again in 1 s")
                 await self._or_stop(asyncio.sleep(1))
-                continue
-            for job in jobs:
-                self._start(job)
+
+    async def _idle(self, due: float | None) -> None:
+        """Wait for a push, or until the earliest delayed job is due, whichever comes first.
+
+        Redis ends a blocking wait only on its own timer tick (every 100 ms at its default
+        ``hz``), so the last stretch before a due time is slept here, to the millisecond.
+        """
+        wait = self.config.idle_wait
+        if due is not None:
+            left = due - time.time()
+            if left <= REDIS_TICK:
+                await asyncio.sleep(max(0.0, left) + 0.001)
+                return
+            wait = min(wait, left - REDIS_TICK)
+        await self.queues.wait(wait)
 
     async def _or_stop(self, aw: Awaitable[object]) -> None:
         """Await ``aw`` unless stop() comes first (then ``aw`` is cancelled)."""
@@ -207,7 +229,7 @@ class Pool:
         refusal = self._refusal(job)
         if refusal:
             await self._fail(job, refusal, refusal)
-        elif not await self._paced(job):
+        else:
             timeout = timeout_for(job.payload or {}, self.config.policy)
             error, timed_out = await self._call(self.handlers[job.name], job, timeout)
             await self._settle(job, error, timed_out)
@@ -224,19 +246,6 @@ class Pool:
                 f" too long (attempt {job.attempts})"
             )
         return None
-
-    async def _paced(self, job: Job) -> bool:
-        """Put the job back if its session sent too recently on this queue."""
-        session = job.data.get("session_id")
-        if not self.pacer.applies(job.queue, session):
-            return False
-        wait = await self.pacer.acquire(job.queue, session)
-        if wait <= 0:
-            return False
-        # Not an attempt: back to :delayed with the attempt the pop added taken off again.
-        await self.queues.release(job, wait, with_attempts(job.raw, job.attempts - 1))
-        self.metrics.jobs.labels(job.queue, "paced").inc()
-        return True
 
     async def _settle(self, job: Job, error: Exception | None, timed_out: bool) -> None:
         """Done, released for a retry, or failed; only then does the reservation go."""

@@ -1,10 +1,15 @@
-"""``make bench-workers``: no-op jobs through this pool, SAQ and arq on the same Redis.
+"""``make bench-workers``: no-op jobs through this pool, SAQ and arq on the same Redis;
+then a paced campaign through this pool.
 
 Each engine runs in its own subprocess (uvloop, same concurrency) under its own key
 namespace, which is deleted afterwards. The N jobs are enqueued first; the clock runs from
 starting the worker until the N-th handler call, so enqueueing is not measured. This pool
 is measured with its reservation guarantee intact: every job is reserved before it runs and
 acknowledged after, and the run checks that nothing is left reserved.
+
+The campaign: M jobs for one session on a queue paced at one send per interval. It reports
+the pops (each job must be popped at most twice), the time against the ideal (M - 1)
+intervals, and whether the sends left in the order pushed.
 """
 
 from __future__ import annotations
@@ -54,48 +59,81 @@ async def _in_chunks(calls: list[Callable[[], Awaitable[Any]]], size: int = 500)
         await asyncio.gather(*(call() for call in calls[i : i + size]))
 
 
-async def bench_ours(url: str, jobs: int, concurrency: int) -> float:
+@dataclasses.dataclass
+class PoolRun:
+    """One run of this pool over jobs pushed beforehand; see :func:`run_pool`."""
+
+    seconds: float
+    outcomes: dict[str, int]  # workers_jobs_total by outcome
+    left: int  # jobs still reserved, waiting or failed afterwards
+
+
+async def run_pool(
+    url: str, queue: str, data: list[dict[str, Any]], concurrency: int, **workers: Any
+) -> tuple[PoolRun, list[dict[str, Any]]]:
+    """Push one job per ``data`` item, run this pool until every one was handled, and return
+    the run and the data in the order the handler saw it. ``workers`` override settings."""
     from workers.connections import redis_client
     from workers.handlers import JobContext
     from workers.jobs import encode, new_payload
+    from workers.metrics import OUTCOMES
     from workers.queues import QueueKeys, failed_key
     from workers.worker import Pool, PoolConfig
 
     prefix = f"bench-{uuid.uuid4().hex[:12]}:"
-    settings, workers = load_worker_settings()
-    workers = dataclasses.replace(
-        workers, queues=("bench",), concurrency=concurrency, metrics_port=0, handlers={}
-    )
+    settings, base = load_worker_settings()
+    overrides = {"queues": (queue,), "concurrency": concurrency, "metrics_port": 0, **workers}
     config = dataclasses.replace(
-        PoolConfig.build(settings, workers), redis_prefix=prefix, key_prefix=f"{prefix}gw:"
+        PoolConfig.build(settings, dataclasses.replace(base, **overrides)),
+        redis_prefix=prefix,
+        key_prefix=f"{prefix}gw:",
     )
     redis = redis_client(url, max_connections=2 * concurrency + 10)
-    keys = QueueKeys(prefix, "bench")
-    counter = Counter(jobs)
+    keys = QueueKeys(prefix, queue)
+    counter = Counter(len(data))
+    seen: list[dict[str, Any]] = []
 
-    async def noop(job: JobContext) -> None:
+    async def handler(job: JobContext) -> None:
+        seen.append(job.data)
         counter.hit()
 
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for _ in range(jobs):
-                pipe.rpush(keys.list, encode(new_payload("noop", {}))).rpush(keys.notify, 1)
+            for item in data:
+                pipe.rpush(keys.list, encode(new_payload("bench", item))).rpush(keys.notify, 1)
             await pipe.execute()
         pool = Pool(config, redis)
-        pool.handlers["noop"] = noop
+        pool.handlers["bench"] = handler
         began = time.perf_counter()
         run = asyncio.create_task(pool.run())
         await counter.done.wait()
         elapsed = time.perf_counter() - began
         pool.stop()
         await run
-        left = await redis.zcard(keys.reserved) + await redis.llen(keys.list)
-        if left or await redis.llen(failed_key(prefix)):
-            raise SystemExit(f"ours: {left} jobs left reserved or waiting")
-        return elapsed
+        sample = pool.metrics.registry.get_sample_value
+        outcomes = {
+            o: int(sample("workers_jobs_total", {"queue": queue, "outcome": o}) or 0)
+            for o in OUTCOMES
+        }
+        left = sum(
+            [
+                await redis.zcard(keys.reserved),
+                await redis.llen(keys.list),
+                await redis.zcard(keys.delayed),
+                await redis.llen(failed_key(prefix)),
+            ]
+        )
+        return PoolRun(elapsed, outcomes, left), seen
     finally:
         await _delete(redis, f"{prefix}*")
         await redis.aclose()
+
+
+async def bench_ours(url: str, jobs: int, concurrency: int) -> float:
+    run, _ = await run_pool(url, "bench", [{}] * jobs, concurrency)
+    if run.left:
+        raise SystemExit(f"ours: {run.left} jobs left reserved, waiting or failed")
+    return run.seconds
 
 
 async def bench_saq(url: str, jobs: int, concurrency: int) -> float:
@@ -163,6 +201,35 @@ async def bench_arq(url: str, jobs: int, concurrency: int) -> float:
         await redis.aclose()
 
 
+async def bench_pacing(url: str, jobs: int, interval: float, concurrency: int) -> dict[str, Any]:
+    data = [{"session_id": "one-number", "n": n} for n in range(jobs)]
+    run, seen = await run_pool(
+        url, "campaign", data, concurrency, min_send_interval={"campaign": interval}
+    )
+    pops = sum(run.outcomes[o] for o in ("done", "retried", "failed", "paced"))
+    return {
+        "seconds": run.seconds,
+        "pops": pops,
+        "fifo": [d["n"] for d in seen] == list(range(jobs)),
+    }
+
+
+def report_pacing(jobs: int, interval: float, concurrency: int) -> bool:
+    url = load_settings(shared_only=True).redis_url
+    result = uvloop.run(bench_pacing(url, jobs, interval, concurrency))
+    ideal = (jobs - 1) * interval
+    ok = result["pops"] <= 2 * jobs and result["fifo"]
+    print(
+        f"paced campaign: {jobs} jobs, one session, one send per {interval * 1000:g} ms,"
+        f" concurrency {concurrency}\n"
+        f"  pops: {result['pops']} ({result['pops'] / jobs:.2f} per job, at most 2)\n"
+        f"  time: {result['seconds']:.2f} s (ideal {ideal:.2f} s, ratio"
+        f" {result['seconds'] / ideal:.3f})\n"
+        f"  order: {'FIFO' if result['fifo'] else 'NOT FIFO'}"
+    )
+    return ok
+
+
 RUNNERS = {"ours": bench_ours, "saq": bench_saq, "arq": bench_arq}
 
 
@@ -179,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--engines", default=",".join(ENGINES), help="e.g. ours,saq")
     parser.add_argument("--engine", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--pacing-jobs", type=int, default=1000, help="0 skips the campaign")
+    parser.add_argument("--pacing-interval", type=float, default=0.01, help="seconds")
     args = parser.parse_args(argv)
     if args.engine:
         run_engine(args.engine, args.jobs, args.concurrency)
@@ -212,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     for peer in ("saq", "arq"):
         if "ours" in rates and peer in rates:
             print(f"ours/{peer}: {rates['ours'] / rates[peer]:.2f}")
-    return 0 if rates else 1
+    paced = args.pacing_jobs <= 0 or report_pacing(
+        args.pacing_jobs, args.pacing_interval, args.concurrency
+    )
+    return 0 if rates and paced else 1
 
 
 if __name__ == "__main__":

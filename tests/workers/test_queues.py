@@ -6,8 +6,7 @@ import json
 import time
 
 from tests.workers.conftest import Harness
-from workers.jobs import with_attempts
-from workers.queues import Queues
+from workers.queues import Queues, pace_prefix
 
 LARAVEL_PAYLOAD = (
     '{"uuid":"9f1c","displayName":"whatsapp.send_message","job":"whatsapp.send_message",'
@@ -23,7 +22,7 @@ async def test_reserve_is_laravels_pop(harness: Harness) -> None:
     await harness.push_raw("q", LARAVEL_PAYLOAD)
     before = time.time()
 
-    [job] = await queues.reserve(5, retry_after=90)
+    [job] = (await queues.reserve(5, retry_after=90)).jobs
 
     assert job.queue == "q" and job.attempts == 1 and job.error is None
     expected = {**json.loads(LARAVEL_PAYLOAD), "attempts": 1}
@@ -43,12 +42,12 @@ async def test_reserve_takes_earlier_queues_first_across_queues(harness: Harness
     for queue, n in [("low", 1), ("mid", 2), ("low", 3), ("high", 4), ("mid", 5)]:
         await harness.push(queue, "record", {"n": n})
 
-    first = await queues.reserve(3, retry_after=90)
-    rest = await queues.reserve(10, retry_after=90)
+    first = (await queues.reserve(3, retry_after=90)).jobs
+    rest = (await queues.reserve(10, retry_after=90)).jobs
 
     assert [(j.queue, j.data["n"]) for j in first] == [("high", 4), ("mid", 2), ("mid", 5)]
     assert [(j.queue, j.data["n"]) for j in rest] == [("low", 1), ("low", 3)]
-    assert await queues.reserve(10, retry_after=90) == []
+    assert (await queues.reserve(10, retry_after=90)).jobs == []
 
 
 async def test_due_delayed_and_expired_reserved_jobs_come_back(harness: Harness) -> None:
@@ -60,30 +59,35 @@ async def test_due_delayed_and_expired_reserved_jobs_come_back(harness: Harness)
     await harness.redis.zadd(keys.reserved, {b'{"n":3,"attempts":2}': now - 1})
     await harness.redis.zadd(keys.reserved, {b'{"n":4,"attempts":1}': now + 60})
 
-    jobs = await queues.reserve(10, retry_after=90)
+    jobs = (await queues.reserve(10, retry_after=90)).jobs
 
     assert sorted((j.payload["n"], j.attempts) for j in jobs) == [(1, 2), (3, 3)]
     assert await harness.redis.zcard(keys.delayed) == 1
     assert await harness.redis.zcard(keys.reserved) == 3  # n=4 plus the two just taken
+    # nothing left to take: the take says when the delayed one is due
+    empty = await queues.reserve(10, retry_after=90)
+    assert (empty.jobs, empty.more) == ([], False)
+    assert empty.next_due == (await harness.redis.zrange(keys.delayed, 0, 0, withscores=True))[0][1]
 
 
-async def test_release_moves_to_delayed_optionally_rewritten(harness: Harness) -> None:
+async def test_release_moves_to_delayed_and_wakes_an_idle_pool(harness: Harness) -> None:
     queues = Queues(harness.redis, harness.prefix, ["q"])
     keys = harness.keys("q")
     await harness.push("q", "record", {"n": 1})
     await harness.push("q", "record", {"n": 2})
-    first, second = await queues.reserve(2, retry_after=90)
+    first, second = (await queues.reserve(2, retry_after=90)).jobs
 
     await queues.release(first, 30)
-    await queues.release(second, 5, with_attempts(second.raw, 0))
+    await queues.release(second, 5)
 
     assert await harness.redis.zcard(keys.reserved) == 0
     delayed = await harness.redis.zrange(keys.delayed, 0, -1, withscores=True)
     assert [(json.loads(m)["data"]["n"], json.loads(m)["attempts"]) for m, _ in delayed] == [
-        (2, 0),
+        (2, 1),
         (1, 1),
     ]
     assert delayed[1][1] - delayed[0][1] > 20
+    assert await harness.redis.llen(keys.notify) == 2  # one per release
 
 
 async def test_a_late_release_does_not_copy_a_job_taken_again(harness: Harness) -> None:
@@ -91,8 +95,8 @@ async def test_a_late_release_does_not_copy_a_job_taken_again(harness: Harness) 
     queues = Queues(harness.redis, harness.prefix, ["q"])
     keys = harness.keys("q")
     await harness.push("q", "record", {"n": 1})
-    [stalled] = await queues.reserve(1, retry_after=-1)  # its reservation is already over
-    [again] = await queues.reserve(1, retry_after=90)  # moved back and taken as attempt 2
+    [stalled] = (await queues.reserve(1, retry_after=-1)).jobs  # its reservation is over
+    [again] = (await queues.reserve(1, retry_after=90)).jobs  # moved back, taken as attempt 2
     assert again.attempts == 2
 
     await queues.release(stalled, 30)
@@ -106,7 +110,7 @@ async def test_payloads_cjson_cannot_read_are_reserved_not_dropped(harness: Harn
     for raw in (b"{broken", b"[1,2,3]", b'"just a string"'):
         await harness.push_garbage("q", raw)
 
-    jobs = await queues.reserve(10, retry_after=90)
+    jobs = (await queues.reserve(10, retry_after=90)).jobs
 
     assert [j.raw for j in jobs] == [b"{broken", b"[1,2,3]", b'"just a string"']
     assert all(j.payload is None and j.error for j in jobs)
@@ -128,3 +132,73 @@ async def test_depths(harness: Harness) -> None:
     assert 29 <= a.oldest_age < 40
     assert (b.waiting, b.delayed, b.reserved, b.oldest_age) == (1, 1, 1, None)
     assert (c.waiting, c.delayed, c.reserved, c.oldest_age) == (0, 0, 0, None)
+
+
+def paced_queues(harness: Harness, names: list[str], seconds: float) -> Queues:
+    return Queues(
+        harness.redis,
+        harness.prefix,
+        names,
+        key_prefix=harness.prefix,
+        intervals=dict.fromkeys(names, seconds),
+    )
+
+
+async def test_pacing_hands_each_waiting_job_its_own_consecutive_slot(harness: Harness) -> None:
+    queues = paced_queues(harness, ["camp"], 0.25)
+    keys = harness.keys("camp")
+    for n, session in enumerate(["A", "A", "B", "A", "B"]):
+        await harness.push("camp", "record", {"n": n, "session_id": session})
+
+    take = await queues.reserve(10, retry_after=90)
+
+    assert [j.data["n"] for j in take.jobs] == [0, 2]  # each session's first runs now
+    assert take.paced == ["camp"] * 3
+    delayed = await harness.redis.zrange(keys.delayed, 0, -1, withscores=True)
+    waiting = [(json.loads(m), due) for m, due in delayed]
+    assert sorted((p["data"]["n"], p["attempts"]) for p, _ in waiting) == [(1, 0), (3, 0), (4, 0)]
+    slots = {p["data"]["n"]: p["paceSlot"] for p, _ in waiting}
+    assert slots[3] - slots[1] == 250  # A: consecutive slots, in the order taken
+    due = {p["data"]["n"]: d for p, d in waiting}
+    assert 0.2 < due[1] - time.time() <= 0.25 and 0.45 < due[3] - time.time() <= 0.5
+    assert abs(due[4] - due[1]) < 0.05  # B has its own slots
+    assert await harness.redis.llen(keys.notify) == 0  # every pop took its notify element
+
+    # due, they run without asking again; the reserved copy no longer carries the slot
+    await harness.redis.zadd(keys.delayed, {m: i for i, (m, _) in enumerate(delayed)})
+    again = await queues.reserve(10, retry_after=90)
+    assert again.paced == []
+    assert [j.data["n"] for j in again.jobs] == [p["data"]["n"] for p, _ in waiting]
+    assert all("paceSlot" not in j.payload and j.attempts == 1 for j in again.jobs)
+
+
+async def test_one_session_is_paced_across_every_paced_queue(harness: Harness) -> None:
+    queues = paced_queues(harness, ["urgent", "camp"], 0.5)
+    await harness.push("camp", "record", {"session_id": 7})
+    await harness.push("urgent", "record", {"session_id": "7"})
+
+    take = await queues.reserve(10, retry_after=90)
+
+    assert [j.queue for j in take.jobs] == ["urgent"] and take.paced == ["camp"]
+    [(raw, due)] = await harness.redis.zrange(harness.keys("camp").delayed, 0, -1, withscores=True)
+    assert 0.4 < due - time.time() <= 0.5
+    next_free = int(await harness.redis.get(f"{pace_prefix(harness.prefix)}7"))
+    assert next_free == json.loads(raw)["paceSlot"] + 500
+
+
+async def test_a_take_paces_at_most_a_batch_and_says_there_is_more(harness: Harness) -> None:
+    queues = paced_queues(harness, ["camp"], 0.01)
+    keys = harness.keys("camp")
+    busy_until = int(time.time() * 1000) + 60_000  # A's next free slot: every job must wait
+    await harness.redis.set(f"{pace_prefix(harness.prefix)}A", busy_until, px=60_000)
+    async with harness.redis.pipeline(transaction=False) as pipe:
+        for n in range(1002):
+            pipe.rpush(keys.list, json.dumps({"n": n, "data": {"session_id": "A"}}))
+        await pipe.execute()
+
+    first = await queues.reserve(1, retry_after=90)
+    second = await queues.reserve(1, retry_after=90)
+
+    assert (len(first.jobs), len(first.paced), first.more) == (0, 1000, True)
+    assert (len(second.jobs), len(second.paced), second.more) == (0, 2, False)
+    assert second.next_due is not None
