@@ -8,6 +8,7 @@ from gateway.admin.api import add_admin_routes
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.middlewares import observe
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
+from gateway.reload import RELOADS, Reloads, reload_ctx
 from gateway.requests import ROUTE, BadRequest, read_call
 from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
@@ -17,19 +18,22 @@ __all__ = ["GATEWAY", "Gateway", "create_app"]
 
 async def handle(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    try:
-        call = await read_call(request)
-    except BadRequest as exc:
-        return exc.response
-    if call.method == "GET" and call.route.template == "/api/sessions":
-        return await list_sessions(call, gw.fleet, gw.upstreams)
-    if call.method == "GET" and call.route.template == "/health":
-        return await gw.fleet_health.answer(gw.pins.available, gw.started)
-    return await gw.proxy.handle(call)
+    with gw.inflight:  # a reload closes the gateway it replaced only after this
+        try:
+            call = await read_call(request)
+        except BadRequest as exc:
+            return exc.response
+        if call.method == "GET" and call.route.template == "/api/sessions":
+            return await list_sessions(call, gw.fleet, gw.upstreams)
+        if call.method == "GET" and call.route.template == "/health":
+            return await gw.fleet_health.answer(gw.pins.available, gw.started)
+        return await gw.proxy.handle(call)
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
-    return await request.app[GATEWAY].webhooks.handle(request)
+    gw = request.app[GATEWAY]
+    with gw.inflight:
+        return await gw.webhooks.handle(request)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -45,12 +49,21 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _access_log(request: web.Request) -> bool:
+    return request.app[GATEWAY].settings.access_log
+
+
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe(metrics)])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[observe(metrics, access_log=_access_log)],
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[RELOADS] = Reloads()
     app.cleanup_ctx.append(gateway_ctx)
+    app.cleanup_ctx.append(reload_ctx)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", f"{settings.webhook_path}{{tail:.*}}", receive_webhook)
     add_admin_routes(app)

@@ -3,14 +3,24 @@
 Each application gets its own registry so several gateways can live in one process (tests).
 Labels are bounded by design: route templates, methods, statuses, instance URLs and fixed
 kinds. Never a session id, phone number or key.
+
+Under ``--processes N`` the parent points ``PROMETHEUS_MULTIPROC_DIR`` at a directory of its
+own: every child writes its values there and ``/metrics`` on any child answers for all of
+them (counters and histograms summed; the instance gauges as last set, by the child that
+answers the scrape; ``gateway_redis_up`` and ``gateway_pin_mirror_up`` the lowest of the live
+children).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -79,18 +89,21 @@ class Metrics:
             "1 when the instance passes its health checks.",
             ["instance"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.instance_draining = Gauge(
             "gateway_instance_draining",
             "1 when the instance takes no new sessions.",
             ["instance"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.active_sessions = Gauge(
             "gateway_instance_active_sessions",
             "Active sessions the gateway counts on the instance.",
             ["instance"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.state_changes = Counter(
             "gateway_instance_state_changes",
@@ -151,12 +164,20 @@ class Metrics:
             "1 while this process's memory follows the other processes' pin changes; "
             "0 while it reads pins from Redis instead.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.redis_up = Gauge(
             "gateway_redis_up",
             "1 while Redis answers; 0 while the gateway runs from memory.",
             registry=r,
+            multiprocess_mode="livemin",
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics, or every child's together under ``--processes N``."""
+        path = os.environ.get(MULTIPROC_DIR)
+        if not path:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone, path)
+        return generate_latest(everyone)

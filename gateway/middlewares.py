@@ -1,27 +1,43 @@
-"""Middlewares: request ids, JSON errors instead of tracebacks, request metrics, and
-no request target but a plain path."""
+"""Middlewares: request ids, JSON errors instead of tracebacks, request metrics, an access
+log, and no request target but a plain path."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.decisions.paths import origin_form
-from gateway.errors import json_error
+from gateway.errors import OUTCOME_HEADER, json_error
 from gateway.headers import INSTANCE_HEADER
 from gateway.metrics import Metrics
 from gateway.requests import REQUEST_ID, ROUTE, request_id
 
 log = logging.getLogger("gateway")
+access = logging.getLogger("gateway.access")
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def observe(metrics: Metrics) -> web.middleware:
-    """Tag each request with an id, answer every failure in JSON, count and time it."""
+def outcome(response: web.StreamResponse) -> str:
+    """What became of a request, in one word, for the access log."""
+    marked = response.headers.get(OUTCOME_HEADER)
+    if marked:
+        return marked
+    if response.status < 400:
+        return "ok"
+    return "client_error" if response.status < 500 else "error"
+
+
+def observe(metrics: Metrics, access_log: Callable[[web.Request], bool]) -> web.middleware:
+    """Tag each request with an id, answer every failure in JSON, count, time and log it.
+
+    ``access_log`` says whether a request gets its access-log line (the setting may change
+    on a reload).
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,7 +58,19 @@ def observe(metrics: Metrics) -> web.middleware:
         method = request.method if request.method in METHODS else "other"
         instance = response.headers.get(INSTANCE_HEADER, "none")
         metrics.requests.labels(route, method, str(response.status), instance).inc()
-        metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        metrics.latency.labels(route, method).observe(took)
+        if access.isEnabledFor(logging.INFO) and access_log(request):
+            fields = {
+                "request_id": request[REQUEST_ID][:128],
+                "method": method,
+                "route": route,
+                "status": response.status,
+                "instance": instance,
+                "duration_ms": round(took * 1000, 2),
+                "outcome": outcome(response),
+            }
+            access.info("%s %s %d", method, route, response.status, extra={"fields": fields})
         return response
 
     return middleware

@@ -5,9 +5,11 @@ The application (``gateway.app``) and the admin API read it through ``GATEWAY``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -27,6 +29,29 @@ from gateway.state.store import PinStore
 from gateway.upstream.client import Upstreams
 
 
+class InFlight:
+    """Requests running on one gateway, so a replaced one is closed only once they are done."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self, timeout: float) -> None:
+        """Return once no request runs, or after ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+
 @dataclass
 class Gateway:
     """Everything with a lifetime that one gateway process runs."""
@@ -44,6 +69,12 @@ class Gateway:
     webhooks: Receiver
     fleet_health: FleetHealth
     started: float
+    inflight: InFlight = field(default_factory=InFlight)
+
+    @property
+    def longest_request(self) -> float:
+        """The longest a request can keep using this gateway's pools."""
+        return self.settings.connect_timeout + self.settings.read_timeout + 5
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -51,8 +82,8 @@ METRICS = web.AppKey("metrics", Metrics)
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
-    s, metrics = app[SETTINGS], app[METRICS]
+async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
+    """Build a gateway from settings and start it: pins loaded, instances checked once."""
     fleet = Fleet.from_urls(s.instances)
     pins = PinStore(
         s.redis_url,
@@ -121,24 +152,42 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await pins.start()
     await health.start()
     await reconciler.start()
-    app[GATEWAY] = Gateway(
-        s,
-        fleet,
-        metrics,
-        pins,
-        upstreams,
-        health,
-        rediscovery,
-        router,
-        proxy,
-        reconciler,
-        webhooks,
-        FleetHealth(fleet, upstreams, s.health_timeout),
-        time.monotonic(),
+    return Gateway(
+        settings=s,
+        fleet=fleet,
+        metrics=metrics,
+        pins=pins,
+        upstreams=upstreams,
+        health=health,
+        rediscovery=rediscovery,
+        router=router,
+        proxy=proxy,
+        reconciler=reconciler,
+        webhooks=webhooks,
+        fleet_health=FleetHealth(fleet, upstreams, s.health_timeout),
+        started=time.monotonic(),
     )
+
+
+async def stop_background(gw: Gateway) -> None:
+    """Stop what a gateway does on its own (checks, reconciliation); requests still work."""
+    await gw.reconciler.close()
+    await gw.health.close()
+
+
+async def close_pools(gw: Gateway) -> None:
+    """Close the connections to the instances and to Redis."""
+    await gw.webhooks.outbox.redis.aclose()
+    await gw.upstreams.close()
+    await gw.pins.close()
+
+
+async def stop_gateway(gw: Gateway) -> None:
+    await stop_background(gw)
+    await close_pools(gw)
+
+
+async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[GATEWAY] = await start_gateway(app[SETTINGS], app[METRICS])
     yield
-    await webhook_redis.aclose()
-    await reconciler.close()
-    await health.close()
-    await upstreams.close()
-    await pins.close()
+    await stop_gateway(app[GATEWAY])

@@ -26,6 +26,7 @@ DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 300
 PLACEMENTS = ("least_loaded", "workspace", "shard")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 WEBHOOK_PATH = re.compile(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+")
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(ValueError):
@@ -69,6 +70,9 @@ class Settings:
     webhook_path: str = "/api/whatsapp/webhooks/"
     webhook_dedup_window: float = 600.0
     webhook_max_body_bytes: int = 8 * 1024 * 1024
+    log_format: str = "text"
+    access_log: bool = True
+    processes: int = 1  # "auto" in the config: one per core
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -79,7 +83,15 @@ class Settings:
 
 # The top-level settings the workers read too; a bad one stops both programs.
 SHARED = frozenset(
-    {"redis_url", "redis_prefix", "mysql_dsn", "laravel_api_token", "log_level", "hmac_secret"}
+    {
+        "redis_url",
+        "redis_prefix",
+        "mysql_dsn",
+        "laravel_api_token",
+        "log_level",
+        "log_format",
+        "hmac_secret",
+    }
 )
 # TOML tables of other programs, read and checked by their own loaders.
 TABLES = frozenset({"workers"})
@@ -177,6 +189,13 @@ def parse_dotenv(text: str) -> dict[str, str]:
     return values
 
 
+def parse_processes(value: Any) -> Any:
+    """``auto`` is one gateway process per core; anything else is checked as a number."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return value
+
+
 def _check_url(name: str, url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -224,6 +243,7 @@ def _coerce(name: str, target: Any, value: Any) -> Any:
 
 def _check_shared(s: Settings, need: Need) -> None:
     need(s.log_level in LOG_LEVELS, "log_level", s.log_level, f"is not one of {LOG_LEVELS}")
+    need(s.log_format in LOG_FORMATS, "log_format", s.log_format, f"is not one of {LOG_FORMATS}")
     need(
         urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix"),
         "redis_url",
@@ -254,6 +274,7 @@ def _check_gateway(s: Settings, need: Need) -> None:
         "must be a path of one or more segments, starting and ending with /",
     )
     need(s.webhook_dedup_window >= 0, "webhook_dedup_window", s.webhook_dedup_window, "is < 0")
+    need(s.processes >= 1, "processes", s.processes, "must be at least 1 (or auto)")
     for name in (
         "max_sessions_per_instance",
         "max_body_bytes",
@@ -393,6 +414,8 @@ class Sources:
             if raw is None:
                 values[name] = default
                 continue
+            if name == "processes":
+                raw = parse_processes(raw)
             value = _coerce(label, default, raw)
             if name in urls:
                 value = (

@@ -67,6 +67,7 @@ def test_supervisor_conf_parses_and_keeps_what_ops_rely_on() -> None:
     for name in ("program:wa-gateway", "program:wa-workers"):
         program = conf[name]
         assert program["command"].startswith("/opt/whatsapp-gateway/.venv/bin/python -m ")
+        assert program["command"].endswith(" --log-format json")
         assert program["directory"] == "/opt/whatsapp-gateway"
         assert program["user"]
         assert "LARAVEL_ENV_FILE=" in program["environment"]
@@ -121,12 +122,15 @@ def test_systemd_units_keep_what_ops_rely_on(unit: str) -> None:
     conf = read_ini(UNITS / unit)
     service = conf["Service"]
     assert service["ExecStart"].startswith("/opt/whatsapp-gateway/.venv/bin/python -m ")
+    assert service["ExecStart"].endswith(" --log-format json")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["WorkingDirectory"] == "/opt/whatsapp-gateway"
     assert service["EnvironmentFile"]
     assert service["Restart"] == "always"
     assert service["RestartSec"] == "1"
     assert service["KillSignal"] == "SIGTERM"
     assert conf["Unit"]["PartOf"] == "whatsapp-gateway.target"
+    assert conf["Unit"]["ReloadPropagatedFrom"] == "whatsapp-gateway.target"
     assert conf["Install"]["WantedBy"] == "whatsapp-gateway.target"
     if unit.startswith("whatsapp-workers"):
         # Running jobs get the grace (default: the job timeout) and then are settled.

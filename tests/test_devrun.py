@@ -42,6 +42,7 @@ from dev.run import (
 )
 from gateway.settings import Settings, load_settings
 from tests.conftest import API_KEY, ROOT, eventually, free_port, wait_healthy
+from tests.spawned import alive
 from workers.settings import WorkerSettings
 
 RUNNING_REDIS = RedisChoice("redis://127.0.0.1:6379/0")
@@ -328,16 +329,6 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class DevRun:
     """A ``python -m dev.run`` process, its output so far, and what it started."""
@@ -371,7 +362,7 @@ class DevRun:
         return [(event, instance) for event, instance in found]
 
     async def all_gone(self) -> bool:
-        return not any(exists(pid) for pid in self.pids.values())
+        return not any(alive(pid) for pid in self.pids.values())
 
 
 @contextlib.asynccontextmanager

@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import API_KEY, REDIS_URL, Sim, eventually, free_port
+from tests.spawned import alive
 from tests.supervised import DEPLOY, RENDERED_KEYS, Supervisor, render
 
 RESTART_LIMIT = 3.0  # seconds: "auto-restart time < 3 seconds"
@@ -58,8 +59,8 @@ class Deployment:
         """How many times a worker process has started taking jobs (one per start)."""
         return self.supervisor.log(name).count("taking jobs from")
 
-    async def push_work(self, n: int) -> dict[str, str]:
-        """One job for tests.workers.sample_handlers:work; returns its Redis keys."""
+    async def running_job(self, n: int) -> dict[str, str]:
+        """One job for tests.workers.sample_handlers:work, started; returns its Redis keys."""
         keys = {k: self.key(f"{k}-{n}") for k in ("started", "done", "runs")}
         payload = {
             "uuid": uuid.uuid4().hex,
@@ -71,7 +72,13 @@ class Deployment:
         queue = f"{self.prefix}queues:whatsapp-high"
         await self.redis.rpush(queue, json.dumps(payload))
         await self.redis.rpush(f"{queue}:notify", 1)
+        await eventually(lambda: self.redis.sismember(keys["started"], n), timeout=10)
         return keys
+
+    def children(self) -> list[int]:
+        """The gateway's children, as its parent last reported them."""
+        reports = [r for r in self.supervisor.json_lines("gateway") if "pids" in r]
+        return list(reports[-1]["pids"]) if reports else []
 
     async def all_running(self) -> bool:
         """Every program RUNNING: up for its ``startsecs``, as after a healthy start."""
@@ -106,6 +113,7 @@ async def deployment(
         f"REDIS_PREFIX={redis_prefix}\n"
         f"LARAVEL_API_TOKEN={API_KEY}\n"
         f"GATEWAY_PORT={port}\n"
+        "GATEWAY_PROCESSES=2\n"  # the parent, its children and their lifeline too
     )
     toml = tmp_path / "gateway.toml"  # what GATEWAY_CONFIG names in production
     toml.write_text(
@@ -130,7 +138,8 @@ async def deployment(
         await eventually(deployment.serving, timeout=30)
 
         async def workers_ready() -> bool:
-            return all(deployment.taking_jobs(w) for w in WORKERS)
+            both_children = len(deployment.children()) == 2
+            return both_children and all(deployment.taking_jobs(w) for w in WORKERS)
 
         await eventually(workers_ready, timeout=30)
         yield deployment
@@ -174,14 +183,24 @@ async def test_a_killed_gateway_serves_again_within_3_s_with_every_pin(
     pins_key = f"{d.prefix}wa-gateway:sessions"
     pins = await d.redis.hgetall(pins_key)
     [old] = (await d.supervisor.pids("wa-gateway")).values()
+    old_children = d.children()
+    assert len(old_children) == 2
 
     os.kill(old, signal.SIGKILL)
     first = next(iter(placed))
-    took = await timed(lambda: d.serving(f"/api/sessions/{first}/status?api_key={API_KEY}"), 15)
+
+    async def back() -> bool:
+        """A new gateway serves: its children, not the old ones (they stop on their own)."""
+        new = (await d.supervisor.pids("wa-gateway")).get("wa-gateway", old)
+        return (
+            new != old
+            and not any(alive(p) for p in old_children)
+            and await d.serving(f"/api/sessions/{first}/status?api_key={API_KEY}")
+        )
+
+    took = await timed(back, 15)
 
     assert took < RESTART_LIMIT, f"serving again after {took:.2f} s"
-    [new] = (await d.supervisor.pids("wa-gateway")).values()
-    assert new != old
     assert await d.redis.hgetall(pins_key) == pins
     for session, instance in placed.items():
         url = f"{d.gateway}/api/sessions/{session}/status?api_key={API_KEY}"
@@ -196,8 +215,7 @@ async def test_killed_workers_are_replaced_within_3_s_and_the_job_completes(
     deployment: Deployment,
 ) -> None:
     d = deployment
-    keys = await d.push_work(1)
-    await eventually(lambda: d.redis.sismember(keys["started"], 1), timeout=10)
+    keys = await d.running_job(1)
     old = await d.supervisor.pids("wa-workers")
     assert sorted(old) == WORKERS
     starts = {w: d.taking_jobs(w) for w in WORKERS}
@@ -226,8 +244,7 @@ async def test_stop_all_lets_the_running_job_finish_and_kills_nothing(
     deployment: Deployment,
 ) -> None:
     d = deployment
-    keys = await d.push_work(2)
-    await eventually(lambda: d.redis.sismember(keys["started"], 2), timeout=10)
+    keys = await d.running_job(2)
 
     out = await d.supervisor.ctl("stop", "all")
 
@@ -240,6 +257,37 @@ async def test_stop_all_lets_the_running_job_finish_and_kills_nothing(
     assert "SIGKILL" not in log, log
     stopped = [line for line in log.splitlines() if "stopped: " in line]
     assert len(stopped) == 5 and all("(exit status 0)" in s for s in stopped), log
+
+
+async def test_signal_hup_reloads_the_gateway_and_restarts_each_worker_gently(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    keys = await d.running_job(3)
+    [gateway] = (await d.supervisor.pids("wa-gateway")).values()
+    workers = await d.supervisor.pids("wa-workers")
+    starts = {w: d.taking_jobs(w) for w in WORKERS}
+
+    await d.supervisor.ctl("signal", "HUP", "whatsapp-gateway:*")
+
+    def reloaded() -> int:
+        return d.supervisor.log("gateway").count("reloaded the configuration")
+
+    async def all_done() -> bool:
+        now = await d.supervisor.pids("wa-workers")
+        restarted = all(now.get(w) not in (None, workers[w]) for w in WORKERS)
+        again = all(d.taking_jobs(w) > starts[w] for w in WORKERS)
+        return reloaded() == 2 and restarted and again
+
+    await eventually(all_done, timeout=20)
+    assert (await d.supervisor.pids("wa-gateway")) == {"wa-gateway": gateway}  # in place
+    assert await d.serving()
+    assert await d.redis.hget(keys["runs"], 3) == "1"  # the running job finished first
+    assert await d.reserved() == 0
+    log = d.supervisor.log("supervisord")
+    assert "SIGKILL" not in log, log
+    for worker in WORKERS:
+        assert f"exited: {worker} (exit status 0; expected)" in log, log
 
 
 async def test_after_a_reboot_everything_runs_and_serves_within_30_s(

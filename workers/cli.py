@@ -15,13 +15,14 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import uvloop
 
-from gateway.settings import Settings, SettingsError, describe, print_settings
+from gateway import logs
+from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from gateway.state.outbox import Backlog, DeadLetter, Outbox
 from workers.connections import mysql_pool, redis_client
 from workers.failed import FailedStore
@@ -77,6 +78,7 @@ def build_parser() -> Parser:
     flags.add_argument("--retry-after", type=float, default=s, help="reservation, seconds")
     flags.add_argument("--grace", type=float, default=s, help="seconds to finish on SIGTERM")
     flags.add_argument("--metrics-port", type=int, default=s, help="0 disables /metrics")
+    flags.add_argument("--log-format", choices=LOG_FORMATS, default=s, help="text or json")
     flags.add_argument(
         "--handler",
         type=_handler_flag,
@@ -136,9 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print_settings(describe(settings, workers=workers))
         return 0
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, getattr(args, "log_format", settings.log_format))
     run = functools.partial(serve, workers=workers)
     command = {None: run, "run": run, "enqueue": enqueue, "stats": stats, "failed": failed}
     try:
@@ -170,6 +170,7 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
+        loop.add_signal_handler(signal.SIGHUP, functools.partial(_restart, stop))
         logging.getLogger("workers").info(
             "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
         )
@@ -180,6 +181,15 @@ async def serve(
             mysql.close()
             await mysql.wait_closed()
     return 0
+
+
+def _restart(stop: Callable[[], None]) -> None:
+    """SIGHUP (a reload): finish the running jobs and exit 0, to be started again by
+    supervisor or systemd with the new settings and code."""
+    logging.getLogger("workers").info(
+        "reload: finishing running jobs, then exiting to start again with the new settings"
+    )
+    stop()
 
 
 async def enqueue(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:

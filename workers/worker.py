@@ -40,6 +40,7 @@ from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, ti
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("workers")
+outcomes = logging.getLogger("workers.jobs")  # one line per job outcome
 
 # Longest wait to connect to the gateway or a webhook. A send that could not connect was
 # not sent and is retried; the job's own timeout bounds everything after that.
@@ -226,13 +227,29 @@ class Pool:
     # --- running one job --------------------------------------------------------------
 
     async def _process(self, job: Job) -> None:
+        started = time.monotonic()
         refusal = self._refusal(job)
         if refusal:
-            await self._fail(job, refusal, refusal)
+            outcome = await self._fail(job, refusal, refusal)
         else:
             timeout = timeout_for(job.payload or {}, self.config.policy)
             error, timed_out = await self._call(self.handlers[job.name], job, timeout)
-            await self._settle(job, error, timed_out)
+            outcome = await self._settle(job, error, timed_out)
+        outcomes.info(
+            "%s on %s: %s",
+            job.name or "?",
+            job.queue,
+            outcome,
+            extra={
+                "fields": {
+                    "queue": job.queue,
+                    "job": job.name or "?",
+                    "attempt": job.attempts,
+                    "outcome": outcome,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                }
+            },
+        )
 
     def _refusal(self, job: Job) -> str | None:
         """Why a job fails without running: unreadable, unknown, or out of tries or time."""
@@ -247,18 +264,17 @@ class Pool:
             )
         return None
 
-    async def _settle(self, job: Job, error: Exception | None, timed_out: bool) -> None:
-        """Done, released for a retry, or failed; only then does the reservation go."""
+    async def _settle(self, job: Job, error: Exception | None, timed_out: bool) -> str:
+        """Done, released for a retry, or failed (the outcome); then the reservation goes."""
         if timed_out:
             self.metrics.jobs.labels(job.queue, "timed_out").inc()
         if error is None:
             await self.queues.delete(job)
             self.metrics.jobs.labels(job.queue, "done").inc()
-            return
+            return "done"
         text = "".join(traceback.format_exception(error)).rstrip()
         if isinstance(error, PermanentError):
-            await self._fail(job, text, summary(error))
-            return
+            return await self._fail(job, text, summary(error))
         decision = after_error(
             job.payload or {},
             job.attempts,
@@ -271,8 +287,7 @@ class Pool:
         )
         if isinstance(decision, Fail):
             why = f"{summary(error)} ({decision.reason})"
-            await self._fail(job, f"{text}\n({decision.reason})", why)
-            return
+            return await self._fail(job, f"{text}\n({decision.reason})", why)
         log.info(
             "%s on %s attempt %d: %s; again in %g s",
             job.name,
@@ -284,6 +299,7 @@ class Pool:
         log.debug("%s attempt %d: %s", job.name, job.attempts, error)
         await self.queues.release(job, decision.delay)
         self.metrics.jobs.labels(job.queue, "retried").inc()
+        return "retried"
 
     async def _call(
         self, handler: Handler, job: Job, timeout: float
@@ -323,8 +339,9 @@ class Pool:
             with contextlib.suppress(RedisError, OSError):
                 await self.queues.extend(job, self.config.retry_after)
 
-    async def _fail(self, job: Job, exception: str, why: str) -> None:
+    async def _fail(self, job: Job, exception: str, why: str) -> str:
         """Record the failure; the log says only ``why``, which holds no personal data."""
         log.warning("failed %s on %s: %s", job.name or "?", job.queue, why)
         await self.failed.record(job, exception)
         self.metrics.jobs.labels(job.queue, "failed").inc()
+        return "failed"
