@@ -318,7 +318,7 @@ async def test_every_dashboard_query_names_a_metric_the_code_exports(
             assert not unknown, f"{panel['title']!r} names {unknown}, which nothing exports"
             used |= names
     # What ops asked to see: requests and errors per instance, latency, sessions and their
-    # balance, queue depths and ages, job outcomes.
+    # balance, queue depths and ages, job outcomes, the webhook backlog.
     assert {
         "gateway_requests_total",
         "gateway_upstream_errors_total",
@@ -327,6 +327,9 @@ async def test_every_dashboard_query_names_a_metric_the_code_exports(
         "workers_queue_jobs",
         "workers_queue_oldest_waiting_seconds",
         "workers_jobs_total",
+        "workers_webhook_backlog",
+        "workers_webhook_oldest_waiting_seconds",
+        "gateway_webhooks_received_total",
     } <= used
 
 
