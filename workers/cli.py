@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import uvloop
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gateway import logs
 from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
@@ -159,10 +162,10 @@ async def serve(
     try:
         pool = Pool(config, redis, mysql)
         relays = [WebhookRelay(relay, redis, pool.metrics)] if relay else []
-        await redis.ping()
-        pool.metrics.serve(config.metrics_port)
+        stopped = asyncio.Event()
 
         def stop() -> None:
+            stopped.set()
             pool.stop()
             for r in relays:
                 r.stop()
@@ -171,6 +174,9 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
         loop.add_signal_handler(signal.SIGHUP, functools.partial(_restart, stop))
+        if not await _until_redis_answers(redis, stopped):
+            return 0
+        pool.metrics.serve(config.metrics_port)
         logging.getLogger("workers").info(
             "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
         )
@@ -181,6 +187,25 @@ async def serve(
             mysql.close()
             await mysql.wait_closed()
     return 0
+
+
+async def _until_redis_answers(redis: Redis, stopped: asyncio.Event) -> bool:
+    """Wait for Redis, which a reboot may start after the workers; False if stopped first.
+
+    Exiting instead would make supervisor give up on the program after a few quick tries.
+    """
+    warned = False
+    while not stopped.is_set():
+        try:
+            await redis.ping()
+            return True
+        except (RedisError, OSError) as exc:
+            if not warned:
+                logging.getLogger("workers").warning("Redis does not answer (%s); waiting", exc)
+                warned = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), 1)
+    return False
 
 
 def _restart(stop: Callable[[], None]) -> None:
