@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from gateway.settings import Settings
 from tests.conftest import API_KEY, eventually, free_port
 from tests.support import instance_up, stand_in
 
@@ -45,7 +46,7 @@ async def test_instances_are_in_service_soon_after_a_boot(simulators, gateways, 
     """The gateway starts first (a reboot); the instances answer a moment later."""
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
-    gw = await gateways(urls, health_interval=5.0, health_rise=2)
+    gw = await gateways(urls, health_interval=5.0, health_down_interval=0.5, health_rise=2)
     assert not await instance_up(http, gw.url, urls[0])
     await simulators(ports=ports)
     answering = time.monotonic()
@@ -53,8 +54,9 @@ async def test_instances_are_in_service_soon_after_a_boot(simulators, gateways, 
     async def all_up() -> bool:
         return all([await instance_up(http, gw.url, url) for url in urls])
 
-    await eventually(all_up, timeout=4.5)  # health_rise checks at health_down_interval
-    assert time.monotonic() - answering < 4.5
+    await eventually(all_up, timeout=4.5)  # health_rise checks, health_down_interval apart
+    assert time.monotonic() - answering < 4.5  # < health_interval: not the up cadence
+    assert Settings().health_down_interval <= 1
     async with http.post(
         f"{gw.url}/api/sessions", json={"session_id": "boot-1", "api_key": API_KEY}
     ) as r:

@@ -228,3 +228,17 @@ def test_check_config_masks_a_password_in_a_dsn_query():
     )
     shown = {name: value for name, value, _ in describe(settings)}
     assert "hunter2" not in shown["mysql_dsn"] and "charset=utf8mb4" in shown["mysql_dsn"]
+
+
+async def test_unknown_hosts_and_failed_tls_are_failures_that_sent_nothing(
+    simulators, gateways, http
+):
+    sims = await simulators(1)
+    no_dns = "http://no-such-host.invalid:3001"
+    no_tls = sims[0].url.replace("http://", "https://")  # TLS to a plain HTTP port
+    gw = await gateways([no_dns, no_tls, sims[0].url], admin_token=ADMIN_TOKEN)
+    _, body = await admin(http, gw.url, "GET", "/gateway/instances")
+    assert [i["last_error"] for i in body["instances"]] == ["dns", "tls", None]
+    errors = "gateway_upstream_errors_total"
+    assert await metric(http, gw.url, errors, instance=no_dns, kind="dns")
+    assert await metric(http, gw.url, errors, instance=no_tls, kind="tls")

@@ -174,7 +174,7 @@ class Proxy:
             complete = not self.router.down()
             search = await self.rediscovery.find(session_id, candidates, call.api_key, complete)
         if search.holder is not None:
-            if search.holder != pinned:
+            if pinned is not None:
                 self.metrics.replays.labels(search.holder).inc()
             try:
                 reply = await self._send(call, search.holder)
@@ -226,11 +226,15 @@ class Proxy:
         async with self.pins.creating(session_id):
             pinned = await self.pins.session(session_id, fresh=True)
             if pinned is not None and self.router.is_up(pinned) and call.route.action is None:
-                return await self.forward(call, pinned)  # the instance answers with its session
+                try:  # the instance answers with its session
+                    return respond(await self._send(call, pinned), pinned)
+                except UpstreamError as exc:
+                    if exc.sent:
+                        return failure(exc)
             return await self._place(call, session_id)
 
     async def _place(self, call: Call, session_id: str) -> web.StreamResponse:
-        refused: set[str] = set()
+        refused: set[str] = set()  # reached nothing: suspect, and not placed on again
         while True:
             placement = await self.router.place(call.workspace_id, refused)
             if placement is None:

@@ -122,13 +122,24 @@ class _Stale(Exception):
     """The try met a stale pooled connection; nothing was written."""
 
 
-def _stale(exc: BaseException, attempt: Attempt) -> bool:
+# A body this small goes out with its headers in one write that never waits for the socket
+# to drain (aiohttp's transports pause writing at 64 KiB).
+ONE_WRITE = 32 * 1024
+
+
+def _stale(exc: BaseException, attempt: Attempt, body: bytes | None) -> bool:
     """A pooled connection the instance had already closed when the request was written.
 
     aiohttp raises ``ClientConnectionResetError`` when the transport is found closing at
     the write: the request did not go out, so it may be sent again on a fresh connection.
+    A larger body may wait for the socket to drain, and lose the connection after part of
+    it went out; that is not retried.
     """
-    return attempt.reused and isinstance(exc, aiohttp.ClientConnectionResetError)
+    return (
+        attempt.reused
+        and isinstance(exc, aiohttp.ClientConnectionResetError)
+        and len(body or b"") <= ONE_WRITE
+    )
 
 
 class Upstreams:
@@ -214,7 +225,7 @@ class Upstreams:
             ) as resp:
                 return Reply(resp.status, resp.headers, await resp.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if first and _stale(exc, attempt):
+            if first and _stale(exc, attempt, body):
                 raise _Stale from None
             kind = _kind(exc, attempt)
             self.metrics.upstream_errors.labels(url, kind).inc()
