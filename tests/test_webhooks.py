@@ -472,10 +472,14 @@ async def test_other_methods_and_odd_paths_are_refused(gateways, http):
         "/api/whatsapp/webhooks/%2e%2e/x",
         "/api/whatsapp/webhooks/" + "x" * 3000,
         "/api/whatsapp/%77ebhooks/webjs",  # decodes to the prefix, but is not it
+        '/api/whatsapp/webhooks/a"<b>',
+        "/api/whatsapp/webhooks/a%zz",
+        "/api/whatsapp/webhooks/a\\b",
+        "/api/whatsapp/webhooks/a{b}|^`",
     ):
         status, answer = await post(http, gw.url, body, path=path)
         assert (status, answer["success"]) == (400, False), path
-    assert sample(gw, "gateway_webhooks_rejected_total", reason="bad_path") == 6
+    assert sample(gw, "gateway_webhooks_rejected_total", reason="bad_path") == 10
 
 
 async def test_any_signed_body_is_relayed_unchanged_in_the_shared_lane(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import re
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ from gateway.state.store import PinStore
 log = logging.getLogger("gateway.webhooks")
 
 MAX_PATH = 2048
+# RFC 3986 path and query characters, percent escapes well formed: the path is sent on as is.
+PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})+")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Receiver:
         path = request.raw_path
         if (
             len(path) > MAX_PATH
+            or not PLAIN_PATH.fullmatch(path)
             or not path.startswith(self.prefix)
             or posixpath.normpath(request.path) != request.path.rstrip("/")
         ):
