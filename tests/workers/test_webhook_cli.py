@@ -65,3 +65,29 @@ async def test_failed_lists_shows_retries_and_forgets_dead_lettered_webhooks(
     assert harness.run_cli("failed", "forget", ids["b"]).stdout.strip() == f"forgot {ids['b']}"
     assert await outbox.dead_letters() == []
     assert harness.run_cli("failed", "forget", ids["b"]).returncode == 1
+
+
+async def test_failed_retry_all_and_flush_include_dead_lettered_webhooks(harness: Harness) -> None:
+    outbox = Outbox(harness.redis, f"{harness.prefix}wa-gateway:")
+    for n, session in enumerate(["a", "b", "c"]):
+        await outbox.receive(incoming(session, n), time.time(), 600)
+    taken, _ = await outbox.take(10, 60, time.time())
+    for delivery in taken:
+        await outbox.dead(delivery, time.time(), "", "timeout: still failing")
+    ids = {d.lane: d.id for d in taken}
+
+    retried = harness.run_cli("failed", "retry", ids["a"])
+    assert retried.stdout.strip() == f"retried {ids['a']}"
+    result = harness.run_cli("failed", "retry", "--all")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == sorted(["retried", ids["b"], "retried", ids["c"]])
+    assert (await outbox.backlog(time.time())).waiting == 3
+
+    taken, _ = await outbox.take(10, 60, time.time())
+    for delivery in taken:
+        await outbox.dead(delivery, time.time(), "410", "410 Gone")
+    flushed = harness.run_cli("failed", "flush")
+    assert "flushed 3 dead-lettered webhooks" in flushed.stdout
+    backlog = await outbox.backlog(time.time())
+    assert (backlog.waiting, backlog.dead) == (0, 0)
+    assert await harness.redis.keys(f"{harness.prefix}wa-gateway:webhooks:event:*") == []
