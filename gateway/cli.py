@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.admin import cli as admin_cli
+from gateway.admin.sync_db import sync_db
 from gateway.app import create_app
 from gateway.processes import ChildLink, Parent
 from gateway.reload import reload
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, what in (("drain", "gets no new sessions"), ("undrain", "takes new sessions again")):
         sub.add_parser(name, help=f"instance N (0-based) {what}").add_argument("index", type=int)
     sub.add_parser("reconcile", help="check every pin against the instances now")
+    sync = sub.add_parser(
+        "sync-db", help="make the backend's whatsapp_accounts agree with the instances"
+    )
+    sync.add_argument("--dry-run", action="store_true", help="report only; change nothing")
     args = parser.parse_args(argv)
     load = functools.partial(settings_with, args)
     try:
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "check-config":
         print_settings(describe(settings))
+    elif args.command == "sync-db":
+        sys.exit(asyncio.run(sync_db(settings, args.dry_run)))
     elif args.command in admin_cli.COMMANDS:
         try:
             print(admin_cli.run(settings, args.command, getattr(args, "index", None)))

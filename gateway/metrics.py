@@ -22,12 +22,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "Metrics"]
 
 
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _database: DatabaseMetrics | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -173,6 +174,13 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+    def database(self) -> DatabaseMetrics:
+        """The write-behind's collectors, registered on first use: a gateway without a
+        database shows no ``gateway_db_up 0`` to alert on, and a reload reuses them."""
+        if self._database is None:
+            self._database = DatabaseMetrics(self.registry)
+        return self._database
+
     def render(self) -> bytes:
         """This process's metrics, or every child's together under ``--processes N``."""
         path = os.environ.get(MULTIPROC_DIR)
@@ -181,3 +189,38 @@ class Metrics:
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone, path)
         return generate_latest(everyone)
+
+
+@dataclass
+class DatabaseMetrics:
+    """The write-behind to the backend's table. The queue is shared: every process reports
+    the same backlog, so several processes show the largest; ``up`` is the lowest."""
+
+    registry: CollectorRegistry
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.up = Gauge(
+            "gateway_db_up",
+            "1 while the gateway can use the backend's table; 0 after a failure.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.pending = Gauge(
+            "gateway_db_pending_updates",
+            "Placements and moves waiting to be written to the backend's table (all processes).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.oldest = Gauge(
+            "gateway_db_oldest_pending_seconds",
+            "Age of the oldest update not yet written; 0 when none waits.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.writes = Counter(
+            "gateway_db_writes",
+            "Updates handled by the writer, by result (written, unchanged, no_row, failed).",
+            ["result"],
+            registry=r,
+        )

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from gateway.database.writer import Writer, open_writer
 from gateway.health.checks import HealthChecker
+from gateway.locate.accounts import TableCheck
 from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
@@ -25,6 +27,7 @@ from gateway.service.webhooks import Receiver
 from gateway.settings import Settings
 from gateway.state.instances import Fleet
 from gateway.state.outbox import Outbox
+from gateway.state.pins import PinChange, PinListener
 from gateway.state.store import PinStore
 from gateway.upstream.client import Upstreams
 
@@ -69,6 +72,7 @@ class Gateway:
     webhooks: Receiver
     fleet_health: FleetHealth
     started: float
+    database: Writer | None = None  # the backend's table, when ``mysql_dsn`` is set
     inflight: InFlight = field(default_factory=InFlight)
 
     @property
@@ -82,6 +86,15 @@ METRICS = web.AppKey("metrics", Metrics)
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
+def write_behind(writer: Writer) -> PinListener:
+    """Every session pinned goes to the backend's table; an unpin leaves its row alone."""
+
+    def listener(change: PinChange) -> Awaitable[None] | None:
+        return writer.record(change.session_id, change.url) if change.url else None
+
+    return listener
+
+
 async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
     """Build a gateway from settings and start it: pins loaded, instances checked once."""
     fleet = Fleet.from_urls(s.instances)
@@ -93,14 +106,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         metrics=metrics,
         fleet=fleet,
     )
-    upstreams = Upstreams(
-        s.instances,
-        connect_timeout=s.connect_timeout,
-        read_timeout=s.read_timeout,
-        keepalive=s.upstream_keepalive,
-        max_connections=s.max_connections_per_instance,
-        metrics=metrics,
-    )
+    upstreams = Upstreams.for_settings(s, metrics)
     health = HealthChecker(
         fleet,
         upstreams,
@@ -125,6 +131,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
     proxy = Proxy(
         router, pins, upstreams, health, rediscovery, metrics, s.max_sessions_per_instance
     )
+    database = open_writer(s, metrics.database()) if s.mysql_dsn else None
     reconciler = Reconciler(
         fleet,
         upstreams,
@@ -133,6 +140,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         api_token=s.laravel_api_token,
         interval=s.reconcile_interval,
         timeout=s.health_timeout,
+        table=TableCheck(database, s.instances) if database else None,
     )
     # The webhook route's own Redis client: an event is never queued behind a pin's call.
     webhook_redis = aioredis.Redis.from_url(
@@ -149,6 +157,9 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         pins=pins,
         metrics=metrics,
     )
+    if database is not None:
+        pins.on_change(write_behind(database))
+        await database.start()
     await pins.start()
     await health.start()
     await reconciler.start()
@@ -166,6 +177,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         webhooks=webhooks,
         fleet_health=FleetHealth(fleet, upstreams, s.health_timeout),
         started=time.monotonic(),
+        database=database,
     )
 
 
@@ -176,10 +188,12 @@ async def stop_background(gw: Gateway) -> None:
 
 
 async def close_pools(gw: Gateway) -> None:
-    """Close the connections to the instances and to Redis."""
+    """Close the connections to the instances, to Redis and to the database."""
     await gw.webhooks.outbox.redis.aclose()
     await gw.upstreams.close()
     await gw.pins.close()
+    if gw.database is not None:
+        await gw.database.close()
 
 
 async def stop_gateway(gw: Gateway) -> None:

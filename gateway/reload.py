@@ -39,6 +39,7 @@ REPLACED = (
     "reconciler",
     "webhooks",
     "fleet_health",
+    "database",
 )
 
 

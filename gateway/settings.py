@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 DEFAULT_CONFIG = "config/gateway.toml"
 DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 3005))
@@ -27,14 +27,67 @@ PLACEMENTS = ("least_loaded", "workspace", "shard")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 WEBHOOK_PATH = re.compile(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+")
 LOG_FORMATS = ("text", "json")
+# Table and column names go into SQL as quoted identifiers, so they are held to this.
+IDENTIFIER = re.compile(r"[A-Za-z0-9_$]{1,64}")
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; its message is the one line shown to the operator."""
 
 
+@dataclass(frozen=True, slots=True)
+class MySQLParams:
+    """The connection parameters of ``mysql_dsn``."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    db: str
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> MySQLParams:
+        """``mysql://user:pass@host:port/db`` (percent-encoded user and password)."""
+        parts = urlsplit(dsn)
+        db = parts.path.lstrip("/")
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not db:
+            raise ValueError("mysql_dsn must look like mysql://user:pass@host:port/database")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 3306,
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            db=unquote(db),
+        )
+
+
 # need(ok, name, value, why): raise the one-line error when a check fails.
 Need = Callable[[bool, str, Any, str], None]
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The backend's accounts table, written when ``mysql_dsn`` is set (TOML ``[database]``,
+    env ``GATEWAY_DATABASE_*``). Names default to Laravel's ``whatsapp_accounts``."""
+
+    table: str = "whatsapp_accounts"
+    session_column: str = "session_id"
+    url_column: str = "assigned_instance_url"
+    index_column: str = "assigned_instance_index"
+    provider_column: str = "provider_type"
+    status_column: str = "status"
+    deleted_column: str = "deleted_at"
+    updated_column: str = "updated_at"
+    pool_size: int = 4
+    connect_timeout: float = 5.0
+    query_timeout: float = 10.0
+    batch_size: int = 200
+
+    @property
+    def identifiers(self) -> dict[str, str]:
+        """The table and column settings, by name."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if isinstance(value, str)}
 
 
 @dataclass(frozen=True)
@@ -73,6 +126,7 @@ class Settings:
     log_format: str = "text"
     access_log: bool = True
     processes: int = 1  # "auto" in the config: one per core
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -93,8 +147,9 @@ SHARED = frozenset(
         "hmac_secret",
     }
 )
-# TOML tables of other programs, read and checked by their own loaders.
-TABLES = frozenset({"workers"})
+# TOML tables, each a section of its own: ``[database]`` the gateway's, ``[workers]`` read
+# and checked by the workers' loader.
+TABLES = frozenset({"workers", "database"})
 
 SECRETS = frozenset({"laravel_api_token", "admin_token", "redis_url", "mysql_dsn", "hmac_secret"})
 
@@ -308,6 +363,21 @@ def _check_gateway(s: Settings, need: Need) -> None:
 SECRET_PARAMS = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token)=)[^&#]*", re.I)
 
 
+def _check_database(d: DatabaseSettings, need: Need) -> None:
+    for name, value in d.identifiers.items():
+        need(
+            IDENTIFIER.fullmatch(value) is not None,
+            f"database.{name}",
+            value,
+            "is not a table or column name (1-64 of A-Z a-z 0-9 _ $)",
+        )
+    need(d.pool_size >= 1, "database.pool_size", d.pool_size, "must be at least 1")
+    need(d.batch_size >= 1, "database.batch_size", d.batch_size, "must be at least 1")
+    for name in ("connect_timeout", "query_timeout"):
+        value = getattr(d, name)
+        need(value > 0, f"database.{name}", value, "must be greater than 0")
+
+
 def _mask(value: str) -> str:
     """Hide the password of a URL (userinfo or query string), or the whole of a bare secret."""
     parts = urlsplit(value)
@@ -399,7 +469,7 @@ class Sources:
         ``names`` limits it to some fields (the others keep their defaults, unread and
         unchecked); only a whole section checks the TOML table for unknown keys.
         """
-        known = {f.name for f in fields(cls)} - {"sources"}
+        known = {f.name for f in fields(cls)} - {"sources", *TABLES}
         if names is None:
             for key in self._table(table):
                 if key not in known and not (table is None and key in TABLES):
@@ -450,10 +520,13 @@ def load_settings(
     sources = sources or Sources(environ)
     names = SHARED if shared_only else None
     values = sources.resolve(Settings, names=names, urls={"instances"})
+    if not shared_only:
+        values["database"] = DatabaseSettings(**sources.resolve(DatabaseSettings, "database"))
     settings = Settings(**values, sources=dict(sources.origin))
     _check_shared(settings, sources.need)
     if not shared_only:
         _check_gateway(settings, sources.need)
+        _check_database(settings.database, sources.need)
     return settings
 
 
@@ -461,12 +534,13 @@ def describe(settings: Settings, **tables: object) -> list[tuple[str, str, str]]
     """Rows of (setting, value, source) for ``check-config``, secrets masked.
 
     ``tables`` are the sections of other programs (e.g. ``workers=WorkerSettings``), whose
-    sources ``settings.sources`` must hold.
+    sources ``settings.sources`` must hold; the gateway's own (``database``) are its fields.
     """
     rows = []
     for name, source in sorted(settings.sources.items()):
         table, _, attr = name.rpartition(".")
-        value = getattr(tables[table] if table else settings, attr)
+        section = (tables.get(table) or getattr(settings, table)) if table else settings
+        value = getattr(section, attr)
         if isinstance(value, tuple):
             shown = ",".join(value)
         elif isinstance(value, Mapping):

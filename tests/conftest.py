@@ -29,6 +29,9 @@ from dev.simulator import SimulatorConfig
 from dev.simulator import create_app as create_simulator
 from gateway.app import GATEWAY, Gateway, create_app
 from gateway.settings import Settings
+from tests.accounts import DDL as ACCOUNTS_DDL
+from tests.accounts import AccountsDB
+from tests.mysql import own_database
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,3 +302,27 @@ def own_redis() -> Iterator[RedisServer]:
 def sample(running: RunningGateway, name: str, **labels: str) -> float | None:
     """One value of a gateway's metrics, None when never counted."""
     return running.gw.metrics.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+async def accounts_db() -> AsyncIterator[AccountsDB]:
+    """A database of the test's own with the backend's whatsapp_accounts table; dropped after."""
+    async with own_database(*ACCOUNTS_DDL) as (name, conn):
+        yield AccountsDB(name, conn)
+
+
+async def gateway_command(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """``python -m gateway ARGS`` as a real process: exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import API_KEY, ROOT, RunningGateway, eventually, free_port, sample
+from tests.conftest import API_KEY, RunningGateway, eventually, free_port, gateway_command, sample
 
 TOKEN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -234,19 +231,7 @@ async def cli(gw: RunningGateway | None, *args: str, token: str = TOKEN) -> tupl
     """``python -m gateway ARGS`` as a real process, pointed at ``gw`` (None: nothing there)."""
     port = gw.gw.settings.port if gw is not None else free_port()
     env = {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_TOKEN": token}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await gateway_command(*args, env=env)
 
 
 async def test_shell_commands_print_tables(simulators, gateways, http):

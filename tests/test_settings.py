@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import Settings, SettingsError, describe, load_settings, parse_dotenv
+from gateway.settings import (
+    DatabaseSettings,
+    Settings,
+    SettingsError,
+    describe,
+    load_settings,
+    parse_dotenv,
+)
 from workers.settings import WorkerSettings, load_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +93,25 @@ def test_the_shipped_toml_states_the_defaults() -> None:
     defaults = Settings()
     for name in ("port", "instances", "placement", "health_interval", "max_body_bytes"):
         assert getattr(s, name) == getattr(defaults, name)
+    assert s.database == DatabaseSettings()
     _, workers = load_worker_settings({"GATEWAY_CONFIG": str(ROOT / "config" / "gateway.toml")})
     assert workers.queues == WorkerSettings().queues
+
+
+def test_the_database_table_and_columns_are_settings(tmp_path: Path) -> None:
+    toml = write(tmp_path / "g.toml", '[database]\ntable = "accounts"\npool_size = 2\n')
+    s = load_settings({"GATEWAY_CONFIG": toml, "GATEWAY_DATABASE_URL_COLUMN": "node_url"})
+    assert (s.database.table, s.database.url_column, s.database.pool_size) == (
+        "accounts",
+        "node_url",
+        2,
+    )
+    assert s.database.session_column == "session_id"  # the reference's names by default
+    assert s.sources["database.table"] == f"toml ({toml})"
+    assert s.sources["database.url_column"] == "env"
+    # a bad [database] value is the gateway's: the workers still start
+    _, workers = load_worker_settings({"GATEWAY_CONFIG": toml, "GATEWAY_DATABASE_TABLE": "a b"})
+    assert workers.tries == WorkerSettings().tries
 
 
 GATEWAY, WORKERS = load_settings, load_worker_settings
@@ -114,6 +138,12 @@ GATEWAY, WORKERS = load_settings, load_worker_settings
         (GATEWAY, {}, "placement = 'random'\n", "placement: 'random' is not one of"),
         (GATEWAY, {"REDIS_URL": "http://x"}, "", "redis_url"),
         (WORKERS, {"REDIS_URL": "http://x"}, "", "redis_url"),  # shared: stops both
+        (GATEWAY, {"GATEWAY_DATABASE_TABLE": "a`; DROP"}, "", "database.table: 'a`; DROP' is not"),
+        (GATEWAY, {}, "[database]\nurl_column = ''\n", "database.url_column: '' is not a"),
+        (GATEWAY, {}, "[database]\ncolour = 1\n", "database.colour: unknown key"),
+        (GATEWAY, {}, "database = 3\n", "database: must be a table"),
+        (GATEWAY, {"GATEWAY_DATABASE_POOL_SIZE": "0"}, "", "database.pool_size: 0 must be"),
+        (GATEWAY, {}, "[database]\nquery_timeout = 0\n", "database.query_timeout: 0.0 must be"),
     ],
 )
 def test_a_bad_setting_is_named_with_its_value(

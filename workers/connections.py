@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from dataclasses import asdict
 
 import aiomysql
 import redis.asyncio as aioredis
+
+from gateway.settings import MySQLParams
 
 
 def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
@@ -28,41 +29,12 @@ def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-@dataclass(frozen=True, slots=True)
-class MySQLParams:
-    host: str
-    port: int
-    user: str
-    password: str
-    db: str
-
-    @classmethod
-    def from_dsn(cls, dsn: str) -> MySQLParams:
-        """``mysql://user:pass@host:port/db`` (percent-encoded user and password)."""
-        parts = urlsplit(dsn)
-        db = parts.path.lstrip("/")
-        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname or not db:
-            raise ValueError("mysql_dsn must look like mysql://user:pass@host:port/database")
-        return cls(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            db=unquote(db),
-        )
-
-
 async def mysql_pool(dsn: str) -> aiomysql.Pool | None:
     """A small pool for ``failed_jobs``; ``None`` when no DSN is configured."""
     if not dsn:
         return None
-    p = MySQLParams.from_dsn(dsn)
     return await aiomysql.create_pool(
-        host=p.host,
-        port=p.port,
-        user=p.user,
-        password=p.password,
-        db=p.db,
+        **asdict(MySQLParams.from_dsn(dsn)),
         minsize=0,
         maxsize=2,
         connect_timeout=5,

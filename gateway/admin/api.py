@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from gateway.database.table import DatabaseUnavailable
 from gateway.decisions.placement import is_balanced
 from gateway.decisions.routes import valid_session_id
 from gateway.errors import json_error
@@ -134,13 +135,41 @@ async def instances(request: web.Request, gw: Gateway) -> web.Response:
     return web.json_response({"success": True, "instances": rows})
 
 
+async def _database_counts(
+    gw: Gateway,
+) -> tuple[Mapping[str | None, int], dict[str, Any] | None]:
+    """The backend's own count of active rows per instance URL, and its summary."""
+    if gw.database is None:
+        return {}, None
+    try:
+        counts = await gw.database.table.active_counts()
+    except DatabaseUnavailable as exc:
+        return {}, {"error": f"database unavailable ({exc})"}
+    configured = set(gw.fleet.urls)
+    return counts, {
+        "total": sum(counts.values()),
+        "no_instance": counts.get(None, 0),
+        "unknown_instance": sum(n for url, n in counts.items() if url and url not in configured),
+        "error": None,
+    }
+
+
 @admin("/gateway/distribution")
 async def distribution(request: web.Request, gw: Gateway) -> web.Response:
-    """Active sessions per instance (what placement balances) and the pins on each."""
+    """Active sessions per instance (what placement balances), the pins on each and, with a
+    database, the backend's own count (its balancer's query), so drift shows."""
     pinned = Counter(gw.pins.sessions.values())
     active = [i.sessions for i in gw.fleet.instances]
+    counts, database = await _database_counts(gw)
+    in_db = database is not None and database["error"] is None
     rows = [
-        {"index": i.index, "url": i.url, "sessions": count, "pinned": pinned[i.url]}
+        {
+            "index": i.index,
+            "url": i.url,
+            "sessions": count,
+            "pinned": pinned[i.url],
+            "database": counts.get(i.url, 0) if in_db else None,
+        }
         for i, count in zip(gw.fleet.instances, active, strict=True)
     ]
     return web.json_response(
@@ -150,6 +179,7 @@ async def distribution(request: web.Request, gw: Gateway) -> web.Response:
             "total": sum(active),
             "pinned": len(gw.pins.sessions),
             "balanced": is_balanced(active),
+            "database": database,
         }
     )
 

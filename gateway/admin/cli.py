@@ -81,10 +81,24 @@ def show_instances(answer: dict[str, Any]) -> str:
 
 
 def show_distribution(answer: dict[str, Any]) -> str:
-    rows = [(i["index"], i["url"], i["sessions"], i["pinned"]) for i in answer["instances"]]
-    rows.append(("", "total", answer["total"], answer["pinned"]))
+    database = answer.get("database")
+    headers = ["#", "instance", "active", "pinned"]
+    rows = [[i["index"], i["url"], i["sessions"], i["pinned"]] for i in answer["instances"]]
+    rows.append(["", "total", answer["total"], answer["pinned"]])
+    lines = []
+    if database is not None and database["error"] is None:
+        headers.append("in database")
+        for row, instance in zip(rows, answer["instances"], strict=False):
+            row.append(instance["database"])
+        rows[-1].append(database["total"])
+        lines.append(
+            f"in database on no instance: {database['no_instance']},"
+            f" on an unknown instance: {database['unknown_instance']}"
+        )
+    elif database is not None:
+        lines.append(database["error"])
     balanced = "yes" if answer["balanced"] else "no"
-    return table(("#", "instance", "active", "pinned"), rows) + f"\nbalanced: {balanced}"
+    return "\n".join([table(headers, rows), *lines, f"balanced: {balanced}"])
 
 
 def show_draining(answer: dict[str, Any]) -> str:

@@ -19,6 +19,15 @@ class Correction:
         return {"kind": self.kind, "session_id": self.session_id, "from": self.old, "to": self.new}
 
 
+def holders_of(listings: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The instances listing each session, in the listings' (configured) order."""
+    holders: dict[str, list[str]] = {}
+    for url, session_ids in listings.items():
+        for session_id in session_ids:
+            holders.setdefault(session_id, []).append(url)
+    return holders
+
+
 def corrections(
     pins: Mapping[str, str], listings: Mapping[str, Sequence[str]], complete: bool
 ) -> list[Correction]:
@@ -30,10 +39,7 @@ def corrections(
     (every configured instance answered): on a partial view the session may well be on
     the instance that did not answer.
     """
-    holders: dict[str, list[str]] = {}
-    for url, session_ids in listings.items():
-        for session_id in session_ids:
-            holders.setdefault(session_id, []).append(url)
+    holders = holders_of(listings)
     changes = [
         Correction("added" if pins.get(sid) is None else "moved", sid, pins.get(sid), urls[0])
         for sid, urls in holders.items()

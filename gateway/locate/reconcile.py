@@ -4,19 +4,21 @@ Inline rediscovery fixes a moved session when a request for it arrives; reconcil
 fixes the rest, so that after every instance restarted with its sessions shuffled all pins
 are right within one ``reconcile_interval``, even for sessions nobody asked for (and the
 backend's lost ``session_ready`` webhooks no longer matter). The decision is a pure
-function (``decisions.corrections``); listing and applying are the I/O around it.
+function (``decisions.corrections``); listing and applying are the I/O around it. With a
+database configured, each run's listing also checks the backend's table (``accounts``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.decisions.corrections import Correction, corrections
 from gateway.decisions.routes import valid_session_id
+from gateway.locate.accounts import TableCheck
 from gateway.metrics import Metrics
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
@@ -60,6 +62,37 @@ def _parse(body: Any) -> tuple[list[str], dict[str, str]] | None:
     return session_ids, workspaces
 
 
+async def list_instances(
+    upstreams: Upstreams,
+    urls: Sequence[str],
+    skipped: Sequence[str],
+    params: Mapping[str, str],
+    timeout: float,
+) -> Listing:
+    """``GET /api/sessions`` of every instance in ``urls`` at once; ``skipped`` are not asked."""
+
+    async def ask(url: str) -> tuple[list[str], dict[str, str]] | None:
+        try:
+            status, body = await upstreams.get_json(url, "/api/sessions", params, timeout)
+        except UpstreamError as exc:
+            log.warning("cannot list the sessions of %s (%s)", url, exc.kind)
+            return None
+        parsed = _parse(body) if status == 200 else None
+        if parsed is None:
+            log.warning("cannot list the sessions of %s (answered %d)", url, status)
+        return parsed
+
+    answers = await asyncio.gather(*(ask(url) for url in urls))
+    listing = Listing({}, {}, list(skipped))
+    for url, answer in zip(urls, answers, strict=True):
+        if answer is None:
+            listing.unanswered.append(url)
+            continue
+        listing.sessions[url] = answer[0]
+        listing.workspaces.update(answer[1])
+    return listing
+
+
 class Reconciler:
     """Runs reconciliation at start-up and every ``interval``; one run at a time."""
 
@@ -73,8 +106,10 @@ class Reconciler:
         api_token: str,
         interval: float,
         timeout: float,
+        table: TableCheck | None = None,
     ) -> None:
         self.fleet, self.upstreams, self.pins, self.metrics = fleet, upstreams, pins, metrics
+        self.table = table
         self.params = {"api_key": api_token} if api_token else {}
         self.interval, self.timeout = interval, timeout
         self._current: asyncio.Task[Outcome] | None = None
@@ -87,6 +122,8 @@ class Reconciler:
 
     async def close(self) -> None:
         await cancel_and_wait([self._loop_task, self._current])
+        if self.table is not None:
+            await self.table.close()
 
     async def _run_logged(self) -> None:
         """A periodic run that fails is logged and retried next interval, never fatal."""
@@ -114,34 +151,16 @@ class Reconciler:
         ]
         for url, session_ids in listing.sessions.items():
             await self.pins.set_active(url, len(session_ids))
+        if self.table is not None:
+            self.table.schedule(listing.sessions, dict(self.pins.sessions))
         if applied:
             log.warning("reconciliation corrected %d pin(s)", len(applied))
         return Outcome(applied, listing.unanswered)
 
     async def _list_all(self) -> Listing:
+        down = [i.url for i in self.fleet.instances if not i.up]
         up = [i.url for i in self.fleet.up()]
-        answers = await asyncio.gather(*(self._list(url) for url in up))
-        listing = Listing({}, {}, [i.url for i in self.fleet.instances if not i.up])
-        for url, answer in zip(up, answers, strict=True):
-            if answer is None:
-                listing.unanswered.append(url)
-                continue
-            listing.sessions[url] = answer[0]
-            listing.workspaces.update(answer[1])
-        return listing
-
-    async def _list(self, url: str) -> tuple[list[str], dict[str, str]] | None:
-        try:
-            status, body = await self.upstreams.get_json(
-                url, "/api/sessions", self.params, self.timeout
-            )
-        except UpstreamError as exc:
-            log.warning("cannot list the sessions of %s (%s)", url, exc.kind)
-            return None
-        parsed = _parse(body) if status == 200 else None
-        if parsed is None:
-            log.warning("cannot list the sessions of %s (answered %d)", url, status)
-        return parsed
+        return await list_instances(self.upstreams, up, down, self.params, self.timeout)
 
     async def _apply(self, change: Correction, workspaces: Mapping[str, str]) -> bool:
         """Make one change unless the pin moved meanwhile; whether it was made."""

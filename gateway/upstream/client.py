@@ -24,6 +24,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from gateway.metrics import Metrics
+from gateway.settings import Settings
 
 # Failures in which the request surely never left the gateway.
 NOT_SENT_KINDS = frozenset({"refused", "connect_timeout", "dns", "tls"})
@@ -170,6 +171,18 @@ class Upstreams:
             )
             for url in urls
         }
+
+    @classmethod
+    def for_settings(cls, s: Settings, metrics: Metrics) -> Upstreams:
+        """The clients of the configured instances (the gateway's, and ``sync-db``'s)."""
+        return cls(
+            s.instances,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            keepalive=s.upstream_keepalive,
+            max_connections=s.max_connections_per_instance,
+            metrics=metrics,
+        )
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients.values()))

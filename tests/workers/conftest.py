@@ -28,6 +28,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.settings import Settings
+from tests.mysql import MYSQL, own_database
 from workers.connections import redis_client
 from workers.jobs import encode, new_payload
 from workers.queues import QueueKeys, failed_key
@@ -35,7 +36,6 @@ from workers.settings import WorkerSettings, load_worker_settings
 from workers.worker import Pool, PoolConfig
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 REPO = Path(__file__).resolve().parents[2]
 H = "tests.workers.sample_handlers"
 HANDLERS = {
@@ -250,16 +250,6 @@ async def harness(redis: aioredis.Redis, tmp_path: Path) -> AsyncIterator[Harnes
 @pytest.fixture
 async def mysql_harness(harness: Harness) -> AsyncIterator[Harness]:
     """The harness with its own MariaDB database holding Laravel's failed_jobs table."""
-    db = f"wa_test_{uuid.uuid4().hex[:16]}"
-    conn = await aiomysql.connect(**MYSQL, autocommit=True)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"CREATE DATABASE `{db}`")
-            await cur.execute(f"USE `{db}`")
-            await cur.execute(FAILED_JOBS_DDL)
+    async with own_database(FAILED_JOBS_DDL) as (db, _):
         harness.mysql_dsn = f"mysql://root@127.0.0.1:3306/{db}"
         yield harness
-    finally:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
-        conn.close()

@@ -1,0 +1,51 @@
+"""Which rows of the backend's accounts table are wrong: a pure decision, tested without I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+VERIFIED = "verified"  # the row names the instance that holds the session
+WRONG = "wrong"  # the session is on another instance (or the index is off): to fix
+NOT_FOUND = "not_found"  # no instance that answered lists the session: left alone
+UNKNOWN_URL = "unknown_url"  # not found, and the row names no configured instance
+
+
+@dataclass(frozen=True)
+class Row:
+    """A live webjs account as the table records it."""
+
+    session_id: str
+    url: str | None
+    index: int | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    row: Row
+    url: str | None = None  # where the session is (verified, wrong)
+    index: int | None = None
+
+
+def judge(
+    row: Row,
+    holders: Mapping[str, Sequence[str]],
+    instances: Sequence[str],
+    pins: Mapping[str, str],
+) -> Verdict:
+    """What to do about one row, given which instances list which sessions.
+
+    A session listed on several instances is right where the row says, if that is one of
+    them; else where its pin says, if one of them; else on the first in configured order
+    (the rule reconciliation uses for pins). Sessions listed nowhere are never changed: on
+    a partial listing they may well be on an instance that did not answer.
+    """
+    listed = holders.get(row.session_id)
+    if not listed:
+        known = row.url is None or row.url in instances
+        return Verdict(NOT_FOUND if known else UNKNOWN_URL, row)
+    pin = pins.get(row.session_id)
+    url = row.url if row.url in listed else pin if pin in listed else listed[0]
+    index = instances.index(url) if url in instances else None
+    return Verdict(VERIFIED if (row.url, row.index) == (url, index) else WRONG, row, url, index)
