@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-proxy bench-workers clean
+.PHONY: install run test lint bench bench-proxy bench-workers bench-webhooks clean
 
 install: $(STAMP)
 
@@ -26,13 +26,16 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check gateway workers dev tests
 	$(VENV)/bin/lint-imports
 
-bench: bench-proxy bench-workers
+bench: bench-proxy bench-workers bench-webhooks
 
 bench-proxy: $(STAMP)
 	$(PY) -m dev.bench.proxy --write docs/benchmarks.md
 
 bench-workers: $(STAMP)
 	$(PY) -m dev.bench.workers
+
+bench-webhooks: $(STAMP)
+	$(PY) -m dev.bench.webhooks --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
