@@ -76,6 +76,35 @@ LARAVEL_API_TOKEN=tok # the shared key
     assert s.laravel_api_token == "tok"
 
 
+def test_laravel_app_timezone_and_php_workers(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "bootstrap").mkdir(parents=True)
+    dotenv = write(app / ".env", "APP_TIMEZONE=Asia/Jakarta\n")
+    toml = write(tmp_path / "g.toml", "")
+    _, w = load_worker_settings({"LARAVEL_ENV_FILE": dotenv, "GATEWAY_CONFIG": toml})
+    assert w.laravel_app_path == ""  # a .env alone is not an app
+    write(app / "bootstrap" / "app.php", "<?php\n")
+    settings, w = load_worker_settings({"LARAVEL_ENV_FILE": dotenv, "GATEWAY_CONFIG": toml})
+    assert (w.laravel_app_path, w.timezone, w.php_workers) == (str(app), "Asia/Jakarta", 2)
+    assert "LARAVEL_ENV_FILE" in settings.sources["workers.laravel_app_path"]
+    _, w = load_worker_settings(
+        {
+            "LARAVEL_ENV_FILE": dotenv,
+            "GATEWAY_CONFIG": toml,
+            "LARAVEL_APP_PATH": "/srv/app",
+            "GATEWAY_WORKERS_PHP_WORKERS": "0",
+        }
+    )
+    assert (w.laravel_app_path, w.php_workers) == ("/srv/app", 0)
+    assert load_worker_settings({"GATEWAY_CONFIG": toml})[1].laravel_app_path == ""
+    for env, name in (
+        ({"APP_TIMEZONE": "Mars/Olympus"}, "workers.timezone"),
+        ({"GATEWAY_WORKERS_PHP_WORKERS": "-1"}, "workers.php_workers"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            load_worker_settings({"GATEWAY_CONFIG": toml, **env})
+
+
 def test_whatsapp_instances_list_wins_over_the_count() -> None:
     s = load_settings(
         {

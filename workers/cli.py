@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -28,7 +28,7 @@ from gateway import logs
 from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from gateway.state.outbox import Backlog, DeadLetter, Outbox
 from workers.connections import mysql_pool, redis_client
-from workers.failed import FailedStore
+from workers.failed import FailedStore, failed_store
 from workers.handlers import HandlerError
 from workers.jobs import encode, new_payload
 from workers.queues import Depth, Queues
@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SettingsError("--data must be a JSON object")
         if args.command == "failed" and args.action == "retry" and bool(args.id) == args.all:
             raise SettingsError("failed retry needs an ID or --all")
+        if args.command in (None, "run") and config.php is not None:
+            problem = config.php.check()
+            if problem:
+                raise SettingsError(problem)
     except (SettingsError, ValueError) as exc:
         print(f"workers: {exc}", file=sys.stderr)
         return 2
@@ -179,6 +183,12 @@ async def serve(
         pool.metrics.serve(config.metrics_port)
         logging.getLogger("workers").info(
             "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
+        )
+        logging.getLogger("workers").info(
+            "PHP job classes: %s",
+            f"{config.php.workers} PHP processes in {config.php.app_path}"
+            if config.php
+            else "off (no Laravel app: set LARAVEL_APP_PATH), they fail as unknown jobs",
         )
         await asyncio.gather(pool.run(), *(r.run() for r in relays))
     finally:
@@ -259,25 +269,38 @@ def format_depths(depths: Sequence[Depth], failed: int) -> str:
     return "\n".join(lines)
 
 
-async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
+@contextlib.asynccontextmanager
+async def _failed_store(settings: Settings, config: PoolConfig) -> AsyncIterator[FailedStore]:
     redis = redis_client(settings.redis_url)
+    mysql = await mysql_pool(settings.mysql_dsn)
     try:
-        depths = await Queues(redis, settings.redis_prefix, config.queues).depths()
-        failed = await FailedStore(redis, settings.redis_prefix, None).count()
-        backlog = await Outbox(redis, settings.key_prefix).backlog(time.time())
+        yield failed_store(
+            redis,
+            settings.redis_prefix,
+            mysql,
+            connection=config.laravel_connection,
+            timezone=config.timezone,
+        )
     finally:
         await redis.aclose()
+        if mysql is not None:
+            mysql.close()
+            await mysql.wait_closed()
+
+
+async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
+    async with _failed_store(settings, config) as store:
+        depths = await Queues(store.redis, settings.redis_prefix, config.queues).depths()
+        failed = await store.count()
+        backlog = await Outbox(store.redis, settings.key_prefix).backlog(time.time())
     print(format_depths(depths, failed))
     print(format_backlog(backlog))
     return 0
 
 
 async def failed(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
-    redis = redis_client(settings.redis_url)
-    mysql = await mysql_pool(settings.mysql_dsn)
-    store = FailedStore(redis, settings.redis_prefix, mysql)
-    outbox = Outbox(redis, settings.key_prefix)
-    try:
+    async with _failed_store(settings, config) as store:
+        outbox = Outbox(store.redis, settings.key_prefix)
         letters = {letter.id: letter for letter in await outbox.dead_letters()}
         if getattr(args, "id", None) in letters:
             return await _dead_letter_action(outbox, letters[args.id], args.action)
@@ -292,19 +315,13 @@ async def failed(args: argparse.Namespace, settings: Settings, config: PoolConfi
             gone = [await outbox.forget(letter_id) for letter_id in letters]
             print(f"flushed {sum(gone)} dead-lettered webhooks")
         return code
-    finally:
-        await redis.aclose()
-        if mysql is not None:
-            mysql.close()
-            await mysql.wait_closed()
 
 
 async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
     if args.action == "list":
         for e in await store.all():
             name = _job_name(e.payload)
-            first = e.exception.strip().splitlines()[-1] if e.exception.strip() else ""
-            print(f"{e.id}  {e.failed_at}  {e.queue}  {name}  {first[:100]}")
+            print(f"{e.id}  {e.failed_at}  {e.queue}  {name}  {_headline(e.exception)[:100]}")
         return 0
     if args.action == "show":
         entry = await store.find(args.id)
@@ -314,6 +331,17 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(entry), indent=2, ensure_ascii=False))
         return 0
     if args.action == "retry":
+        entry = None if args.all else await store.find(args.id)
+        if not args.all and entry is None:
+            print(f"workers: no failed job {args.id}", file=sys.stderr)
+            return 1
+        if entry is not None and entry.connection != store.connection:
+            print(
+                f"workers: failed job {args.id} is on connection {entry.connection!r}, not"
+                f" {store.connection!r}: retry it with php artisan queue:retry",
+                file=sys.stderr,
+            )
+            return 1
         retried = await store.retry(None if args.all else args.id)
         for job_id in retried:
             print(f"retried {job_id}")
@@ -349,7 +377,17 @@ async def _dead_letter_action(outbox: Outbox, letter: DeadLetter, action: str) -
 
 
 def _job_name(payload: str) -> str:
+    """``displayName`` (a PHP job's class), else ``job``."""
     try:
-        return str(json.loads(payload).get("job", "?"))
+        decoded = json.loads(payload)
+        return str(decoded.get("displayName") or decoded.get("job") or "?")
     except (ValueError, AttributeError):
         return "?"
+
+
+def _headline(exception: str) -> str:
+    """The line that says what went wrong: PHP's first line, a Python traceback's last."""
+    lines = exception.strip().splitlines()
+    if not lines:
+        return ""
+    return lines[-1] if lines[0].startswith("Traceback (") else lines[0]

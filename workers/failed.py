@@ -1,9 +1,17 @@
-"""The failed store: the Redis list ``queues:failed`` and, when configured, ``failed_jobs``.
+"""The failed store: Laravel's ``failed_jobs`` table when MySQL is configured, else a Redis list.
 
-MySQL is written first and Redis second, in one script that also drops the reservation, so
-a job leaves ``:reserved`` only once it is recorded; if MySQL is down the job stays reserved
-and is tried again when its reservation expires. The row matches Laravel's
-``DatabaseUuidFailedJobProvider`` so ``php artisan queue:failed`` lists it.
+There is one store, so ``php artisan queue:failed | retry | forget`` and ``workers failed ...``
+see and change the same entries, whoever failed the job. A row is what Laravel's
+``DatabaseUuidFailedJobProvider::log`` writes: the payload as it was popped (``Job.body``,
+not the copy the pop re-encoded), the exception text, ``failed_at`` in the app's timezone and
+``connection`` = ``laravel_connection``. Without MySQL the same entries go to the Redis list
+``queues:failed``.
+
+A failure is recorded before the job's reservation is dropped, so a job leaves ``:reserved``
+only once it is on record; if the store is down the job stays reserved and is tried again
+when its reservation expires. A retry takes the entry out of the store and pushes the job in
+one step (a Lua script, or a MySQL transaction holding the row), so two retries of one entry
+cannot run the job twice.
 """
 
 from __future__ import annotations
@@ -11,13 +19,15 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiomysql
 import redis.asyncio as aioredis
 
 from workers.jobs import Job, with_attempts
-from workers.queues import QueueKeys, failed_key
+from workers.queues import QueueKeys, Queues, failed_key
 
 # KEYS: failed list, reserved zset. ARGV: entry, reserved string. Only a job still reserved
 # by this attempt is recorded: one whose reservation expired is running again elsewhere.
@@ -36,17 +46,17 @@ redis.call('rpush', KEYS[3], 1)
 return 1
 """
 
+COLUMNS = "uuid, connection, queue, payload, exception, failed_at"
 INSERT = (
-    "INSERT INTO failed_jobs (uuid, connection, queue, payload, exception, failed_at)"
-    " VALUES (%s, 'redis', %s, %s, %s, %s)"
-    " ON DUPLICATE KEY UPDATE payload = VALUES(payload), exception = VALUES(exception),"
-    " failed_at = VALUES(failed_at)"
+    f"INSERT INTO failed_jobs ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+    " ON DUPLICATE KEY UPDATE connection = VALUES(connection), queue = VALUES(queue),"
+    " payload = VALUES(payload), exception = VALUES(exception), failed_at = VALUES(failed_at)"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class FailedJob:
-    """One entry of ``queues:failed`` (JSON); ``id`` is the job's uuid, as in failed_jobs."""
+    """One failed job; ``id`` is the job's uuid, as ``queue:failed`` shows it."""
 
     id: str
     uuid: str
@@ -63,41 +73,78 @@ class FailedJob:
     def from_json(cls, raw: bytes) -> FailedJob:
         return cls(**json.loads(raw))
 
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> FailedJob:
+        job_uuid, connection, queue, payload, exception, failed_at = row
+        when = failed_at.strftime("%Y-%m-%d %H:%M:%S") if failed_at else ""
+        return cls(job_uuid, job_uuid, connection, queue, payload, exception, when)
+
 
 class FailedStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str, mysql: aiomysql.Pool | None) -> None:
+    """What both stores share: how an entry is made, and the Redis side of a failure."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, connection: str, timezone: str) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.connection = connection
+        self.timezone = ZoneInfo(timezone)
+
+    def entry(self, job: Job, exception: str) -> FailedJob:
+        job_id = job.uuid or str(uuid.uuid4())
+        return FailedJob(
+            id=job_id,
+            uuid=job_id,
+            connection=self.connection,
+            queue=job.queue,
+            payload=job.body.decode("utf-8", "replace"),
+            exception=exception,
+            failed_at=datetime.now(self.timezone).strftime("%Y-%m-%d %H:%M:%S"),
+        )
+
+    def reserved_key(self, job: Job) -> str:
+        return QueueKeys(self.prefix, job.queue).reserved
+
+    async def record(self, job: Job, exception: str) -> FailedJob:
+        raise NotImplementedError
+
+    async def all(self) -> list[FailedJob]:
+        """Newest first, as ``queue:failed`` lists them."""
+        raise NotImplementedError
+
+    async def find(self, job_id: str) -> FailedJob | None:
+        raise NotImplementedError
+
+    async def count(self) -> int:
+        raise NotImplementedError
+
+    async def retry(self, job_id: str | None = None) -> list[str]:
+        """Push failed jobs of this connection (one id, or all) back with attempts reset to 0."""
+        raise NotImplementedError
+
+    async def forget(self, job_id: str) -> bool:
+        raise NotImplementedError
+
+    async def flush(self) -> int:
+        raise NotImplementedError
+
+
+class RedisFailedStore(FailedStore):
+    """The list ``queues:failed`` (JSON entries), for a pool without a database."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, connection: str, timezone: str) -> None:
+        super().__init__(redis, prefix, connection, timezone)
         self.key = failed_key(prefix)
-        self.mysql = mysql
         self._record = redis.register_script(RECORD)
         self._retry = redis.register_script(RETRY)
 
     async def record(self, job: Job, exception: str) -> FailedJob:
-        """Store the failure, then drop the job's reservation."""
-        job_id = job.uuid or str(uuid.uuid4())
-        entry = FailedJob(
-            id=job_id,
-            uuid=job_id,
-            connection="redis",
-            queue=job.queue,
-            payload=job.raw.decode("utf-8", "replace"),
-            exception=exception,
-            failed_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        )
-        if self.mysql is not None:
-            async with self.mysql.acquire() as conn, conn.cursor() as cur:
-                await cur.execute(
-                    INSERT,
-                    (entry.uuid, entry.queue, entry.payload, entry.exception, entry.failed_at),
-                )
-        reserved = QueueKeys(self.prefix, job.queue).reserved
-        if not await self._record(keys=[self.key, reserved], args=[entry.to_json(), job.raw]):
-            await self._forget_rows([job_id])  # taken again meanwhile: not failed after all
+        entry = self.entry(job, exception)
+        await self._record(keys=[self.key, self.reserved_key(job)], args=[entry.to_json(), job.raw])
         return entry
 
     async def _entries(self) -> list[tuple[bytes, FailedJob]]:
-        return [(raw, FailedJob.from_json(raw)) for raw in await self.redis.lrange(self.key, 0, -1)]
+        raws = await self.redis.lrange(self.key, 0, -1)
+        return [(raw, FailedJob.from_json(raw)) for raw in reversed(raws)]
 
     async def all(self) -> list[FailedJob]:
         return [entry for _, entry in await self._entries()]
@@ -109,19 +156,16 @@ class FailedStore:
         return await self.redis.llen(self.key)
 
     async def retry(self, job_id: str | None = None) -> list[str]:
-        """Push failed jobs (one id, or all) back onto their queue with attempts reset to 0."""
         retried = []
         for raw, entry in await self._entries():
             if job_id is not None and entry.id != job_id:
                 continue
-            try:
-                payload = with_attempts(entry.payload.encode(), 0)
-            except ValueError:
-                continue  # not a JSON object: retrying would only fail it again
+            payload = _reset(entry.payload)
+            if payload is None:
+                continue
             keys = QueueKeys(self.prefix, entry.queue)
             if await self._retry(keys=[self.key, keys.list, keys.notify], args=[raw, payload]):
                 retried.append(entry.id)
-        await self._forget_rows(retried)
         return retried
 
     async def forget(self, job_id: str) -> bool:
@@ -129,19 +173,117 @@ class FailedStore:
         for raw, entry in await self._entries():
             if entry.id == job_id:
                 removed += await self.redis.lrem(self.key, 0, raw)
-        await self._forget_rows([job_id] if removed else [])
         return removed > 0
 
     async def flush(self) -> int:
-        """Drop every entry of the Redis list, and those rows (only those) of failed_jobs."""
         entries = await self._entries()
         for raw, _ in entries:
             await self.redis.lrem(self.key, 0, raw)
-        await self._forget_rows([e.id for _, e in entries])
         return len(entries)
 
-    async def _forget_rows(self, ids: list[str]) -> None:
-        if self.mysql is None or not ids:
-            return
+
+class TableFailedStore(FailedStore):
+    """Laravel's ``failed_jobs`` table, shared with ``php artisan queue:*``."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        mysql: aiomysql.Pool,
+        connection: str,
+        timezone: str,
+    ) -> None:
+        super().__init__(redis, prefix, connection, timezone)
+        self.mysql = mysql
+        self.queues = Queues(redis, prefix, ())
+
+    async def record(self, job: Job, exception: str) -> FailedJob:
+        entry = self.entry(job, exception)
+        row = (entry.uuid, entry.connection, entry.queue, entry.payload, exception, entry.failed_at)
+        await self._execute(INSERT, row)
+        if not await self.redis.zrem(self.reserved_key(job), job.raw):
+            # Its reservation expired and the job is running again: not failed after all.
+            await self._execute(
+                "DELETE FROM failed_jobs WHERE uuid = %s AND payload = %s AND exception = %s",
+                (entry.uuid, entry.payload, exception),
+            )
+        return entry
+
+    async def all(self) -> list[FailedJob]:
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM failed_jobs ORDER BY id DESC")
+        return [FailedJob.from_row(row) for row in rows]
+
+    async def find(self, job_id: str) -> FailedJob | None:
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM failed_jobs WHERE uuid = %s", (job_id,))
+        return FailedJob.from_row(rows[0]) if rows else None
+
+    async def count(self) -> int:
+        [(count,)] = await self._fetch("SELECT COUNT(*) FROM failed_jobs")
+        return int(count)
+
+    async def retry(self, job_id: str | None = None) -> list[str]:
+        if job_id is None:
+            ids = [row[0] for row in await self._fetch("SELECT uuid FROM failed_jobs ORDER BY id")]
+        else:
+            ids = [job_id]
+        return [i for i in ids if await self._retry_one(i)]
+
+    async def _retry_one(self, job_id: str) -> bool:
+        """Hold the row while pushing, delete it, commit: a concurrent retry finds nothing."""
         async with self.mysql.acquire() as conn, conn.cursor() as cur:
-            await cur.executemany("DELETE FROM failed_jobs WHERE uuid = %s", [(i,) for i in ids])
+            await conn.begin()
+            try:
+                await cur.execute(
+                    "SELECT connection, queue, payload FROM failed_jobs WHERE uuid = %s FOR UPDATE",
+                    (job_id,),
+                )
+                row = await cur.fetchone()
+                payload = _reset(row[2]) if row and row[0] == self.connection else None
+                if payload is None:
+                    await conn.rollback()
+                    return False
+                await self.queues.push(row[1], payload)
+                await cur.execute("DELETE FROM failed_jobs WHERE uuid = %s", (job_id,))
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+        return True
+
+    async def forget(self, job_id: str) -> bool:
+        return await self._execute("DELETE FROM failed_jobs WHERE uuid = %s", (job_id,)) > 0
+
+    async def flush(self) -> int:
+        """Every row, as ``queue:flush`` does."""
+        return await self._execute("DELETE FROM failed_jobs")
+
+    async def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        async with self.mysql.acquire() as conn, conn.cursor() as cur:
+            return await cur.execute(sql, args)
+
+    async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        async with self.mysql.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall())
+
+
+def failed_store(
+    redis: aioredis.Redis,
+    prefix: str,
+    mysql: aiomysql.Pool | None,
+    *,
+    connection: str = "redis",
+    timezone: str = "UTC",
+) -> FailedStore:
+    """``failed_jobs`` when there is a database, else the Redis list."""
+    if mysql is None:
+        return RedisFailedStore(redis, prefix, connection, timezone)
+    return TableFailedStore(redis, prefix, mysql, connection, timezone)
+
+
+def _reset(payload: str) -> bytes | None:
+    """The payload with attempts 0, as ``queue:retry`` pushes it; None if it is not JSON."""
+    try:
+        return with_attempts(payload.encode(), 0)
+    except ValueError:
+        return None  # retrying would only fail it again

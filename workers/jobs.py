@@ -23,23 +23,33 @@ class PayloadError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One reserved job: where it came from, its reserved string and its decoded payload."""
+    """One reserved job: where it came from, its reserved string and its decoded payload.
+
+    ``popped`` is the payload as it was popped, before the pop added the attempt: what
+    Laravel's ``RedisJob::getRawBody()`` returns, so what PHP runs and ``failed_jobs`` keeps.
+    """
 
     queue: str
     raw: bytes
     payload: dict[str, Any] | None
     error: str | None = None  # why ``payload`` is None
+    popped: bytes | None = None  # None: the same as ``raw``
 
     @classmethod
-    def reserved(cls, queue: str, raw: bytes, counted: bool) -> Job:
+    def reserved(cls, queue: str, raw: bytes, counted: bool, popped: bytes | None = None) -> Job:
         """Wrap a popped entry; ``counted`` is false when cjson could not take its attempt."""
         try:
             payload = decode(raw)
         except PayloadError as exc:
-            return cls(queue, raw, None, str(exc))
+            return cls(queue, raw, None, str(exc), popped)
         if not counted:
-            return cls(queue, raw, None, "payload was rejected by Redis cjson")
-        return cls(queue, raw, payload)
+            return cls(queue, raw, None, "payload was rejected by Redis cjson", popped)
+        return cls(queue, raw, payload, None, popped)
+
+    @property
+    def body(self) -> bytes:
+        """The payload as popped (Laravel's raw body)."""
+        return self.raw if self.popped is None else self.popped
 
     @property
     def name(self) -> str:

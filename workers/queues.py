@@ -33,10 +33,10 @@ from workers.jobs import Job, decode, pushed_at
 # runs without asking again when it comes back (the reserved copy drops ``paceSlot``). So a
 # job is popped at most twice for pacing, and a session's jobs leave in the order taken.
 # The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
-# Returns a flat list: per job its queue index (1-based), reserved string and a flag (1
-# counted, 0 unreadable, 2 paced: string false); then whether the batch stopped the call
-# early (1/0), then the earliest due time left in the :delayed sets (false when none or
-# when jobs were taken).
+# Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
+# counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
+# batch stopped the call early (1/0), then the earliest due time left in the :delayed sets
+# (false when none or when jobs were taken).
 RESERVE = """
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 local now, expiry = tonumber(ARGV[1]), ARGV[2]
@@ -116,6 +116,7 @@ for k = 1, #KEYS, 4 do
       out[#out + 1] = index
       out[#out + 1] = false
       out[#out + 1] = 2
+      out[#out + 1] = false
     else
       if decoded then
         decoded['paceSlot'] = nil
@@ -126,6 +127,7 @@ for k = 1, #KEYS, 4 do
       out[#out + 1] = index
       out[#out + 1] = counted or job
       out[#out + 1] = counted and 1 or 0
+      out[#out + 1] = job
       taken = taken + 1
     end
   end
@@ -268,12 +270,14 @@ class Queues:
         )
         *entries, more, due = flat
         jobs, paced = [], []
-        for i in range(0, len(entries), 3):
+        for i in range(0, len(entries), 4):
             queue = self.keys[int(entries[i]) - 1].name
             if entries[i + 2] == 2:
                 paced.append(queue)
             else:
-                jobs.append(Job.reserved(queue, entries[i + 1], entries[i + 2] == 1))
+                jobs.append(
+                    Job.reserved(queue, entries[i + 1], entries[i + 2] == 1, entries[i + 3])
+                )
         return Take(jobs, paced, more == 1, None if due is None else float(due))
 
     async def wait(self, timeout: float) -> None:

@@ -7,9 +7,12 @@ gateway value does not stop the workers, and a bad ``[workers]`` value stops onl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.settings import Need, Settings, Sources, load_settings
 
@@ -26,6 +29,8 @@ DEFAULT_QUEUES = (
 ENV_NAMES: Mapping[str, tuple[str, ...]] = {
     "gateway_url": ("GATEWAY_URL",),
     "laravel_url": ("LARAVEL_URL",),
+    "timezone": ("APP_TIMEZONE",),
+    "laravel_app_path": ("LARAVEL_APP_PATH",),
 }
 
 
@@ -51,6 +56,11 @@ class WorkerSettings:
     webhook_max_age: float = 86400.0
     webhook_backoff_base: float = 1.0
     webhook_backoff_cap: float = 300.0
+    laravel_connection: str = "redis"  # the app's name of this queue connection (failed_jobs)
+    timezone: str = "UTC"  # the app's timezone, for failed_at
+    php_workers: int = 2  # warm PHP processes for PHP job classes; 0: none
+    php_binary: str = "php"
+    laravel_app_path: str = ""  # default: the folder of LARAVEL_ENV_FILE if it holds the app
 
 
 def _check(w: WorkerSettings, need: Need) -> None:
@@ -100,6 +110,12 @@ def _check(w: WorkerSettings, need: Need) -> None:
             interval,
             "is not a number of seconds >= 0",
         )
+    try:
+        ZoneInfo(w.timezone)
+    except (ValueError, ZoneInfoNotFoundError):
+        need(False, "workers.timezone", w.timezone, "is not a timezone name such as Asia/Jakarta")
+    need(bool(w.laravel_connection), "workers.laravel_connection", "", "must not be empty")
+    need(w.php_workers >= 0, "workers.php_workers", w.php_workers, "must be 0 (off) or more")
     for name, target in w.handlers.items():
         need(
             isinstance(target, str) and ":" in target,
@@ -116,6 +132,11 @@ def load_worker_settings(
     sources = Sources(environ)
     settings = load_settings(shared_only=True, sources=sources)
     values = sources.resolve(WorkerSettings, "workers", aliases=ENV_NAMES, urls={"gateway_url"})
+    env_file = (os.environ if environ is None else environ).get("LARAVEL_ENV_FILE", "")
+    app = Path(env_file).parent
+    if not values["laravel_app_path"] and env_file and (app / "bootstrap" / "app.php").is_file():
+        values["laravel_app_path"] = str(app)
+        sources.origin["workers.laravel_app_path"] = f"folder of LARAVEL_ENV_FILE ({env_file})"
     workers = WorkerSettings(**values)
     _check(workers, sources.need)
     return replace(settings, sources=dict(sources.origin)), workers

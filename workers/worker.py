@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.settings import Settings, SettingsError
-from workers.failed import FailedStore
+from workers.failed import failed_store
 from workers.handlers import (
     Handler,
     HandlerFailure,
@@ -35,6 +35,7 @@ from workers.handlers import (
 )
 from workers.jobs import Job
 from workers.metrics import Metrics
+from workers.php import PhpConfig, PhpWorkers, Released, RunnerFailed, RunnerLost
 from workers.queues import Queues
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
 from workers.settings import WorkerSettings
@@ -66,6 +67,9 @@ class PoolConfig:
     redis_prefix: str
     key_prefix: str
     api_token: str
+    laravel_connection: str = "redis"
+    timezone: str = "UTC"
+    php: PhpConfig | None = None  # None: PHP job classes fail as unknown
     idle_wait: float = 1.0  # longest BLPOP: how soon jobs delayed by others are seen
     depth_interval: float = 5.0
 
@@ -101,6 +105,11 @@ class PoolConfig:
             redis_prefix=settings.redis_prefix,
             key_prefix=settings.key_prefix,
             api_token=settings.laravel_api_token,
+            laravel_connection=w.laravel_connection,
+            timezone=w.timezone,
+            php=PhpConfig(w.php_workers, w.php_binary, w.laravel_app_path, w.laravel_connection)
+            if w.php_workers and w.laravel_app_path
+            else None,
         )
 
 
@@ -121,7 +130,18 @@ class Pool:
             key_prefix=config.key_prefix,
             intervals=config.min_send_interval,
         )
-        self.failed = FailedStore(redis, config.redis_prefix, mysql)
+        self.failed = failed_store(
+            redis,
+            config.redis_prefix,
+            mysql,
+            connection=config.laravel_connection,
+            timezone=config.timezone,
+        )
+        self.php = (
+            PhpWorkers(config.php, config.policy, self.queues, config.retry_after)
+            if config.php
+            else None
+        )
         self.handlers: dict[str, Handler] = registry(config.handlers)
         self.metrics = metrics or Metrics()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,12 +159,16 @@ class Pool:
             watcher = (
                 asyncio.create_task(self._watch_depths()) if self.config.metrics_port else None
             )
+            if self.php:
+                self.php.start()
             try:
                 await self._fetch()
                 await self._drain()
             finally:
                 if watcher:
                     watcher.cancel()
+                if self.php:
+                    await self.php.close()
 
     # --- taking jobs ------------------------------------------------------------------
 
@@ -233,7 +257,8 @@ class Pool:
             outcome = await self._fail(job, refusal, refusal)
         else:
             timeout = timeout_for(job.payload or {}, self.config.policy)
-            error, timed_out = await self._call(self.handlers[job.name], job, timeout)
+            async with self._handler(job) as handler:
+                error, timed_out = await self._call(handler, job, timeout)
             outcome = await self._settle(job, error, timed_out)
         outcomes.info(
             "%s on %s: %s",
@@ -251,11 +276,17 @@ class Pool:
             },
         )
 
+    def _handler(self, job: Job) -> contextlib.AbstractAsyncContextManager[Handler]:
+        """The job's Python handler, else a warm PHP runner (held until the job is done)."""
+        if job.name in self.handlers or self.php is None:
+            return contextlib.nullcontext(self.handlers[job.name])
+        return self.php.lease(job)
+
     def _refusal(self, job: Job) -> str | None:
         """Why a job fails without running: unreadable, unknown, or out of tries or time."""
         if job.payload is None:
             return f"InvalidPayload: {job.error}"
-        if job.name not in self.handlers:
+        if job.name not in self.handlers and not (self.php and self.php.runs(job)):
             return f"UnknownJob: no handler for job {job.name!r}"
         if exceeded(job.payload, job.attempts, self.config.policy, time.time()):
             return (
@@ -272,6 +303,15 @@ class Pool:
             await self.queues.delete(job)
             self.metrics.jobs.labels(job.queue, "done").inc()
             return "done"
+        if isinstance(error, Released):  # the PHP job released itself
+            await self.queues.release(job, error.delay)
+            self.metrics.jobs.labels(job.queue, "retried").inc()
+            return "released"
+        if isinstance(error, RunnerLost):  # outcome unknown: it runs again after its reservation
+            log.warning("%s on %s left reserved: %s", job.name, job.queue, error)
+            return "left reserved"
+        if isinstance(error, RunnerFailed):  # Laravel failed it, failed() hook and all
+            return await self._fail(job, str(error), summary(error), hook=False)
         text = "".join(traceback.format_exception(error)).rstrip()
         if isinstance(error, PermanentError):
             return await self._fail(job, text, summary(error))
@@ -339,8 +379,12 @@ class Pool:
             with contextlib.suppress(RedisError, OSError):
                 await self.queues.extend(job, self.config.retry_after)
 
-    async def _fail(self, job: Job, exception: str, why: str) -> str:
+    async def _fail(self, job: Job, exception: str, why: str, *, hook: bool = True) -> str:
         """Record the failure; the log says only ``why``, which holds no personal data."""
+        if hook and self.php and self.php.runs(job) and job.payload is not None:
+            # As Laravel fails a job itself: the job's failed() hook runs, and the store
+            # keeps PHP's exception.
+            exception = await self.php.fail(job) or exception
         log.warning("failed %s on %s: %s", job.name or "?", job.queue, why)
         await self.failed.record(job, exception)
         self.metrics.jobs.labels(job.queue, "failed").inc()

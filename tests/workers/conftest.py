@@ -170,6 +170,9 @@ class Harness:
         return [json.loads(x) for x in await self.redis.lrange(self.key(name), 0, -1)]
 
     async def failed(self) -> list[dict[str, Any]]:
+        """The failed store in use: ``failed_jobs`` with a database, else the Redis list."""
+        if self.mysql_dsn:
+            return [{**row, "id": row["uuid"]} for row in await self.mysql_rows()]
         return [json.loads(x) for x in await self.redis.lrange(self.failed_key, 0, -1)]
 
     async def mysql_conn(self) -> aiomysql.Connection:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from tests.workers.conftest import Harness, eventually
+import aiomysql
+
+from tests.workers.conftest import MYSQL, Harness, eventually
+from workers.failed import failed_store
 
 
 async def test_enqueue_then_stats(harness: Harness) -> None:
@@ -50,41 +54,75 @@ def test_bad_flags_and_settings_exit_2_with_one_line(harness: Harness) -> None:
         assert result.stderr.startswith("workers: ")
 
 
-async def test_failed_list_show_retry_forget_flush_keep_mysql_in_step(
+async def test_failed_commands_work_on_failed_jobs_when_there_is_a_database(
     mysql_harness: Harness,
 ) -> None:
     h = mysql_harness
     ids = [json.loads(await h.push("q", "no.such.job", {"n": n}))["uuid"] for n in range(3)]
     async with h.pool(h.config(queues=("q",))):
         await eventually(h.failed, lambda e: len(e) == 3, what="three failures")
-    assert {r["uuid"] for r in await h.mysql_rows()} == set(ids)
-    async with await h.mysql_conn() as conn, conn.cursor() as cur:  # a failure PHP recorded
+    assert await h.redis.llen(h.failed_key) == 0  # the table is the only store
+    async with await h.mysql_conn() as conn, conn.cursor() as cur:  # failures PHP recorded
         await cur.execute(
-            "INSERT INTO failed_jobs (uuid, connection, queue, payload, exception)"
-            " VALUES ('php-1', 'redis', 'q', '{}', 'x')"
+            "INSERT INTO failed_jobs (uuid, connection, queue, payload, exception) VALUES"
+            " ('php-1', 'redis', 'q', '{\"job\":\"x\",\"attempts\":2}', 'E: php'),"
+            " ('sqs-1', 'sqs', 'q', '{}', 'E: sqs')"
         )
 
-    listed = h.run_cli("failed", "list")
-    # the three fail concurrently, so the list may hold them in any order
-    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == sorted(ids)
-    assert "UnknownJob" in listed.stdout
+    listed = h.run_cli("failed", "list").stdout.splitlines()
+    assert [line.split()[0] for line in listed[:2]] == ["sqs-1", "php-1"]  # newest first
+    assert sorted(line.split()[0] for line in listed[2:]) == sorted(ids)
+    assert "UnknownJob" in listed[-1]
+    assert "failed: 5" in h.run_cli("--queue", "q", "stats").stdout
 
     shown = h.run_cli("failed", "show", ids[0])
     assert json.loads(shown.stdout)["id"] == ids[0]
     assert h.run_cli("failed", "show", "nope").returncode == 1
 
-    assert h.run_cli("failed", "retry", ids[0]).stdout.strip() == f"retried {ids[0]}"
+    assert h.run_cli("failed", "retry", "php-1").stdout.strip() == "retried php-1"
     [raw] = await h.redis.lrange(h.keys("q").list, 0, -1)
-    assert (json.loads(raw)["uuid"], json.loads(raw)["attempts"]) == (ids[0], 0)
+    assert json.loads(raw) == {"job": "x", "attempts": 0}
     assert await h.redis.llen(h.keys("q").notify) == 1
+    again = h.run_cli("failed", "retry", "php-1")
+    assert again.returncode == 1 and "no failed job php-1" in again.stderr
+    other = h.run_cli("failed", "retry", "sqs-1")
+    assert other.returncode == 1 and "queue:retry" in other.stderr
 
     assert h.run_cli("failed", "forget", ids[1]).returncode == 0
-    assert [e["id"] for e in await h.failed()] == [ids[2]]
-    assert {r["uuid"] for r in await h.mysql_rows()} == {ids[2], "php-1"}
+    assert h.run_cli("failed", "forget", ids[1]).returncode == 1
+    assert {r["uuid"] for r in await h.mysql_rows()} == {ids[0], ids[2], "sqs-1"}
 
-    assert h.run_cli("failed", "flush").stdout.strip() == "flushed 1"
-    assert await h.failed() == []
-    assert {r["uuid"] for r in await h.mysql_rows()} == {"php-1"}  # not ours: left alone
+    assert h.run_cli("failed", "flush").stdout.strip() == "flushed 3"  # as queue:flush
+    assert await h.mysql_rows() == []
+
+
+async def test_concurrent_retries_of_one_row_push_the_job_once(mysql_harness: Harness) -> None:
+    h = mysql_harness
+    await h.push("q", "no.such.job", {})
+    async with h.pool(h.config(queues=("q",))):
+        [entry] = await eventually(h.failed, what="failure")
+    db = h.mysql_dsn.rsplit("/", 1)[1]
+    mysql = await aiomysql.create_pool(**MYSQL, db=db, autocommit=True, maxsize=4)
+    try:
+        stores = [failed_store(h.redis, h.prefix, mysql) for _ in range(4)]
+        results = await asyncio.gather(*(store.retry(entry["id"]) for store in stores))
+    finally:
+        mysql.close()
+        await mysql.wait_closed()
+    assert sorted(results) == [[], [], [], [entry["id"]]]
+    assert await h.redis.llen(h.keys("q").list) == 1
+
+
+async def test_failed_commands_without_a_database_use_the_redis_list(harness: Harness) -> None:
+    ids = [json.loads(await harness.push("q", "no.such.job", {"n": n}))["uuid"] for n in range(2)]
+    async with harness.pool(harness.config(queues=("q",))):
+        await eventually(harness.failed, lambda e: len(e) == 2, what="two failures")
+    listed = harness.run_cli("failed", "list").stdout
+    assert sorted(line.split()[0] for line in listed.splitlines()) == sorted(ids)
+    assert json.loads(harness.run_cli("failed", "show", ids[0]).stdout)["id"] == ids[0]
+    assert harness.run_cli("failed", "forget", ids[0]).stdout.strip() == f"forgot {ids[0]}"
+    assert harness.run_cli("failed", "flush").stdout.strip() == "flushed 1"
+    assert await harness.failed() == []
 
 
 async def test_failed_retry_all(harness: Harness) -> None:

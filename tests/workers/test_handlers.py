@@ -241,7 +241,7 @@ async def test_in_the_pool_400_fails_at_once_and_503_retries(
         )
     assert "PermanentError" in entry["exception"] and "400" in entry["exception"]
     assert json.loads(entry["payload"])["job"] == "whatsapp.send_message"
-    assert json.loads(entry["payload"])["attempts"] == 1  # no retry despite tries = 3
+    assert json.loads(entry["payload"])["attempts"] == 0  # as popped: first and only try
     [retried] = delayed
     assert json.loads(retried)["job"] == "whatsapp.send_media"
     assert gateway.paths().count(SEND) == 1

@@ -1,0 +1,192 @@
+"""PHP job classes dispatched by Laravel, run by the pool's warm PHP runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.laravel.conftest import Laravel
+from tests.workers.conftest import HANDLERS, Harness, eventually
+from workers.php import is_php_job
+from workers.worker import Pool
+
+
+@pytest.fixture
+def php_harness(laravel: Laravel) -> Harness:
+    """The harness with PHP runners on the test's Laravel app (one runner: pids are known)."""
+    h = laravel.harness
+    h.env["LARAVEL_APP_PATH"] = str(laravel.app())
+    h.workers.update(php_workers=1, backoff="0")
+    return h
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def outcome(pool: Pool, queue: str, name: str) -> float:
+    return (
+        pool.metrics.registry.get_sample_value(
+            "workers_jobs_total", {"queue": queue, "outcome": name}
+        )
+        or 0.0
+    )
+
+
+async def test_a_dispatched_job_class_runs_in_a_warm_runner_and_writes_its_row(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    h.env.pop("LARAVEL_APP_PATH")  # the app is found from the .env the settings read
+    h.env["LARAVEL_ENV_FILE"] = str(laravel.app() / ".env")
+    worker = h.spawn("--queue", "q", "--metrics-port", "0")
+    laravel.dispatch("WriteRow", "q", "first")
+    laravel.dispatch("WriteRow", "q", "second")
+
+    rows = await eventually(laravel.runs, lambda r: len(r) == 2, timeout=30, what="two rows")
+    assert [(r["event"], r["note"], r["attempt"]) for r in rows] == [
+        ("ran", "first", 1),
+        ("ran", "second", 1),
+    ]
+    assert rows[0]["pid"] == rows[1]["pid"] != worker.pid  # one warm PHP process, not one each
+    await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
+    assert laravel.failed_all() == []
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0, h.output(worker)
+    assert not alive(rows[0]["pid"])  # the runner stops with the pool
+
+
+async def test_a_throwing_job_is_retried_then_failed_with_its_failed_hook(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    laravel.dispatch("Throws", "q", "x")  # $tries = 2, $backoff = 0
+    async with h.pool(h.config(queues=("q",))) as pool:
+        [entry] = await eventually(h.failed, timeout=30, what="failed after two tries")
+        await eventually(lambda: outcome(pool, "q", "failed") == 1, what="failure counted")
+        assert outcome(pool, "q", "retried") == 1
+
+    rows = await laravel.runs()
+    assert [(r["event"], r["attempt"]) for r in rows] == [("ran", 1), ("ran", 2), ("failed", 1)]
+    assert rows[2]["note"] == "RuntimeException: boom: x"  # the exception PHP threw
+    assert entry["exception"].startswith("RuntimeException: boom: x in ")
+    assert json.loads(entry["payload"])["attempts"] == 1  # as the last attempt popped it
+    [listed] = h.run_cli("failed", "list").stdout.splitlines()
+    assert "App\\Jobs\\Throws" in listed and "RuntimeException: boom: x" in listed
+    assert [e["id"] for e in laravel.failed_all()] == [entry["uuid"]]
+
+
+async def test_a_job_that_releases_itself_waits_its_delay_in_delayed(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    keys = h.keys("q")
+    laravel.dispatch("ReleasesItself", "q", "r")  # $this->release(30) on its first attempt
+    async with h.pool(h.config(queues=("q",))) as pool:
+        [(member, due)] = await eventually(
+            lambda: h.redis.zrange(keys.delayed, 0, -1, withscores=True), timeout=30
+        )
+        assert 25 < due - time.time() <= 30
+        assert json.loads(member)["attempts"] == 1
+        await h.redis.zadd(keys.delayed, {member: 0})  # due now
+        rows = await eventually(laravel.runs, lambda r: len(r) == 2, what="second attempt")
+        assert outcome(pool, "q", "retried") == 1
+    assert [(r["event"], r["attempt"]) for r in rows] == [("ran", 1), ("ran", 2)]
+    assert await h.failed() == []
+    assert await h.redis.zcard(keys.reserved) == 0
+
+
+async def test_a_job_past_its_timeout_is_killed_with_its_runner_and_fails(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    laravel.dispatch("Sleeps", "q", "s")  # $timeout = 1, $tries = 1: sleeps 60 s
+    async with h.pool(h.config(queues=("q",))) as pool:
+        [entry] = await eventually(h.failed, timeout=30, what="failed on its timeout")
+        [ran, failed] = await laravel.runs()
+        assert not alive(ran["pid"])  # killed, not left sleeping
+        assert outcome(pool, "q", "timed_out") == 1
+        laravel.dispatch("WriteRow", "q", "after")
+        rows = await eventually(laravel.runs, lambda r: len(r) == 3, what="a fresh runner")
+    assert rows[2]["pid"] not in (ran["pid"], os.getpid())
+    # as Laravel's worker fails a job that timed out: failed() with MaxAttemptsExceeded
+    assert failed["event"] == "failed"
+    assert failed["note"].startswith("Illuminate\\Queue\\MaxAttemptsExceededException: ")
+    assert entry["exception"].startswith(
+        "Illuminate\\Queue\\MaxAttemptsExceededException: App\\Jobs\\Sleeps has been attempted"
+    )
+
+
+async def test_a_runner_that_dies_mid_job_is_replaced_and_the_job_runs_again(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    h.workers.update(timeout=1, retry_after=2)  # the job's own $timeout is 30
+    laravel.dispatch("Pauses", "q", "p")  # hangs on attempt 1
+    async with h.pool(h.config(queues=("q",))):
+        [first] = await eventually(laravel.runs, timeout=30, what="first attempt")
+        os.kill(first["pid"], signal.SIGKILL)
+        rows = await eventually(laravel.runs, lambda r: len(r) == 2, what="run again")
+        await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
+    assert rows[1]["attempt"] == 2 and rows[1]["pid"] != first["pid"]
+    assert await h.failed() == []
+
+
+async def test_python_handlers_win_over_php_for_the_same_name(php_harness: Harness) -> None:
+    h = php_harness
+    name = "App\\Jobs\\NoSuchClass@handle"  # PHP would fail it: the class does not exist
+    h.workers["handlers"] = {**HANDLERS, name: HANDLERS["record"]}
+    await h.push("q", name, {"log": h.key("log")})
+    async with h.pool(h.config(queues=("q",))) as pool:
+        assert pool.php is not None and is_php_job(name)
+        await eventually(h.log, what="the Python handler ran")
+    assert await h.failed() == []
+
+
+async def test_without_php_workers_php_jobs_fail_as_unknown(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    h.workers["php_workers"] = 0
+    laravel.dispatch("WriteRow", "q", "never")
+    async with h.pool(h.config(queues=("q",))) as pool:
+        [entry] = await eventually(h.failed, what="failed as unknown")
+        assert pool.php is None
+    assert "UnknownJob" in entry["exception"]
+    assert await laravel.runs() == []
+
+
+async def test_an_app_that_cannot_boot_gets_its_jobs_retried_then_failed(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    broken = h.tmp / "broken"
+    (broken / "bootstrap").mkdir(parents=True)
+    (broken / "bootstrap" / "app.php").write_text("<?php throw new RuntimeException('no boot');")
+    h.env["LARAVEL_APP_PATH"] = str(broken)
+    laravel.dispatch("WriteRow", "q", "never")  # tries: the pool's 3, backoff 0
+    async with h.pool(h.config(queues=("q",))) as pool:
+        [entry] = await eventually(h.failed, timeout=30, what="failed: no runner")
+        assert outcome(pool, "q", "retried") == 2
+    assert "RunnerUnavailable" in entry["exception"] and "could not start" in entry["exception"]
+
+
+def test_run_refuses_to_start_without_php_or_the_app(php_harness: Harness) -> None:
+    h = php_harness
+    h.env["LARAVEL_APP_PATH"] = str(h.tmp / "nowhere")
+    no_app = h.run_cli("run")
+    assert no_app.returncode == 2 and "workers.laravel_app_path" in no_app.stderr
+    h.env.pop("LARAVEL_APP_PATH")
+    h.env["GATEWAY_WORKERS_PHP_BINARY"] = "no-such-php"
+    h.env["LARAVEL_APP_PATH"] = str(h.tmp)
+    no_php = h.run_cli("run")
+    assert no_php.returncode == 2 and "workers.php_binary" in no_php.stderr
+    assert len(no_php.stderr.strip().splitlines()) == 1
