@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ RUNNER = Path(__file__).resolve().parent.parent / "deploy" / "laravel" / "runner
 # Laravel's job name: a PHP class (namespaced) and a method, ``Class@method``.
 PHP_JOB = re.compile(r"^\\?[A-Za-z_]\w*(\\[A-Za-z_]\w*)*@[A-Za-z_]\w*$", re.ASCII)
 
+PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 60.0  # seconds a runner may take to boot the app
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # between failed starts
 
@@ -49,12 +51,14 @@ def is_php_job(name: str) -> bool:
 
 
 class Released(Exception):
-    """The job released itself (``$this->release($delay)``): back to ``:delayed``."""
+    """Laravel released the job (``$this->release()``, or an exception with tries left):
+    back to ``:delayed`` for ``delay`` seconds."""
 
     def __init__(self, delay: float, exception: str | None) -> None:
         super().__init__(f"released for {delay:g} s")
         self.delay = delay
-        self.exception = exception
+        # What an INFO log may say: the exception's class, never its message.
+        self.summary = exception.split(":", 1)[0][:200] if exception else "released itself"
 
 
 class RunnerFailed(PermanentError):
@@ -123,7 +127,11 @@ class Runner:
                 stdout=2,  # what jobs print goes to the pool's log, never to the answers
                 pass_fds=(write,),
                 env={**os.environ, "LARAVEL_APP_PATH": self.config.app_path},
-                start_new_session=True,  # killed as a group, with anything the job spawned
+                # Its own process group, so a signal for the pool (Ctrl-C, supervisor's TERM
+                # to the group) does not cut its job short; the pool stops it. It is killed
+                # as a group, with anything the job spawned, and dies with the pool.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError:
             os.close(read)
@@ -375,3 +383,9 @@ def _raising(error: Exception) -> Handler:
         raise error
 
     return handler
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the pool dies, as a job run by a killed
+    ``queue:work`` dies with it, so no orphan finishes a job that will run again."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

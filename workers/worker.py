@@ -303,7 +303,15 @@ class Pool:
             await self.queues.delete(job)
             self.metrics.jobs.labels(job.queue, "done").inc()
             return "done"
-        if isinstance(error, Released):  # the PHP job released itself
+        if isinstance(error, Released):  # Laravel released the PHP job
+            log.info(
+                "%s on %s attempt %d: %s; again in %g s",
+                job.name,
+                job.queue,
+                job.attempts,
+                error.summary,
+                error.delay,
+            )
             await self.queues.release(job, error.delay)
             self.metrics.jobs.labels(job.queue, "retried").inc()
             return "released"

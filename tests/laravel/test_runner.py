@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,11 +26,12 @@ def php_harness(laravel: Laravel) -> Harness:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return state != "Z"
 
 
 def outcome(pool: Pool, queue: str, name: str) -> float:
@@ -62,6 +64,19 @@ async def test_a_dispatched_job_class_runs_in_a_warm_runner_and_writes_its_row(
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0, h.output(worker)
     assert not alive(rows[0]["pid"])  # the runner stops with the pool
+
+
+async def test_a_killed_pool_takes_its_runners_and_their_jobs_with_it(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    h.workers.update(timeout=1, retry_after=2)
+    worker = h.spawn("--queue", "q", "--metrics-port", "0")
+    laravel.dispatch("Pauses", "q", "p")  # hangs on attempt 1
+    [first] = await eventually(laravel.runs, timeout=30, what="first attempt")
+    worker.send_signal(signal.SIGKILL)
+    await eventually(lambda: not alive(first["pid"]), what="the runner died with the pool")
+    assert await h.redis.zcard(h.keys("q").reserved) == 1  # runs again, once, later
 
 
 async def test_a_throwing_job_is_retried_then_failed_with_its_failed_hook(
