@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from collections.abc import Sequence
+
+from multidict import CIMultiDict
 
 # Names the instance that answered, on every forwarded answer (metrics read it too).
 INSTANCE_HEADER = "X-WhatsApp-Instance"
@@ -25,9 +27,23 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """Headers minus the hop-by-hop ones and those named by ``Connection``."""
-    named = {h.strip().lower() for v in headers.getall("connection", []) for h in v.split(",")}
+HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
+def end_to_end(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
+    """Headers as received, minus the hop-by-hop ones and those named by ``Connection``."""
+    dropped = HOP_BY_HOP_RAW
+    for name, value in raw:
+        if name.lower() == b"connection":
+            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    return [(name, value) for name, value in raw if name.lower() not in dropped]
+
+
+def decoded(raw: RawHeaders) -> CIMultiDict[str]:
+    """Raw headers as aiohttp takes them (bytes that are not UTF-8 kept as escapes)."""
     return CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in raw
     )

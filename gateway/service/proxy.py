@@ -35,12 +35,17 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def respond(reply: Reply, url: str) -> web.Response:
     """The instance's answer, unchanged but for hop-by-hop headers, naming the instance."""
-    headers = end_to_end(reply.headers)
-    headers[INSTANCE_HEADER] = url
-    if not reply.body and "Content-Length" in reply.headers:
-        # A HEAD answer: its length is that of the body a GET would have had.
-        headers["Content-Length"] = reply.headers["Content-Length"]
-        return web.Response(status=reply.status, headers=headers)
+    headers = [
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in end_to_end(reply.raw_headers)
+    ]
+    headers.append((INSTANCE_HEADER, url))
+    if not reply.body:
+        for name, value in reply.raw_headers:
+            if name.lower() == b"content-length":
+                # A HEAD answer: its length is that of the body a GET would have had.
+                headers.append(("Content-Length", value.decode("ascii", "replace")))
+                return web.Response(status=reply.status, headers=headers)
     return web.Response(status=reply.status, headers=headers, body=reply.body)
 
 
@@ -71,10 +76,10 @@ def replayable(call: Call, error: UpstreamError) -> bool:
 
 def _already_gone(call: Call, reply: Reply) -> bool:
     """A DELETE the instance did nothing for: the session may live elsewhere."""
+    if call.method != "DELETE":
+        return False
     body = reply.json()
-    return (
-        call.method == "DELETE" and isinstance(body, dict) and bool(body.get("alreadyDisconnected"))
-    )
+    return isinstance(body, dict) and bool(body.get("alreadyDisconnected"))
 
 
 def _is_delete(call: Call) -> bool:
@@ -137,7 +142,7 @@ class Proxy:
     # --- sessions that exist --------------------------------------------------------------
 
     async def session_call(self, call: Call, session_id: str) -> web.StreamResponse:
-        pinned = await self.pins.session(session_id)
+        pinned = self.pins.remembered(session_id) or await self.pins.session(session_id)
         said_not_found: Reply | None = None
         sent = False  # the call reached an instance that gave no answer
         if pinned is not None and self.router.is_up(pinned):
