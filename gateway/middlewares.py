@@ -57,9 +57,8 @@ def observe(metrics: Metrics, access_log: Callable[[web.Request], bool]) -> web.
         route = request.get(ROUTE, "other")
         method = request.method if request.method in METHODS else "other"
         instance = response.headers.get(INSTANCE_HEADER, "none")
-        metrics.requests.labels(route, method, str(response.status), instance).inc()
         took = time.perf_counter() - started
-        metrics.latency.labels(route, method).observe(took)
+        metrics.request_done(route, method, response.status, instance, took)
         if access.isEnabledFor(logging.INFO) and access_log(request):
             fields = {
                 "request_id": request[REQUEST_ID][:128],

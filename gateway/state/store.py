@@ -75,6 +75,9 @@ class PinStore:
     async def session(self, session_id: str, fresh: bool = False) -> str | None:
         return await self.map.session(session_id, fresh)
 
+    def remembered(self, session_id: str) -> str | None:
+        return self.map.remembered(session_id)
+
     async def workspace(self, workspace_id: str) -> str | None:
         return await self.map.workspace(workspace_id)
 
