@@ -63,6 +63,7 @@ class PinMap:
         self.mirrored = False  # memory follows the other processes' changes
         self._reloading: list[Change] | None = None  # changes made while a reload reads Redis
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         link.on_back(self._reload)
 
     async def start(self) -> None:
@@ -70,6 +71,10 @@ class PinMap:
         self._task = asyncio.create_task(self._follow())
 
     async def close(self) -> None:
+        # The flag ends the follower within one MIRROR_PING even when the cancellation is
+        # lost on the way: redis-py's read timeout (asyncio.timeout on Python 3.11) can
+        # swallow a cancel that arrives as it expires, and shutdown then hung for good.
+        self._closing = True
         await cancel_and_wait([self._task])
 
     # --- reads --------------------------------------------------------------------------
@@ -226,7 +231,7 @@ class PinMap:
         Redis, so no process routes from a memory that stopped following.
         """
         pause = MIRROR_PAUSE
-        while True:
+        while not self._closing:
             await self.link.back.wait()
             pubsub = self.link.subscriber.pubsub()
             try:
@@ -248,7 +253,7 @@ class PinMap:
     async def _listen(self, pubsub: PubSub) -> None:
         """Events until the subscription fails; a silent one is pinged, and must answer."""
         pinged = False
-        while True:
+        while not self._closing:
             message = await pubsub.get_message(timeout=MIRROR_PING)
             if message is None:
                 if pinged:
