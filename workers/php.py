@@ -302,15 +302,21 @@ class PhpWorkers:
         return run_in_php
 
     async def _acquire(self, job: Job) -> Runner:
+        """An idle runner; waits while one is busy or starting, raises when none can start."""
         keeper = asyncio.create_task(self._keep_reserved(job))
         try:
             async with self._ready:
-                await self._ready.wait_for(lambda: self._idle or self._error is not None)
+                await self._ready.wait_for(lambda: self._idle or self._unavailable)
                 if not self._idle:
                     raise RunnerUnavailable(self._error)
                 return self._idle.pop()
         finally:
             keeper.cancel()
+
+    @property
+    def _unavailable(self) -> bool:
+        """The last start failed and no runner is up to be waited for."""
+        return self._error is not None and not any(r.usable for r in self._runners)
 
     async def _release(self, runner: Runner) -> None:
         if runner.usable:

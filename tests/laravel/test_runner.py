@@ -205,3 +205,20 @@ def test_run_refuses_to_start_without_php_or_the_app(php_harness: Harness) -> No
     no_php = h.run_cli("run")
     assert no_php.returncode == 2 and "workers.php_binary" in no_php.stderr
     assert len(no_php.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "php"),
+    [
+        ("Illuminate\\Queue\\CallQueuedHandler@call", True),
+        ("\\App\\Jobs\\Legacy@fire", True),
+        ("SendEmail@handle", True),
+        ("whatsapp.send_message", False),
+        ("http.post", False),
+        ("App\\Jobs\\NoMethod", False),  # Laravel would call fire(); only Class@method is PHP's
+        ("App\\Jobs\\X@handle; rm -rf /", False),
+        ("", False),
+    ],
+)
+def test_which_job_names_are_php_classes(name: str, php: bool) -> None:
+    assert is_php_job(name) is php
