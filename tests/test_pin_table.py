@@ -12,7 +12,17 @@ A, B = "http://10.0.0.1:3001", "http://10.0.0.2:3001"
 def test_uuid_and_other_ids_read_back_exactly_as_given():
     lower = str(uuid.uuid4())
     upper = lower.upper()  # another session id, not the same one
-    ids = [lower, upper, "session_1732900000", "s-1", "{" + lower + "}", lower.replace("-", "")]
+    ids = [
+        lower,
+        upper,
+        "session_1732900000",
+        "session_01732900000",  # another id: a leading zero
+        "session_0",
+        "session_" + "9" * 30,
+        "s-1",
+        "{" + lower + "}",
+        lower.replace("-", ""),
+    ]
     table = PinTable((sid, A) for sid in ids)
     table[upper] = B
     assert len(table) == len(ids)
@@ -28,8 +38,15 @@ def test_uuid_and_other_ids_read_back_exactly_as_given():
     assert table.pop("s-1") == A and table.pop("s-1", None) is None
 
 
-def test_a_canonical_uuid_takes_less_room_than_its_text():
+def test_the_backends_kinds_of_id_are_kept_as_numbers_however_they_arrive():
     sid = str(uuid.uuid4())
-    table = PinTable([(sid, A)])
-    (key,) = table._pins
-    assert key == uuid.UUID(sid).bytes
+    table = PinTable([(sid, A), ("session_1732900000", A)])
+    table.set_raw(sid.upper().encode(), B)  # not canonical: another id, kept as text
+    table.set_raw(b"session_1732900001", B)
+    assert table._pins == {
+        uuid.UUID(sid).int: A,
+        -1732900000: A,
+        sid.upper(): B,
+        -1732900001: B,
+    }
+    assert sorted(table) == sorted([sid, sid.upper(), "session_1732900000", "session_1732900001"])

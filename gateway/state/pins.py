@@ -37,6 +37,10 @@ MIRROR_PING = 1.0  # seconds of silence before the subscription is pinged, and f
 MIRROR_PAUSE, MIRROR_PAUSE_MAX = 0.1, 5.0  # before subscribing again, doubling
 
 
+def _set_decoded(pins: dict[str, str], field: bytes, url: str) -> None:
+    pins[field.decode()] = url
+
+
 @dataclass(frozen=True)
 class PinChange:
     """One session pinned to an instance, or unpinned, by this process."""
@@ -180,8 +184,8 @@ class PinMap:
         self._reloading = made_meanwhile = []
         try:
             loaded = await self.link.redis.getset(self.keys.loaded, "1")
-            sessions = await self._scan(self.keys.sessions, PinTable())
-            workspaces = await self._scan(self.keys.workspaces, {})
+            sessions = await self._scan(self.keys.sessions, PinTable(), PinTable.set_raw)
+            workspaces = await self._scan(self.keys.workspaces, {}, _set_decoded)
             draining = await self.link.redis.smembers(self.keys.draining)
         finally:
             self._reloading = None
@@ -202,7 +206,7 @@ class PinMap:
             self._apply(kind, ident, value)
         return backlog
 
-    async def _scan(self, key: str, pins: P) -> P:
+    async def _scan(self, key: str, pins: P, store: Callable[[P, bytes, str], None]) -> P:
         """A whole hash of pins, read in batches that each fit within ``redis_timeout``.
 
         A million pins in one HGETALL take longer than that, and a reply that large costs
@@ -219,7 +223,7 @@ class PinMap:
                 url = urls.get(value)
                 if url is None:  # an instance no longer configured: still kept once
                     url = urls[value] = value.decode()
-                pins[field.decode()] = url
+                store(pins, field, url)
             if cursor == 0:
                 return pins
 

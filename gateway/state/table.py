@@ -1,9 +1,11 @@
 """The session pin table: session id -> instance URL, compact enough for a million pins.
 
-The backend names sessions with UUIDs (or ``session_<unix time>``); a million 36-character
-UUID strings alone take 85 MB. A session id that is a lowercase UUID in its canonical form
-is kept as its 16 bytes, any other id as the string it is. A string key and a bytes key
-never compare equal, so no two ids can meet in one slot; readers see string ids either way.
+The backend names sessions with UUIDs or ``session_<unix time>``; a million 36-character
+UUID strings alone take 85 MB. A lowercase UUID in its canonical form is kept as its 128-bit
+number (48 bytes), ``session_<digits>`` (no leading zero) as minus its number, any other id
+as the string it is. The three kinds never meet in one slot (a string never equals a number;
+UUID numbers are not negative), and each form maps back to exactly one id; readers see
+string ids either way.
 """
 
 from __future__ import annotations
@@ -13,18 +15,36 @@ from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, Value
 from typing import overload
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+CANONICAL_UUID_RAW = re.compile(CANONICAL_UUID.pattern.encode())
+NUMBERED = re.compile(r"session_[1-9][0-9]{0,17}")
+NUMBERED_RAW = re.compile(NUMBERED.pattern.encode())
+
+Key = str | int
 
 
-def pack(session_id: str) -> str | bytes:
+def pack(session_id: str) -> Key:
     if len(session_id) == 36 and CANONICAL_UUID.fullmatch(session_id):
-        return bytes.fromhex(session_id.replace("-", ""))
+        return int(session_id.replace("-", ""), 16)
+    if session_id.startswith("session_") and NUMBERED.fullmatch(session_id):
+        return -int(session_id[8:])
     return session_id
 
 
-def unpack(key: str | bytes) -> str:
+def pack_raw(session_id: bytes) -> Key:
+    """``pack`` of an id as Redis gives it, with no string made on the way."""
+    if len(session_id) == 36 and CANONICAL_UUID_RAW.fullmatch(session_id):
+        return int(session_id.replace(b"-", b""), 16)
+    if session_id.startswith(b"session_") and NUMBERED_RAW.fullmatch(session_id):
+        return -int(session_id[8:])
+    return session_id.decode()
+
+
+def unpack(key: Key) -> str:
     if isinstance(key, str):
         return key
-    h = key.hex()
+    if key < 0:
+        return f"session_{-key}"
+    h = f"{key:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -34,7 +54,7 @@ class PinTable(MutableMapping[str, str]):
     __slots__ = ("_pins",)
 
     def __init__(self, pins: Iterable[tuple[str, str]] = ()) -> None:
-        self._pins: dict[str | bytes, str] = {pack(sid): url for sid, url in pins}
+        self._pins: dict[Key, str] = {pack(sid): url for sid, url in pins}
 
     def __getitem__(self, session_id: str) -> str:
         return self._pins[pack(session_id)]
@@ -57,6 +77,10 @@ class PinTable(MutableMapping[str, str]):
 
     def __delitem__(self, session_id: str) -> None:
         del self._pins[pack(session_id)]
+
+    def set_raw(self, session_id: bytes, url: str) -> None:
+        """Pin an id as Redis gives it (the loading path)."""
+        self._pins[pack_raw(session_id)] = url
 
     def discard(self, session_id: str) -> None:
         self._pins.pop(pack(session_id), None)
