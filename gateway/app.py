@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.admin.api import add_admin_routes
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from gateway.middlewares import observe
+from gateway.middlewares import observe, observed
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
 from gateway.reload import RELOADS, Reloads, reload_ctx
 from gateway.requests import ROUTE, BadRequest, read_call
 from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
 
-__all__ = ["GATEWAY", "Gateway", "create_app"]
+__all__ = ["GATEWAY", "Gateway", "GatewayRunner", "create_app"]
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
+    """The instance API, reached through the app's router (see ``GatewayRunner``)."""
+    return await serve_instance_api(request.app[GATEWAY], request)
+
+
+async def serve_instance_api(gw: Gateway, request: web.Request) -> web.StreamResponse:
     with gw.inflight:  # a reload closes the gateway it replaced only after this
         try:
             call = await read_call(request)
@@ -69,3 +73,38 @@ def create_app(settings: Settings) -> web.Application:
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+class GatewayRunner(web.AppRunner):
+    """An ``AppRunner`` whose server hands the instance API straight to its handler.
+
+    Through the app, every request walks the router and the middleware chain; the proxied
+    routes (all but ``/metrics``, the admin API and the webhook route) need neither, so the
+    server's handler sends them to ``serve_instance_api`` with the middleware's work done
+    inline (``middlewares.observed``). The app's own routes, and requests that expect a
+    ``100 Continue`` (which the app answers first), go through the app as before. Under a
+    plain ``AppRunner`` the app answers every route the same, only slower.
+    """
+
+    async def setup(self) -> None:
+        await super().setup()
+        app, server = self.app, self.server
+        assert server is not None
+        through_app = server.request_handler
+        apps_own = ("/gateway/", app[SETTINGS].webhook_path)
+        metrics = app[METRICS]
+
+        def access_log(_: web.Request) -> bool:
+            return app[GATEWAY].settings.access_log
+
+        async def instance_api(request: web.Request) -> web.StreamResponse:
+            return await serve_instance_api(app[GATEWAY], request)
+
+        async def front(request: web.BaseRequest) -> web.StreamResponse:
+            assert isinstance(request, web.Request)  # made by the app's request factory
+            path = request.rel_url.path_safe
+            if path == "/metrics" or path.startswith(apps_own) or hdrs.EXPECT in request.headers:
+                return await through_app(request)
+            return await observed(metrics, access_log, request, instance_api)
+
+        server.request_handler = front

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway import logs
 from gateway.admin import cli as admin_cli
 from gateway.admin.sync_db import sync_db
-from gateway.app import create_app
+from gateway.app import GatewayRunner, create_app
 from gateway.processes import ChildLink, Parent
 from gateway.reload import reload
 from gateway.settings import (
@@ -36,7 +36,7 @@ log = logging.getLogger("gateway")
 async def serve(settings: Settings, load: Callable[[], Settings], child: ChildLink | None) -> int:
     """Serve until SIGTERM or SIGINT, reloading on SIGHUP; requests in flight finish first."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = GatewayRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site: web.BaseSite = (
         web.SockSite(runner, child.listening_socket())

@@ -41,35 +41,46 @@ def observe(metrics: Metrics, access_log: Callable[[web.Request], bool]) -> web.
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[REQUEST_ID] = request_id(request)
-        started = time.perf_counter()
-        try:
-            if origin_form(request.raw_path):
-                response = await handler(request)
-            else:  # a URL or an authority: never reach a host the caller names
-                response = json_error(400, "The request target must be a path (/...)")
-        except web.HTTPException as exc:  # e.g. 413 from the body size limit
-            response = json_error(exc.status, exc.reason)
-        except Exception:
-            log.exception("unexpected error on %s", request.get(ROUTE, "other"))
-            response = json_error(500, "Internal gateway error")
-        response.headers["X-Request-ID"] = request[REQUEST_ID]
-        route = request.get(ROUTE, "other")
-        method = request.method if request.method in METHODS else "other"
-        instance = response.headers.get(INSTANCE_HEADER, "none")
-        took = time.perf_counter() - started
-        metrics.request_done(route, method, response.status, instance, took)
-        if access.isEnabledFor(logging.INFO) and access_log(request):
-            fields = {
-                "request_id": request[REQUEST_ID][:128],
-                "method": method,
-                "route": route,
-                "status": response.status,
-                "instance": instance,
-                "duration_ms": round(took * 1000, 2),
-                "outcome": outcome(response),
-            }
-            access.info("%s %s %d", method, route, response.status, extra={"fields": fields})
-        return response
+        return await observed(metrics, access_log, request, handler)
 
     return middleware
+
+
+async def observed(
+    metrics: Metrics,
+    access_log: Callable[[web.Request], bool],
+    request: web.Request,
+    handler: Handler,
+) -> web.StreamResponse:
+    """``handler``'s answer, tagged, counted, timed and logged: the middleware's work, also
+    done inline on the proxied path (``gateway.app.GatewayRunner``)."""
+    request[REQUEST_ID] = request_id(request)
+    started = time.perf_counter()
+    try:
+        if origin_form(request.raw_path):
+            response = await handler(request)
+        else:  # a URL or an authority: never reach a host the caller names
+            response = json_error(400, "The request target must be a path (/...)")
+    except web.HTTPException as exc:  # e.g. 413 from the body size limit
+        response = json_error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unexpected error on %s", request.get(ROUTE, "other"))
+        response = json_error(500, "Internal gateway error")
+    response.headers["X-Request-ID"] = request[REQUEST_ID]
+    route = request.get(ROUTE, "other")
+    method = request.method if request.method in METHODS else "other"
+    instance = response.headers.get(INSTANCE_HEADER, "none")
+    took = time.perf_counter() - started
+    metrics.request_done(route, method, response.status, instance, took)
+    if access.isEnabledFor(logging.INFO) and access_log(request):
+        fields = {
+            "request_id": request[REQUEST_ID][:128],
+            "method": method,
+            "route": route,
+            "status": response.status,
+            "instance": instance,
+            "duration_ms": round(took * 1000, 2),
+            "outcome": outcome(response),
+        }
+        access.info("%s %s %d", method, route, response.status, extra={"fields": fields})
+    return response

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from dev.simulator import SimulatorConfig
 from dev.simulator import create_app as create_simulator
-from gateway.app import GATEWAY, Gateway, create_app
+from gateway.app import GATEWAY, Gateway, GatewayRunner, create_app
 from gateway.settings import Settings
 from tests.accounts import DDL as ACCOUNTS_DDL
 from tests.accounts import AccountsDB
@@ -53,8 +53,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.02)
 
 
-async def serve(app: web.Application, port: int | None = None) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
+async def serve(
+    app: web.Application, port: int | None = None, runner_class: type[web.AppRunner] = web.AppRunner
+) -> tuple[web.AppRunner, str]:
+    runner = runner_class(app, access_log=None)
     await runner.setup()
     port = port or free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -215,7 +217,7 @@ async def gateways(redis_prefix: str) -> AsyncIterator[Callable[..., Awaitable[R
     async def start(instances: list[str], **overrides: Any) -> RunningGateway:
         settings = gateway_settings(instances, redis_prefix, **overrides)
         app = create_app(settings)
-        runner, url = await serve(app, settings.port)
+        runner, url = await serve(app, settings.port, GatewayRunner)
         running = RunningGateway(url, app, runner)
         started.append(running)
         return running
