@@ -3,8 +3,10 @@
 Point a client at the relay instead of the server, then ``cut()`` its path as a network
 partition would: nothing more crosses in either direction, open connections hang (they are
 not closed) and new ones are accepted but get nothing, so the client meets its own
-timeouts. ``restore()`` lets everything through again, held bytes included. ``sent`` and
-``received`` count the bytes that crossed, to prove that a client made no call at all.
+timeouts. ``reset()`` is a server that went down instead: open connections are reset (RST)
+and new ones are reset at once, so the client fails fast. ``restore()`` lets everything
+through again, held bytes included. ``sent`` and ``received`` count the bytes that crossed,
+to prove that a client made no call at all.
 """
 
 from __future__ import annotations
@@ -12,12 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close with RST rather than FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 class Relay:
@@ -29,6 +41,7 @@ class Relay:
         self.connections = 0
         self._open = asyncio.Event()
         self._open.set()
+        self._down = False  # reset(): connections are reset instead of held
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -57,10 +70,20 @@ class Relay:
     def cut(self) -> None:
         self._open.clear()
 
+    def reset(self) -> None:
+        """Reset every open connection, and every new one until :meth:`restore`."""
+        self._down = True
+        for writer in list(self._writers):
+            _abort(writer)
+
     def restore(self) -> None:
+        self._down = False
         self._open.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            _abort(writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

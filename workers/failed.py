@@ -8,10 +8,10 @@ not the copy the pop re-encoded), the exception text, ``failed_at`` in the app's
 ``queues:failed``.
 
 A failure is recorded before the job's reservation is dropped, so a job leaves ``:reserved``
-only once it is on record; if the store is down the job stays reserved and is tried again
-when its reservation expires. A retry takes the entry out of the store and pushes the job in
-one step (a Lua script, or a MySQL transaction holding the row), so two retries of one entry
-cannot run the job twice.
+only once it is on record; if the store is down the pool keeps the failure in memory, the job
+still reserved, and records it when the store answers. A retry takes the entry out of the
+store and pushes the job in one step (a Lua script, or a MySQL transaction holding the row),
+so two retries of one entry cannot run the job twice.
 """
 
 from __future__ import annotations
@@ -104,7 +104,13 @@ class FailedStore:
     def reserved_key(self, job: Job) -> str:
         return QueueKeys(self.prefix, job.queue).reserved
 
-    async def record(self, job: Job, exception: str) -> FailedJob:
+    async def record(self, job: Job, exception: str, *, again: bool = False) -> FailedJob:
+        """Record the failure, then drop the job's reservation.
+
+        ``again``: an earlier try of this very record may have got through with its answer
+        lost (the store went away); a reservation already gone then means that try
+        succeeded, not that the job was taken back and runs again.
+        """
         raise NotImplementedError
 
     async def all(self) -> list[FailedJob]:
@@ -137,7 +143,7 @@ class RedisFailedStore(FailedStore):
         self._record = redis.register_script(RECORD)
         self._retry = redis.register_script(RETRY)
 
-    async def record(self, job: Job, exception: str) -> FailedJob:
+    async def record(self, job: Job, exception: str, *, again: bool = False) -> FailedJob:
         entry = self.entry(job, exception)
         await self._record(keys=[self.key, self.reserved_key(job)], args=[entry.to_json(), job.raw])
         return entry
@@ -197,11 +203,11 @@ class TableFailedStore(FailedStore):
         self.mysql = mysql
         self.queues = Queues(redis, prefix, ())
 
-    async def record(self, job: Job, exception: str) -> FailedJob:
+    async def record(self, job: Job, exception: str, *, again: bool = False) -> FailedJob:
         entry = self.entry(job, exception)
         row = (entry.uuid, entry.connection, entry.queue, entry.payload, exception, entry.failed_at)
         await self._execute(INSERT, row)
-        if not await self.redis.zrem(self.reserved_key(job), job.raw):
+        if not await self.redis.zrem(self.reserved_key(job), job.raw) and not again:
             # Its reservation expired and the job is running again: not failed after all.
             await self._execute(
                 "DELETE FROM failed_jobs WHERE uuid = %s AND payload = %s AND exception = %s",

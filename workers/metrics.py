@@ -48,6 +48,11 @@ class Metrics:
         self.in_flight = Gauge(
             "workers_jobs_in_flight", "Jobs this process is running.", registry=self.registry
         )
+        self.unsettled = Gauge(
+            "workers_jobs_unsettled",
+            "Finished jobs whose outcome waits in memory for Redis or MySQL to answer.",
+            registry=self.registry,
+        )
         self.depth = Gauge(
             "workers_queue_jobs",
             "Jobs in each queue by state: waiting, delayed, reserved (all processes).",

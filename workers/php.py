@@ -31,7 +31,6 @@ from typing import Any
 
 from workers.handlers import Handler, JobContext, PermanentError
 from workers.jobs import Job
-from workers.queues import Queues
 from workers.retry import Policy
 
 log = logging.getLogger("workers.php")
@@ -213,11 +212,9 @@ class Runner:
 class PhpWorkers:
     """``php_workers`` runners: one is leased per job; dead and killed ones are replaced."""
 
-    def __init__(self, config: PhpConfig, policy: Policy, queues: Queues, retry_after: float):
+    def __init__(self, config: PhpConfig, policy: Policy):
         self.config = config
         self.policy = policy
-        self.queues = queues
-        self.retry_after = retry_after
         self._idle: list[Runner] = []
         self._ready = asyncio.Condition()
         self._error: str | None = None  # why the last start failed, until one succeeds
@@ -302,16 +299,13 @@ class PhpWorkers:
         return run_in_php
 
     async def _acquire(self, job: Job) -> Runner:
-        """An idle runner; waits while one is busy or starting, raises when none can start."""
-        keeper = asyncio.create_task(self._keep_reserved(job))
-        try:
-            async with self._ready:
-                await self._ready.wait_for(lambda: self._idle or self._unavailable)
-                if not self._idle:
-                    raise RunnerUnavailable(self._error)
-                return self._idle.pop()
-        finally:
-            keeper.cancel()
+        """An idle runner; waits while one is busy or starting, raises when none can start.
+        The job's reservation is kept meanwhile by the pool's keeper."""
+        async with self._ready:
+            await self._ready.wait_for(lambda: self._idle or self._unavailable)
+            if not self._idle:
+                raise RunnerUnavailable(self._error)
+            return self._idle.pop()
 
     @property
     def _unavailable(self) -> bool:
@@ -376,12 +370,6 @@ class PhpWorkers:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _keep_reserved(self, job: Job) -> None:
-        while True:
-            await asyncio.sleep(self.retry_after / 2)
-            with contextlib.suppress(Exception):
-                await self.queues.extend(job, self.retry_after)
 
 
 def _raising(error: Exception) -> Handler:

@@ -10,7 +10,7 @@ for several queues and several jobs in one round trip, in priority order.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -308,11 +308,17 @@ class Queues:
         """Done: drop the reservation (by the exact reserved string)."""
         await self.redis.zrem(self.of(job.queue).reserved, job.raw)
 
-    async def extend(self, job: Job, retry_after: float) -> None:
-        """Push a running job's reservation expiry out again (only if still reserved)."""
-        await self.redis.zadd(
-            self.of(job.queue).reserved, {job.raw: time.time() + retry_after}, xx=True
-        )
+    async def extend(self, jobs: Iterable[Job], retry_after: float) -> None:
+        """Push the jobs' reservations out to now + retry_after, in one round trip; a job no
+        longer reserved (settled, or taken back after expiring) is left alone."""
+        expiry = time.time() + retry_after
+        by_queue: dict[str, dict[bytes, float]] = {}
+        for job in jobs:
+            by_queue.setdefault(job.queue, {})[job.raw] = expiry
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue, members in by_queue.items():
+                pipe.zadd(self.of(queue).reserved, members, xx=True)
+            await pipe.execute()
 
     async def depths(self) -> list[Depth]:
         """Waiting, delayed and reserved counts and the head job's age, per queue."""

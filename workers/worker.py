@@ -2,9 +2,15 @@
 
 Before every take the fetcher asks Redis once (:data:`workers.queues.RESERVE`) for as many
 jobs as there are free slots, earlier queues first; when nothing waits it blocks on all the
-notify lists at once. A job leaves ``:reserved`` only after its handler finished and its
-fate (done, released for a retry, or recorded as failed) is written, so a killed process
-loses nothing: its reservations expire and the jobs run again.
+notify lists at once, or sleeps until the earliest delayed job is due. A job leaves
+``:reserved`` only after its handler finished and its fate (done, released for a retry, or
+recorded as failed) is written, so a killed process loses nothing: its reservations expire
+and the jobs run again.
+
+A fate that cannot be written (Redis or MySQL away) is kept in memory, in order, and
+written by the fetcher before it takes anything new; meanwhile the keeper goes on pushing
+out the reservation of every job the process holds, so a finished job is not taken back
+and run again by anyone while the outage lasts less than ``retry_after``.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import contextlib
 import logging
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import aiohttp
 import aiomysql
@@ -49,6 +57,10 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5)
 
 REDIS_TICK = 0.1  # how late Redis may end a blocking wait (1 / its default hz)
 
+# Redis or MySQL not answering: the outcome of a finished job waits in memory.
+STORE_ERRORS = (RedisError, OSError, aiomysql.OperationalError, aiomysql.InterfaceError)
+STORE_RETRY = 0.1  # seconds between tries to reach the store again
+
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
@@ -72,6 +84,12 @@ class PoolConfig:
     php: PhpConfig | None = None  # None: PHP job classes fail as unknown
     idle_wait: float = 1.0  # longest BLPOP: how soon jobs delayed by others are seen
     depth_interval: float = 5.0
+
+    @property
+    def keep_interval(self) -> float:
+        """How often held reservations are pushed out: each keeps at least 90 % of
+        ``retry_after`` (and all but 1 s of it) left at any time."""
+        return min(1.0, self.retry_after / 10)
 
     @classmethod
     def build(cls, settings: Settings, w: WorkerSettings) -> PoolConfig:
@@ -113,6 +131,20 @@ class PoolConfig:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A finished job's fate, written by :meth:`Pool._apply`: done; a retry (``retried``,
+    or ``released`` by a PHP job itself) due at ``due`` (unix time); a failure with its
+    ``exception`` text; or ``left reserved`` (nothing to write: it runs again after its
+    reservation)."""
+
+    job: Job
+    kind: Literal["done", "retried", "released", "failed", "left reserved"]
+    due: float = 0.0
+    exception: str = ""
+    tried: bool = False  # a write was tried and failed: it may have got through unanswered
+
+
 class Pool:
     def __init__(
         self,
@@ -137,14 +169,12 @@ class Pool:
             connection=config.laravel_connection,
             timezone=config.timezone,
         )
-        self.php = (
-            PhpWorkers(config.php, config.policy, self.queues, config.retry_after)
-            if config.php
-            else None
-        )
+        self.php = PhpWorkers(config.php, config.policy) if config.php else None
         self.handlers: dict[str, Handler] = registry(config.handlers)
         self.metrics = metrics or Metrics()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Job] = {}
+        self._kept: deque[Outcome] = deque()  # finished, not yet written: the store was away
+        self._away: tuple[str, float] | None = None  # which store stopped answering, when
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
@@ -153,20 +183,25 @@ class Pool:
         """Take no new jobs; :meth:`run` returns once running ones finished or grace ran out."""
         self._stop.set()
 
+    @property
+    def unsettled(self) -> int:
+        """Finished jobs whose fate waits in memory for the store to answer."""
+        return len(self._kept)
+
     async def run(self) -> None:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             self._http = http
-            watcher = (
-                asyncio.create_task(self._watch_depths()) if self.config.metrics_port else None
-            )
+            helpers = [asyncio.create_task(self._keep_reserved())]
+            if self.config.metrics_port:
+                helpers.append(asyncio.create_task(self._watch_depths()))
             if self.php:
                 self.php.start()
             try:
                 await self._fetch()
                 await self._drain()
             finally:
-                if watcher:
-                    watcher.cancel()
+                for helper in helpers:
+                    helper.cancel()
                 if self.php:
                     await self.php.close()
 
@@ -180,15 +215,20 @@ class Pool:
                 await self._or_stop(self._slot_free.wait())
                 continue
             try:
+                await self._apply_kept()
                 take = await self.queues.reserve(free, self.config.retry_after)
+                self._store_back()
                 for queue in take.paced:
                     self.metrics.jobs.labels(queue, "paced").inc()
                 for job in take.jobs:
                     self._start(job)
                 if not take.jobs and not take.more:
                     await self._or_stop(self._idle(take.next_due))
+            except STORE_ERRORS as exc:
+                self._store_away(exc)
+                await self._or_stop(asyncio.sleep(STORE_RETRY))
             except Exception:
-                # Redis unreachable, or a bug: never let the fetcher die and the pool go idle.
+                # A bug: never let the fetcher die and the pool go idle.
                 log.exception("could not take jobs; trying again in 1 s")
                 await self._or_stop(asyncio.sleep(1))
 
@@ -219,28 +259,111 @@ class Pool:
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._process(job))
-        self._tasks.add(task)
+        self._tasks[task] = job
         self.metrics.in_flight.inc()
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self.metrics.in_flight.dec()
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
-            # Redis went away while settling the job: it stays reserved and runs again.
+            # A bug while settling: the job stays reserved and runs again once that expires.
             log.error("could not settle a job: %r", task.exception())
 
     async def _drain(self) -> None:
-        """Give running jobs the grace period; what is still running stays reserved."""
-        if not self._tasks:
+        """Give running jobs, then kept outcomes, the grace period; what is still running
+        or unwritten then stays reserved and runs again after its reservation."""
+        deadline = time.monotonic() + self.config.grace
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.grace)
+            if pending:
+                log.warning("%d jobs still running after grace; left reserved", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        while self._kept and time.monotonic() < deadline:
+            try:
+                await self._apply_kept()
+            except STORE_ERRORS:
+                await asyncio.sleep(STORE_RETRY)
+        if self._kept:
+            log.warning(
+                "%d finished jobs could not be settled before exit; they stay reserved",
+                len(self._kept),
+            )
+
+    async def _keep_reserved(self) -> None:
+        """Push out the reservation of every job held here, running or finished with its
+        fate kept, so none expires while this process lives (a dead one stops pushing)."""
+        while True:
+            await asyncio.sleep(self.config.keep_interval)
+            held = [*self._tasks.values(), *(outcome.job for outcome in self._kept)]
+            if held:
+                with contextlib.suppress(*STORE_ERRORS):
+                    await self.queues.extend(held, self.config.retry_after)
+
+    # --- writing what happened ------------------------------------------------------------
+
+    async def _conclude(self, outcome: Outcome) -> None:
+        """Write the outcome now, or keep it, behind any kept before, for the fetcher."""
+        if outcome.kind == "left reserved":
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.grace)
-        if pending:
-            log.warning("%d jobs still running after grace; left reserved", len(pending))
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        if not self._kept:
+            try:
+                await self._apply(outcome)
+                return
+            except STORE_ERRORS as exc:
+                self._store_away(exc)
+                outcome = replace(outcome, tried=True)
+        self._kept.append(outcome)
+        self.metrics.unsettled.set(len(self._kept))
+
+    async def _apply(self, outcome: Outcome) -> None:
+        job = outcome.job
+        if outcome.kind == "done":
+            await self.queues.delete(job)
+            self.metrics.jobs.labels(job.queue, "done").inc()
+        elif outcome.kind == "failed":
+            await self.failed.record(job, outcome.exception, again=outcome.tried)
+            self.metrics.jobs.labels(job.queue, "failed").inc()
+        else:
+            await self.queues.release(job, max(0.0, outcome.due - time.time()))
+            self.metrics.jobs.labels(job.queue, "retried").inc()
+
+    async def _apply_kept(self) -> None:
+        """Write the kept outcomes in order; a store error stops it, keeping the rest."""
+        while self._kept:
+            try:
+                await self._apply(self._kept[0])
+            except STORE_ERRORS:
+                self._kept[0] = replace(self._kept[0], tried=True)
+                raise
+            except Exception:
+                log.exception("could not settle a job; it stays reserved")
+            self._kept.popleft()
+            self.metrics.unsettled.set(len(self._kept))
+
+    def _store_away(self, error: BaseException) -> None:
+        """One warning per outage, however many calls fail during it."""
+        if self._away is not None:
+            return
+        store = "Redis" if isinstance(error, RedisError | OSError) else "MySQL"
+        self._away = (store, time.monotonic())
+        cause = str(error).splitlines()[0][:200] if str(error) else ""
+        log.warning(
+            "%s unreachable (%s%s); finished jobs are kept in memory and settled when it"
+            " answers, and nothing new is taken until then",
+            store,
+            type(error).__name__,
+            f": {cause}" if cause else "",
+        )
+
+    def _store_back(self) -> None:
+        if self._away is not None:
+            store, since = self._away
+            log.info("%s answers again after %.1f s", store, time.monotonic() - since)
+            self._away = None
 
     async def _watch_depths(self) -> None:
         while True:
@@ -254,23 +377,24 @@ class Pool:
         started = time.monotonic()
         refusal = self._refusal(job)
         if refusal:
-            outcome = await self._fail(job, refusal, refusal)
+            outcome = await self._failure(job, refusal, refusal)
         else:
             timeout = timeout_for(job.payload or {}, self.config.policy)
             async with self._handler(job) as handler:
                 error, timed_out = await self._call(handler, job, timeout)
-            outcome = await self._settle(job, error, timed_out)
+            outcome = await self._judge(job, error, timed_out)
+        await self._conclude(outcome)
         outcomes.info(
             "%s on %s: %s",
             job.name or "?",
             job.queue,
-            outcome,
+            outcome.kind,
             extra={
                 "fields": {
                     "queue": job.queue,
                     "job": job.name or "?",
                     "attempt": job.attempts,
-                    "outcome": outcome,
+                    "outcome": outcome.kind,
                     "duration_ms": round((time.monotonic() - started) * 1000, 2),
                 }
             },
@@ -295,14 +419,14 @@ class Pool:
             )
         return None
 
-    async def _settle(self, job: Job, error: Exception | None, timed_out: bool) -> str:
-        """Done, released for a retry, or failed (the outcome); then the reservation goes."""
+    async def _judge(self, job: Job, error: Exception | None, timed_out: bool) -> Outcome:
+        """Done, released for a retry, or failed; only once that is written does the
+        reservation go."""
         if timed_out:
             self.metrics.jobs.labels(job.queue, "timed_out").inc()
+        now = time.time()
         if error is None:
-            await self.queues.delete(job)
-            self.metrics.jobs.labels(job.queue, "done").inc()
-            return "done"
+            return Outcome(job, "done")
         if isinstance(error, Released):  # Laravel released the PHP job
             log.info(
                 "%s on %s attempt %d: %s; again in %g s",
@@ -312,22 +436,20 @@ class Pool:
                 error.summary,
                 error.delay,
             )
-            await self.queues.release(job, error.delay)
-            self.metrics.jobs.labels(job.queue, "retried").inc()
-            return "released"
+            return Outcome(job, "released", due=now + error.delay)
         if isinstance(error, RunnerLost):  # outcome unknown: it runs again after its reservation
             log.warning("%s on %s left reserved: %s", job.name, job.queue, error)
-            return "left reserved"
+            return Outcome(job, "left reserved")
         if isinstance(error, RunnerFailed):  # Laravel failed it, failed() hook and all
-            return await self._fail(job, str(error), summary(error), hook=False)
+            return await self._failure(job, str(error), summary(error), hook=False)
         text = "".join(traceback.format_exception(error)).rstrip()
         if isinstance(error, PermanentError):
-            return await self._fail(job, text, summary(error))
+            return await self._failure(job, text, summary(error))
         decision = after_error(
             job.payload or {},
             job.attempts,
             self.config.policy,
-            time.time(),
+            now,
             timed_out=timed_out,
             unknown=isinstance(error, UnknownOutcome),
             retry_unknown=job.queue in self.config.retry_unknown_queues,
@@ -335,7 +457,7 @@ class Pool:
         )
         if isinstance(decision, Fail):
             why = f"{summary(error)} ({decision.reason})"
-            return await self._fail(job, f"{text}\n({decision.reason})", why)
+            return await self._failure(job, f"{text}\n({decision.reason})", why)
         log.info(
             "%s on %s attempt %d: %s; again in %g s",
             job.name,
@@ -345,9 +467,16 @@ class Pool:
             decision.delay,
         )
         log.debug("%s attempt %d: %s", job.name, job.attempts, error)
-        await self.queues.release(job, decision.delay)
-        self.metrics.jobs.labels(job.queue, "retried").inc()
-        return "retried"
+        return Outcome(job, "retried", due=now + decision.delay)
+
+    async def _failure(self, job: Job, exception: str, why: str, *, hook: bool = True) -> Outcome:
+        """A failure to record; the log says only ``why``, which holds no personal data."""
+        if hook and self.php and self.php.runs(job) and job.payload is not None:
+            # As Laravel fails a job itself: the job's failed() hook runs, and the store
+            # keeps PHP's exception.
+            exception = await self.php.fail(job) or exception
+        log.warning("failed %s on %s: %s", job.name or "?", job.queue, why)
+        return Outcome(job, "failed", exception=exception)
 
     async def _call(
         self, handler: Handler, job: Job, timeout: float
@@ -356,11 +485,6 @@ class Pool:
         assert self._http is not None
         context = JobContext(
             job, self._http, self.redis, self.config.gateway_url, self.config.api_token
-        )
-        keeper = (
-            asyncio.create_task(self._keep_reserved(job))
-            if timeout >= self.config.retry_after
-            else None
         )
         started = time.monotonic()
         deadline = asyncio.timeout(timeout)
@@ -376,24 +500,4 @@ class Pool:
             return TimeoutError(message), True
         finally:
             self.metrics.duration.labels(job.queue).observe(time.monotonic() - started)
-            if keeper:
-                keeper.cancel()
         return None, False
-
-    async def _keep_reserved(self, job: Job) -> None:
-        """A job allowed to run longer than retry_after keeps pushing its expiry out."""
-        while True:
-            await asyncio.sleep(self.config.retry_after / 2)
-            with contextlib.suppress(RedisError, OSError):
-                await self.queues.extend(job, self.config.retry_after)
-
-    async def _fail(self, job: Job, exception: str, why: str, *, hook: bool = True) -> str:
-        """Record the failure; the log says only ``why``, which holds no personal data."""
-        if hook and self.php and self.php.runs(job) and job.payload is not None:
-            # As Laravel fails a job itself: the job's failed() hook runs, and the store
-            # keeps PHP's exception.
-            exception = await self.php.fail(job) or exception
-        log.warning("failed %s on %s: %s", job.name or "?", job.queue, why)
-        await self.failed.record(job, exception)
-        self.metrics.jobs.labels(job.queue, "failed").inc()
-        return "failed"

@@ -185,14 +185,17 @@ class Harness:
             return list(await cur.fetchall())
 
     @contextlib.asynccontextmanager
-    async def pool(self, config: PoolConfig | None = None) -> AsyncIterator[Pool]:
-        """A pool running in this process, stopped (and drained) on exit."""
+    async def pool(
+        self, config: PoolConfig | None = None, redis: aioredis.Redis | None = None
+    ) -> AsyncIterator[Pool]:
+        """A pool running in this process (on ``redis``, by default the harness' client),
+        stopped (and drained) on exit."""
         mysql = None
         if self.mysql_dsn:
             from workers.connections import mysql_pool
 
             mysql = await mysql_pool(self.mysql_dsn)
-        pool = Pool(config or self.config(), self.redis, mysql)
+        pool = Pool(config or self.config(), redis or self.redis, mysql)
         task = asyncio.create_task(pool.run())
         try:
             yield pool
