@@ -13,11 +13,13 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+from yarl import URL
 
 from gateway.decisions.paths import PATH_CHARS, BadPath, normalize
 from gateway.decisions.routes import Route, classify, valid_session_id
@@ -35,7 +37,7 @@ WORKSPACE_ID = re.compile(r"[0-9]{1,20}")
 SESSION_ID_RULE = "session_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ - (not . or ..)"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Call:
     """One request as the gateway forwards it."""
 
@@ -46,7 +48,17 @@ class Call:
     route: Route
     session_id: str | None
     workspace_id: str | None
-    api_key: str | None  # the caller's own key, for the gateway's searches on its behalf
+    payload: Any = field(default=None, repr=False)  # the JSON body, when read
+    query: str = field(default="", repr=False)  # the query string, still percent-encoded
+
+    @cached_property
+    def api_key(self) -> str | None:
+        """The caller's own key (body, else query), for the gateway's searches on its
+        behalf; read only when a search needs it."""
+        key = self.payload.get("api_key") if isinstance(self.payload, dict) else None
+        if not isinstance(key, str) and self.query:
+            key = URL.build(query_string=self.query, encoded=True).query.get("api_key")
+        return key or None
 
 
 class BadRequest(Exception):
@@ -69,7 +81,8 @@ def _json_body(request: web.Request, body: bytes) -> Any:
 
 def _field(payload: Any, request: web.Request, name: str) -> str | None:
     value = payload.get(name) if isinstance(payload, dict) else None
-    if value is None:
+    query = request.query_string
+    if value is None and query and (name in query or "%" in query):  # else surely not there
         value = request.query.get(name)
     if value is None or value == "":
         return None
@@ -148,12 +161,6 @@ def _path_session(route: Route) -> str | None:
     return session_id
 
 
-def _api_key(payload: Any, request: web.Request) -> str | None:
-    key = payload.get("api_key") if isinstance(payload, dict) else None
-    key = key if isinstance(key, str) else request.query.get("api_key")
-    return key or None
-
-
 async def read_call(request: web.Request) -> Call:
     """Parse and check a request; raises ``BadRequest`` with the answer to give."""
     path_qs = _path_qs(request)
@@ -175,5 +182,6 @@ async def read_call(request: web.Request) -> Call:
         route=route,
         session_id=session_id,
         workspace_id=workspace_id,
-        api_key=_api_key(payload, request),
+        payload=payload,
+        query=request.rel_url.raw_query_string,
     )

@@ -45,6 +45,8 @@ def normalize(path: str) -> str:
     """The canonical form of an origin-form path (no query string); raises ``BadPath``."""
     if not PATH_CHARS.fullmatch(path):
         raise BadPath("The path must be printable ASCII; percent-encode anything else")
+    if "%" not in path and "//" not in path and "/." not in path:
+        return path  # no escape, empty or dot segment: already canonical (the usual case)
     segments = path.split("/")[1:]
     out: list[str] = []
     for i, raw in enumerate(segments):
