@@ -44,23 +44,27 @@ class Layout:
     load: tuple[int, ...]  # wrk
     instances: tuple[int, ...]
     proxy: tuple[int, ...]  # the gateway, or nginx the peer
+    processes: tuple[int, ...]  # the gateway with --processes N
 
     @classmethod
-    def for_cores(cls, cores: Sequence[int]) -> Layout:
+    def for_cores(cls, cores: Sequence[int], processes: int = 2) -> Layout:
         cores = tuple(sorted(cores))
+        if len(cores) >= 2 + processes:
+            return cls(cores[:1], cores[1:2], cores[2:3], cores[2 : 2 + processes])
         if len(cores) >= 3:
-            return cls(cores[:1], cores[1:2], cores[2:3])
+            return cls(cores[:1], cores[1:2], cores[2:3], cores)
         if len(cores) == 2:
-            return cls(cores[:1], cores[:1], cores[1:])
-        return cls(cores, cores, cores)
+            return cls(cores[:1], cores[:1], cores[1:], cores)
+        return cls(cores, cores, cores, cores)
 
     def describe(self) -> str:
         def name(cores: tuple[int, ...]) -> str:
-            return "core " + ",".join(map(str, cores))
+            return ("cores " if len(cores) > 1 else "core ") + ",".join(map(str, cores))
 
         return (
             f"the proxy under test (gateway or nginx) on {name(self.proxy)}; "
-            f"wrk on {name(self.load)}; the four instances on {name(self.instances)}"
+            f"wrk on {name(self.load)}; the four instances on {name(self.instances)}; "
+            f"the gateway with several processes on {name(self.processes)}"
         )
 
 

@@ -59,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 ADMIN = "bench-admin"
 KINDS = ("status", "send")
 PATHS = ("direct", "nginx", "gateway")
+MANY = "gateway, processes"  # the path of the gateway run with --processes N
 SECTION = "proxy"
 
 
@@ -72,9 +73,8 @@ class Stack:
     layout: Layout
     workdir: Path
     instances: list[str]
-    nginx: str
-    gateway: str
-    pids: dict[str, int]  # path -> pid whose CPU time is the proxy's
+    urls: dict[str, str]  # path -> where wrk sends its requests
+    pids: dict[str, int]  # path -> pid whose CPU time (with its children's) is the proxy's
     sessions_file: Path
     prefix: str
     redis_url: str
@@ -88,7 +88,9 @@ def render(template: str, **values: str) -> str:
 
 
 @contextmanager
-def running(layout: Layout, sessions: int, redis_url: str) -> Iterator[Stack]:
+def running(
+    layout: Layout, sessions: int, redis_url: str, processes_wanted: int = 1
+) -> Iterator[Stack]:
     workdir = Path(tempfile.mkdtemp(prefix="wa-bench-"))
     workdir.chmod(0o755)  # nginx workers run as nobody
     processes: list[subprocess.Popen[bytes]] = []
@@ -135,41 +137,45 @@ def running(layout: Layout, sessions: int, redis_url: str) -> Iterator[Stack]:
             (workdir / f"{name}.conf").write_text(text)
         argv = [nginx, "-p", str(workdir), "-e", str(workdir / "nginx-start.log"), "-c"]
         start("instances", layout.instances, [*argv, str(workdir / "instances.conf")])
-        peer_pid = start("peer", layout.proxy, [*argv, str(workdir / "peer.conf")])
+        start("peer", layout.proxy, [*argv, str(workdir / "peer.conf")])
         for port in ports:
             wait_http(f"http://127.0.0.1:{port}/health", processes[0], workdir / "instances.log")
         wait_http(f"http://127.0.0.1:{peer_port}/health", processes[1], workdir / "peer.log")
-        gw_pid = start(
-            "gateway",
-            layout.proxy,
-            [sys.executable, "-m", "gateway"],
-            GATEWAY_PORT=str(gw_port),
-            WHATSAPP_INSTANCES=",".join(instances),
-            REDIS_URL=redis_url,
-            REDIS_PREFIX=prefix,
-            LARAVEL_API_TOKEN=KEY,
-            GATEWAY_ADMIN_TOKEN=ADMIN,
-            GATEWAY_LOG_LEVEL="WARNING",
+        gateway_env = {
+            "WHATSAPP_INSTANCES": ",".join(instances),
+            "REDIS_URL": redis_url,
+            "REDIS_PREFIX": prefix,
+            "LARAVEL_API_TOKEN": KEY,
+            "GATEWAY_ADMIN_TOKEN": ADMIN,
+            # No log line per request, as nginx's access_log is off.
+            "GATEWAY_LOG_LEVEL": "WARNING",
             # nginx's fixed answer is no session list: reconciliation would only log that.
-            GATEWAY_RECONCILE_INTERVAL="3600",
+            "GATEWAY_RECONCILE_INTERVAL": "3600",
+        }
+        argv = [sys.executable, "-m", "gateway"]
+        pids = {"direct": processes[0].pid, "nginx": processes[1].pid}
+        urls = {"direct": instances[0], "nginx": f"http://127.0.0.1:{peer_port}"}
+        pids["gateway"] = start(
+            "gateway", layout.proxy, argv, GATEWAY_PORT=str(gw_port), **gateway_env
         )
-        gateway = f"http://127.0.0.1:{gw_port}"
-        wait_http(f"{gateway}/health", processes[2], workdir / "gateway.log")
+        urls["gateway"] = f"http://127.0.0.1:{gw_port}"
+        wait_http(f"{urls['gateway']}/health", processes[2], workdir / "gateway.log")
         ids = [f"bench-{i:05d}" for i in range(sessions)]
-        asyncio.run(seed(gateway, ids))
+        asyncio.run(seed(urls["gateway"], ids))
+        if processes_wanted > 1:
+            many_port = free_port()
+            pids[MANY] = start(
+                "gateway-processes",
+                layout.processes,
+                [*argv, "--processes", str(processes_wanted)],
+                GATEWAY_PORT=str(many_port),
+                **gateway_env,
+            )
+            urls[MANY] = f"http://127.0.0.1:{many_port}"
+            wait_http(f"{urls[MANY]}/health", processes[3], workdir / "gateway-processes.log")
         sessions_file = workdir / "sessions.txt"
         sessions_file.write_text("\n".join(ids) + "\n")
-        yield Stack(
-            layout,
-            workdir,
-            instances,
-            f"http://127.0.0.1:{peer_port}",
-            gateway,
-            {"direct": processes[0].pid, "nginx": peer_pid, "gateway": gw_pid},
-            sessions_file,
-            prefix,
-            redis_url,
-        )
+        yield Stack(layout, workdir, instances, urls, pids, sessions_file, prefix, redis_url)
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
@@ -230,7 +236,7 @@ def wrk(
     rate: int | None = None,
 ) -> Sample:
     """One wrk run; at saturation when ``rate`` is None, else paced at ``rate`` req/s."""
-    url = {"direct": stack.instances[0], "nginx": stack.nginx, "gateway": stack.gateway}[path]
+    url = stack.urls[path]
     threads = len(stack.layout.load)
     script = "paced.lua" if rate else "load.lua"
     argv = [
@@ -282,14 +288,15 @@ class Options:
 
 def measure(stack: Stack, opt: Options) -> dict[tuple[str, str, str], Sample]:
     """Medians over interleaved rounds, keyed by (path, kind, "saturated" | "paced")."""
-    for path in PATHS:  # warm-up: connections, caches, the JIT of wrk's Lua
+    paths = [p for p in (*PATHS, MANY) if p in stack.urls]
+    for path in paths:  # warm-up: connections, caches, the JIT of wrk's Lua
         for kind in KINDS:
             wrk(stack, path, kind, 1, opt.connections)
     runs: dict[tuple[str, str, str], list[Sample]] = {}
     for n in range(opt.rounds):
         print(f"round {n + 1} of {opt.rounds}", flush=True)
         for kind in KINDS:
-            for path in PATHS:
+            for path in paths:
                 sample = wrk(stack, path, kind, opt.seconds, opt.connections)
                 runs.setdefault((path, kind, "saturated"), []).append(sample)
                 sample = wrk(stack, path, kind, opt.paced_seconds, opt.paced_connections, opt.rate)
@@ -317,11 +324,13 @@ NAMES = {
     "direct": "direct to an instance",
     "nginx": "nginx, `hash $session_id consistent`",
     "gateway": "the gateway",
+    MANY: "the gateway, `--processes {n}`",
 }
 
 
 # The issue's targets: one process, same cores, same run.
 TARGET_RATIO = 0.25  # gateway/nginx req/s at saturation
+TARGET_RATIO_MANY = 0.4  # the same with --processes 2 (nginx: still one worker)
 TARGET_ADDED = (0.5, 2.0)  # ms added over direct at the paced rate, p50 and p99
 TARGET_RSS = 150.0  # MB per process with a million pinned sessions
 
@@ -332,12 +341,15 @@ def report(
     layout: Layout,
     load: str,
     memory: Memory | None,
+    processes: int,
 ) -> str:
     lines = [
         f"Machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} "
         f"{platform.release()}; Python {platform.python_version()}, {version('nginx')}, "
         f"{version('wrk')}.",
-        f"Pinned with taskset: {layout.describe()}. One process each (nginx: 1 worker).",
+        f"Pinned with taskset: {layout.describe()}. One process each (nginx: 1 worker), "
+        f"but for the gateway's `--processes {processes}` row (its CPU share counts every "
+        "process).",
         f"Median of {opt.rounds} interleaved rounds; saturation: {opt.connections} connections "
         f"for {opt.seconds} s; paced: {opt.rate:,} req/s over {opt.paced_connections} "
         f"connections for {opt.paced_seconds} s. Proxy CPU: share of one core the proxy used "
@@ -356,19 +368,31 @@ def report(
             f"| p50 at {opt.rate:,}/s | p99 at {opt.rate:,}/s | added p50 | added p99 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for path in PATHS:
+        for path in [p for p in (*PATHS, MANY) if (p, kind, "saturated") in results]:
             sat, paced = results[(path, kind, "saturated")], results[(path, kind, "paced")]
             if path == "direct" or not sat.cpu:
                 cpu = added = "- | -"
             else:
                 cpu = f"{sat.cpu:.0%} | {sat.rate / sat.cpu:,.0f}"
                 added = f"{paced.p50 - direct.p50:+.2f} ms | {paced.p99 - direct.p99:+.2f} ms"
+            name = NAMES[path].format(n=processes)
             lines.append(
-                f"| {NAMES[path]} | {sat.rate:,.0f} | {sat.p50:.2f} ms | {sat.p99:.2f} ms | {cpu} "
+                f"| {name} | {sat.rate:,.0f} | {sat.p50:.2f} ms | {sat.p99:.2f} ms | {cpu} "
                 f"| {paced.p50:.2f} ms | {paced.p99:.2f} ms | {added} |"
             )
         gw, ng, dr = (results[(p, kind, "saturated")].rate for p in ("gateway", "nginx", "direct"))
-        lines += ["", f"gateway/direct {gw / dr:.3f}x, gateway/nginx **{gw / ng:.2f}x**", ""]
+        ratios = f"gateway/direct {gw / dr:.3f}x, gateway/nginx **{gw / ng:.2f}x**"
+        many = results.get((MANY, kind, "saturated"))
+        if many is not None:
+            ratios += f"; with `--processes {processes}`: **{many.rate / ng:.2f}x** nginx"
+            verdicts.append(
+                verdict(
+                    f"{kind}: `--processes {processes}` gateway/nginx req/s >= {TARGET_RATIO_MANY}",
+                    many.rate / ng >= TARGET_RATIO_MANY,
+                    f"{many.rate / ng:.2f}x",
+                )
+            )
+        lines += ["", ratios, ""]
         paced = results[("gateway", kind, "paced")]
         added = (paced.p50 - direct.p50, paced.p99 - direct.p99)
         verdicts += [
@@ -433,6 +457,9 @@ def main() -> None:
     parser.add_argument("--paced-connections", type=int, default=16)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument(
+        "--processes", type=int, default=2, help="also the gateway with --processes N (1: not)"
+    )
+    parser.add_argument(
         "--memory-sessions",
         type=int,
         default=1_000_000,
@@ -449,16 +476,16 @@ def main() -> None:
         args.paced_connections,
     )
     ensure_tools()
-    layout = Layout.for_cores(sorted(os.sched_getaffinity(0)))
+    layout = Layout.for_cores(sorted(os.sched_getaffinity(0)), args.processes)
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     memory = None
-    with running(layout, args.sessions, redis_url) as stack:
+    with running(layout, args.sessions, redis_url, args.processes) as stack:
         results = measure(stack, opt)
         if args.memory_sessions:
             print(f"memory with {args.memory_sessions:,} pins", flush=True)
             memory = measure_memory(args.memory_sessions, stack.instances, redis_url, layout.proxy)
-    text = report(results, opt, layout, load, memory)
+    text = report(results, opt, layout, load, memory, args.processes)
     print(text)
     if args.write:
         write(args.write, text, SECTION)
