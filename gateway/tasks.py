@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+log = logging.getLogger("gateway.tasks")
+
+RECANCEL = 0.1  # seconds a cancelled task gets to end before it is cancelled again
+STOP_LIMIT = 10.0  # seconds before shutdown goes on without a task that will not end
 
 
 async def every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:
@@ -15,11 +20,27 @@ async def every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:
         await job()
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
-    """Cancel tasks and wait until each has ended, so nothing runs after shutdown."""
-    pending = [t for t in tasks if t is not None]
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Task[Any] | None], limit: float = STOP_LIMIT
+) -> None:
+    """Cancel tasks and wait until each has ended, so nothing runs after shutdown.
+
+    A cancellation can be lost inside a library: on Python 3.11, ``asyncio.wait_for``
+    (through which redis-py sends every command of a client with a socket timeout) returns
+    the result instead of raising when the call ended in the same loop turn. The task then
+    goes on, and a single cancel-then-await would wait for it forever. So a task still
+    running is cancelled again, and one still running after ``limit`` seconds is logged and
+    left behind rather than holding up the shutdown. A task's own failure is not raised
+    here, so one broken task cannot stop a shutdown half-way (asyncio logs it, unless its
+    owner reads it).
+    """
+    pending = {t for t in tasks if t is not None}
+    deadline = asyncio.get_running_loop().time() + limit
+    while pending:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.error("%d tasks did not stop when cancelled: %r", len(pending), pending)
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL, left))

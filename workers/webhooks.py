@@ -28,6 +28,7 @@ from yarl import URL
 from gateway.decisions.signature import INSTANCE_URL_HEADER, signed_headers
 from gateway.settings import Settings
 from gateway.state.outbox import Delivery, Outbox
+from gateway.tasks import cancel_and_wait
 from workers.handlers import Verdict, retry_after_seconds, webhook_verdict
 from workers.metrics import Metrics
 from workers.settings import WorkerSettings
@@ -160,9 +161,7 @@ class WebhookRelay:
                 await self._fetch()
                 await self._drain()
             finally:
-                for task in helpers:
-                    task.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                await cancel_and_wait(helpers)
 
     # --- taking lanes ----------------------------------------------------------------------
 
@@ -226,9 +225,7 @@ class WebhookRelay:
         """Let deliveries in flight end; one cut short goes out again after its lease."""
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(pending)
 
     # --- one delivery ----------------------------------------------------------------------
 

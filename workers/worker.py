@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.settings import Settings, SettingsError
+from gateway.tasks import cancel_and_wait
 from workers.failed import failed_store
 from workers.handlers import (
     Handler,
@@ -200,8 +201,7 @@ class Pool:
                 await self._fetch()
                 await self._drain()
             finally:
-                for helper in helpers:
-                    helper.cancel()
+                await cancel_and_wait(helpers)
                 if self.php:
                     await self.php.close()
 
@@ -279,9 +279,7 @@ class Pool:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.grace)
             if pending:
                 log.warning("%d jobs still running after grace; left reserved", len(pending))
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await cancel_and_wait(pending)
         while self._kept and time.monotonic() < deadline:
             try:
                 await self._apply_kept()
