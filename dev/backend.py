@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,19 @@ class Backend:
     answer: Answer = accept
     received: list[Delivered] = field(default_factory=list)
     runner: web.AppRunner | None = None
+    held: socket.socket | None = None  # bound to ``port``, not listening: see ``down``
+
+    @classmethod
+    def down(cls, secret: str, host: str = "127.0.0.1") -> Backend:
+        """A backend not started yet, whose free port is held until it starts.
+
+        The port is bound but not listened on, so a delivery meanwhile is refused as by a
+        stopped backend, and no other server on the machine can take the port and answer
+        in its place.
+        """
+        held = socket.socket()
+        held.bind((host, 0))
+        return cls(secret, held.getsockname()[1], host, held=held)
 
     @property
     def url(self) -> str:
@@ -125,9 +139,18 @@ class Backend:
         """Listen on ``port`` (the same one again after :meth:`stop`)."""
         self.runner = web.AppRunner(self.app(), access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, self.host, self.port).start()
+        site: web.BaseSite = (
+            web.TCPSite(self.runner, self.host, self.port)
+            if self.held is None
+            else web.SockSite(self.runner, self.held)
+        )
+        self.held = None
+        await site.start()
 
     async def stop(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

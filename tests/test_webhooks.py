@@ -26,7 +26,6 @@ from tests.conftest import (
     REDIS_URL,
     RunningGateway,
     eventually,
-    free_port,
     sample,
     spawn,
 )
@@ -88,7 +87,8 @@ async def outbox_redis() -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:
-    b = Backend(SECRET, free_port())
+    """The backend, down until the test starts it; no other server can take its port."""
+    b = Backend.down(SECRET)
     yield b
     await b.stop()
 
