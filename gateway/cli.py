@@ -6,20 +6,12 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-import logging
-import signal
 import sys
 from collections.abc import Callable
 
-import uvloop
-from aiohttp import web
-
 from gateway import logs
 from gateway.admin import cli as admin_cli
-from gateway.admin.sync_db import sync_db
-from gateway.app import GatewayRunner, create_app
 from gateway.processes import ChildLink, Parent
-from gateway.reload import reload
 from gateway.settings import (
     LOG_FORMATS,
     Settings,
@@ -30,65 +22,17 @@ from gateway.settings import (
     print_settings,
 )
 
-log = logging.getLogger("gateway")
-
-
-async def serve(settings: Settings, load: Callable[[], Settings], child: ChildLink | None) -> int:
-    """Serve until SIGTERM or SIGINT, reloading on SIGHUP; requests in flight finish first."""
-    app = create_app(settings)
-    runner = GatewayRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site: web.BaseSite = (
-        web.SockSite(runner, child.listening_socket())
-        if child is not None
-        else web.TCPSite(runner, settings.host, settings.port)
-    )
-    try:
-        await site.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
-        await runner.cleanup()
-        return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = asyncio.create_task(reload(app, load))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    loop.add_signal_handler(signal.SIGUSR2, functools.partial(_no_roll, child))
-    if child is not None:
-        child.watch_parent(loop, stop.set)
-        child.ready()
-    log.info(
-        "gateway on http://%s:%d in front of %d instances",
-        settings.host,
-        settings.port,
-        len(settings.instances),
-    )
-    await stop.wait()
-    await asyncio.gather(*reloads, return_exceptions=True)
-    await runner.cleanup()
-    return 0
-
-
-def _no_roll(child: ChildLink | None) -> None:
-    """SIGUSR2 is for the parent; a child (reached through its group) or a lone process
-    keeps serving."""
-    if child is None:
-        log.warning("SIGUSR2 ignored: replacing processes one by one needs --processes 2+")
-
 
 def _serve(settings: Settings, load: Callable[[], Settings]) -> int:
     child = ChildLink.from_env()
     if child is None and settings.processes > 1:
         return asyncio.run(Parent(settings, load).run())
-    return uvloop.run(serve(settings, load, child))
+    # Imported only here, as is sync-db's code: the parent serves nothing, and the serving
+    # code's imports (aiohttp, redis, uvloop) would cost it about as much CPU again as each
+    # child's own start, which after a crash is time with nothing serving.
+    from gateway.server import serve
+
+    return serve(settings, load, child)
 
 
 def _processes_flag(value: str) -> int:
@@ -134,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check-config":
         print_settings(describe(settings))
     elif args.command == "sync-db":
+        from gateway.admin.sync_db import sync_db
+
         sys.exit(asyncio.run(sync_db(settings, args.dry_run)))
     elif args.command in admin_cli.COMMANDS:
         try:

@@ -32,7 +32,7 @@ from prometheus_client import multiprocess
 
 from gateway import logs
 from gateway.metrics import MULTIPROC_DIR
-from gateway.reload import checked
+from gateway.reloadable import checked
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.processes")

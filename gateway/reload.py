@@ -20,12 +20,11 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.process import GATEWAY, Gateway, close_pools, start_gateway, stop_background
-from gateway.settings import Settings, SettingsError
+from gateway.reloadable import checked
+from gateway.settings import Settings
 
 log = logging.getLogger("gateway.reload")
 
-# Bound to the listening socket, the routes or the process itself.
-RESTART_ONLY = ("host", "port", "max_body_bytes", "processes", "webhook_path")
 # What a reload replaces; ``started`` (the process's uptime) and ``inflight`` stay.
 REPLACED = (
     "settings",
@@ -41,29 +40,6 @@ REPLACED = (
     "fleet_health",
     "database",
 )
-
-
-def refusal(current: Settings, new: Settings) -> str | None:
-    """Why ``new`` cannot replace ``current`` without a restart, if it cannot."""
-    changed = [name for name in RESTART_ONLY if getattr(current, name) != getattr(new, name)]
-    if changed:
-        return f"{', '.join(changed)} cannot change without a restart"
-    return None
-
-
-def checked(current: Settings, load: Callable[[], Settings]) -> Settings | None:
-    """The new settings, or None after one log line saying why they are refused."""
-    try:
-        new = load()
-    except SettingsError as exc:
-        why = str(exc)
-    else:
-        refused = refusal(current, new)
-        if refused is None:
-            return new
-        why = refused
-    log.error("reload refused, the running configuration stays: %s", why)
-    return None
 
 
 class Reloads:

@@ -1,0 +1,79 @@
+"""One gateway process serving: on its port, or on the socket its parent gave it.
+
+It serves until SIGTERM or SIGINT (or, as a child, until its parent is gone), reloads the
+settings on SIGHUP, and lets the requests in flight finish before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import Callable
+
+import uvloop
+from aiohttp import web
+
+from gateway.app import GatewayRunner, create_app
+from gateway.processes import ChildLink
+from gateway.reload import reload
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+
+def serve(settings: Settings, load: Callable[[], Settings], child: ChildLink | None) -> int:
+    """Serve on uvloop; the exit code."""
+    return uvloop.run(_serve(settings, load, child))
+
+
+async def _serve(settings: Settings, load: Callable[[], Settings], child: ChildLink | None) -> int:
+    """Serve until SIGTERM or SIGINT, reloading on SIGHUP; requests in flight finish first."""
+    app = create_app(settings)
+    runner = GatewayRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site: web.BaseSite = (
+        web.SockSite(runner, child.listening_socket())
+        if child is not None
+        else web.TCPSite(runner, settings.host, settings.port)
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        await runner.cleanup()
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(reload(app, load))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR2, functools.partial(_no_roll, child))
+    if child is not None:
+        child.watch_parent(loop, stop.set)
+        child.ready()
+    log.info(
+        "gateway on http://%s:%d in front of %d instances",
+        settings.host,
+        settings.port,
+        len(settings.instances),
+    )
+    await stop.wait()
+    await asyncio.gather(*reloads, return_exceptions=True)
+    await runner.cleanup()
+    return 0
+
+
+def _no_roll(child: ChildLink | None) -> None:
+    """SIGUSR2 is for the parent; a child (reached through its group) or a lone process
+    keeps serving."""
+    if child is None:
+        log.warning("SIGUSR2 ignored: replacing processes one by one needs --processes 2+")
