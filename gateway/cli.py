@@ -21,6 +21,7 @@ from gateway.settings import (
     parse_processes,
     print_settings,
 )
+from gateway.state.prefixes import check_prefix
 
 
 def _serve(settings: Settings, load: Callable[[], Settings]) -> int:
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "check-config":
         print_settings(describe(settings))
+        warning = asyncio.run(check_prefix(settings.redis_url, settings.redis_prefix))
+        if warning:
+            print(f"warning: {warning}")
     elif args.command == "sync-db":
         from gateway.admin.sync_db import sync_db
 

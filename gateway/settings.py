@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from gateway.laravel_str import slug
+
 DEFAULT_CONFIG = "config/gateway.toml"
 DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 3005))
 PLACEMENTS = ("least_loaded", "workspace", "shard")
@@ -101,6 +103,7 @@ class Settings:
     max_sessions_per_instance: int = 500
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "laravel_database_"
+    redis_prefix_form: str = "_database_"  # Laravel's default prefix: slug(APP_NAME) + this
     redis_timeout: float = 0.5
     mysql_dsn: str = ""
     laravel_api_token: str = ""
@@ -140,6 +143,7 @@ SHARED = frozenset(
     {
         "redis_url",
         "redis_prefix",
+        "redis_prefix_form",
         "mysql_dsn",
         "laravel_api_token",
         "log_level",
@@ -207,20 +211,65 @@ def _mysql_dsn_from(env: Mapping[str, str]) -> str | None:
     return f"mysql://{auth}@{host}:{env.get('DB_PORT') or '3306'}/{env['DB_DATABASE']}"
 
 
-def _redis_prefix_from(env: Mapping[str, str]) -> str | None:
-    """Laravel's default prefix is the slug of APP_NAME followed by ``_database_``."""
-    if "REDIS_PREFIX" in env:
-        return env["REDIS_PREFIX"]
-    if env.get("APP_NAME"):
-        return re.sub(r"[^a-z0-9]+", "_", env["APP_NAME"].lower()).strip("_") + "_database_"
-    return None
+@dataclass(frozen=True)
+class PrefixRule:
+    """How a Laravel app derives its ``REDIS_PREFIX`` when none is set, as the ``redis``
+    section of its ``config/database.php`` says:
+    ``Str::slug(env('APP_NAME', default_app), separator) . suffix``."""
+
+    separator: str
+    suffix: str
+    default_app: str = "laravel"
+
+    def prefix(self, app_name: str | None) -> str:
+        return (
+            slug(self.default_app if app_name is None else app_name, self.separator) + self.suffix
+        )
+
+
+# The two skeleton lines in the wild: Laravel <= 10 (and apps that kept that line), and 11+.
+PREFIX_FORMS: Mapping[str, PrefixRule] = {
+    "_database_": PrefixRule("_", "_database_"),
+    "-database-": PrefixRule("-", "-database-"),
+}
+
+# env('REDIS_PREFIX', Str::slug([(string)] env('APP_NAME'[, 'laravel'])[, 'sep']) . 'suffix')
+_PREFIX_LINE = re.compile(
+    r"""env\(\s*(['"])REDIS_PREFIX\1\s*,\s*Str::slug\(\s*(?:\(string\)\s*)?"""
+    r"""env\(\s*(['"])APP_NAME\2\s*(?:,\s*(['"])(?P<app>.*?)\3\s*)?\)\s*"""
+    r"""(?:,\s*(['"])(?P<sep>.*?)\5\s*)?\)\s*\.\s*(['"])(?P<suffix>.*?)\7"""
+)
+_PHP_COMMENTS = (re.compile(r"/\*.*?\*/", re.S), re.compile(r"^\s*(?://|#).*$", re.M))
+
+
+def prefix_rule(database_php: str) -> PrefixRule | None:
+    """The rule of a ``config/database.php``, or None when it has no such line."""
+    for comment in _PHP_COMMENTS:
+        database_php = comment.sub("", database_php)
+    match = _PREFIX_LINE.search(database_php)
+    if match is None:
+        return None
+    app = match["app"]
+    # env('APP_NAME') without a default is null when unset, which slugs to ''.
+    return PrefixRule(match["sep"] or "-", match["suffix"], "" if app is None else app)
+
+
+def _app_rule(environ: Mapping[str, str], dotenv_path: str) -> tuple[PrefixRule, str] | None:
+    """The rule in the app's ``config/database.php`` (the app is ``LARAVEL_APP_PATH``, else
+    the folder of ``LARAVEL_ENV_FILE``), with where it was read."""
+    app = environ.get("LARAVEL_APP_PATH") or (str(Path(dotenv_path).parent) if dotenv_path else "")
+    php = Path(app) / "config" / "database.php" if app else None
+    try:
+        rule = prefix_rule(php.read_text(errors="replace")) if php and php.is_file() else None
+    except OSError:
+        rule = None
+    return None if rule is None or php is None else (rule, f"config/database.php ({php})")
 
 
 COMPOSITES: Mapping[str, Callable[[Mapping[str, str]], str | None]] = {
     "instances": _instances_from,
     "redis_url": _redis_url_from,
     "mysql_dsn": _mysql_dsn_from,
-    "redis_prefix": _redis_prefix_from,
 }
 
 
@@ -298,6 +347,13 @@ def _coerce(name: str, target: Any, value: Any) -> Any:
 
 def _check_shared(s: Settings, need: Need) -> None:
     need(s.log_level in LOG_LEVELS, "log_level", s.log_level, f"is not one of {LOG_LEVELS}")
+    need(
+        s.redis_prefix_form in PREFIX_FORMS
+        or s.sources.get("redis_prefix_form", "").startswith("config/database.php"),
+        "redis_prefix_form",
+        s.redis_prefix_form,
+        f"is not one of {tuple(PREFIX_FORMS)}",
+    )
     need(s.log_format in LOG_FORMATS, "log_format", s.log_format, f"is not one of {LOG_FORMATS}")
     need(
         urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix"),
@@ -428,6 +484,7 @@ class Sources:
         self.toml = _load_toml(self.toml_path, required="GATEWAY_CONFIG" in environ)
         self.layers = (("env", environ), (f".env ({dotenv_path})", dotenv))
         self.origin: dict[str, str] = {}
+        self.app_rule = _app_rule({**dotenv, **environ}, dotenv_path)
 
     def _table(self, table: str | None) -> Mapping[str, Any]:
         if table is None:
@@ -440,6 +497,11 @@ class Sources:
     def _raw(self, table: str | None, name: str, aliases: Mapping[str, tuple[str, ...]]) -> Any:
         """The highest-precedence raw value of one setting, or None; records its origin."""
         label = f"{table}.{name}" if table else name
+        if table is None and name == "redis_prefix_form" and self.app_rule is not None:
+            rule, self.origin[label] = self.app_rule
+            return rule.suffix
+        if table is None and name == "redis_prefix":
+            return self._redis_prefix(label)
         for source, layer in self.layers:
             raw = next((layer[n] for n in _env_names(table, name, aliases) if n in layer), None)
             composite = COMPOSITES.get(name) if table is None else None
@@ -454,6 +516,43 @@ class Sources:
             return toml_table[name]
         self.origin[label] = "default"
         return None
+
+    def _redis_prefix(self, label: str) -> Any:
+        """As Laravel: ``REDIS_PREFIX`` when set, else derived from ``APP_NAME``; both from
+        the environment, then the ``.env``. Then the TOML file, then Laravel's default."""
+        for names in (("GATEWAY_REDIS_PREFIX", "REDIS_PREFIX"), ("APP_NAME",)):
+            for source, layer in self.layers:
+                name = next((n for n in names if n in layer), None)
+                if name == "APP_NAME":
+                    rule, how = self._prefix_rule()
+                    self.origin[label] = f"APP_NAME from {source}, {how}"
+                    return rule.prefix(layer[name])
+                if name is not None:
+                    self.origin[label] = source
+                    return layer[name]
+        if "redis_prefix" in self.toml:
+            self.origin[label] = f"toml ({self.toml_path})"
+            return self.toml["redis_prefix"]
+        rule, how = self._prefix_rule()
+        plain = self.app_rule is None and self.origin["redis_prefix_form"] == "default"
+        self.origin[label] = "default" if plain else f"no APP_NAME, {how}"
+        return rule.prefix(None)
+
+    def _prefix_rule(self) -> tuple[PrefixRule, str]:
+        """The app's own line, else the ``redis_prefix_form`` setting; with where it is from."""
+        if self.app_rule is not None:
+            rule, how = self.app_rule
+        else:
+            form = str(self._raw(None, "redis_prefix_form", ENV_NAMES) or "_database_")
+            how = f"form {form} from {self.origin['redis_prefix_form']}"
+            self.need(
+                form in PREFIX_FORMS,
+                "redis_prefix_form",
+                form,
+                f"is not one of {tuple(PREFIX_FORMS)}",
+            )
+            rule = PREFIX_FORMS[form]
+        return rule, how
 
     def resolve(
         self,

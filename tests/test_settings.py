@@ -284,3 +284,91 @@ def test_a_bad_gateway_setting_stops_only_the_gateway() -> None:
     rows = {line.split()[0]: line for line in workers.stdout.splitlines()}
     assert "7  [env]" in rows["workers.concurrency"]
     assert "redis_url" in rows and "port" not in rows
+
+
+# The redis prefix lines of the two skeletons: Laravel <= 10 (and apps that kept it), 11+.
+UNDERSCORE_LINE = (
+    "'prefix' => env('REDIS_PREFIX', Str::slug(env('APP_NAME', 'laravel'), '_').'_database_'),"
+)
+DASH_LINE = (
+    "'prefix' => env('REDIS_PREFIX', Str::slug((string) env('APP_NAME', 'laravel')).'-database-'),"
+)
+
+
+def laravel_app(tmp_path: Path, dotenv: str, database_php: str | None) -> dict[str, str]:
+    """An app folder with its .env and, if given, config/database.php; the loader's env."""
+    if database_php is not None:
+        (tmp_path / "config").mkdir()
+        write(
+            tmp_path / "config" / "database.php",
+            f"<?php\nreturn ['redis' => [\n{database_php}\n]];\n",
+        )
+    return {
+        "LARAVEL_ENV_FILE": write(tmp_path / ".env", dotenv),
+        "GATEWAY_CONFIG": write(tmp_path / "g.toml", ""),
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "app_name", "prefix"),
+    [
+        (UNDERSCORE_LINE, "Acme.io", "acmeio_database_"),
+        (DASH_LINE, "Acme.io", "acmeio-database-"),
+        (UNDERSCORE_LINE, '"Café Ünion"', "cafe_union_database_"),
+        (DASH_LINE, '"Café Ünion"', "cafe-union-database-"),
+        (DASH_LINE, '"Joe\'s Pizza & Co"', "joes-pizza-co-database-"),
+    ],
+)
+def test_the_prefix_is_laravels_by_the_apps_own_database_php(
+    tmp_path: Path, line: str, app_name: str, prefix: str
+) -> None:
+    env = laravel_app(tmp_path, f"APP_NAME={app_name}\n", line)
+    s = load_settings(env)
+    assert s.redis_prefix == prefix
+    php = tmp_path / "config" / "database.php"
+    assert s.sources["redis_prefix_form"] == f"config/database.php ({php})"
+    assert s.sources["redis_prefix"] == (
+        f"APP_NAME from .env ({env['LARAVEL_ENV_FILE']}), config/database.php ({php})"
+    )
+
+
+def test_without_database_php_the_form_setting_says_which_line(tmp_path: Path) -> None:
+    env = laravel_app(tmp_path, "APP_NAME=Acme.io\n", None)
+    assert load_settings(env).redis_prefix == "acmeio_database_"  # the default form
+    dash = load_settings({**env, "GATEWAY_REDIS_PREFIX_FORM": "-database-"})
+    assert dash.redis_prefix == "acmeio-database-"
+    assert dash.sources["redis_prefix"].endswith("form -database- from env")
+    no_name = {"GATEWAY_CONFIG": env["GATEWAY_CONFIG"], "GATEWAY_REDIS_PREFIX_FORM": "-database-"}
+    assert load_settings(no_name).redis_prefix == "laravel-database-"
+    with pytest.raises(SettingsError) as exc:
+        load_settings({**env, "GATEWAY_REDIS_PREFIX_FORM": "database"})
+    assert str(exc.value).startswith("redis_prefix_form: 'database' is not one of")
+
+
+def test_a_prefix_that_is_set_wins_over_app_name(tmp_path: Path) -> None:
+    env = laravel_app(tmp_path, "APP_NAME=Acme\nREDIS_PREFIX=custom_\n", DASH_LINE)
+    # as in Laravel: REDIS_PREFIX from the .env wins over an APP_NAME in the environment
+    assert load_settings({**env, "APP_NAME": "Other"}).redis_prefix == "custom_"
+    toml = write(tmp_path / "p.toml", 'redis_prefix = "toml_"\n')
+    # the TOML file is below the environment and the .env, as for every setting
+    with_name = {
+        "LARAVEL_ENV_FILE": write(tmp_path / "b.env", "APP_NAME=A\n"),
+        "GATEWAY_CONFIG": toml,
+    }
+    assert load_settings(with_name).redis_prefix == "a-database-"
+    assert load_settings({"GATEWAY_CONFIG": toml}).redis_prefix == "toml_"
+
+
+def test_database_php_is_read_as_php_not_as_text(tmp_path: Path) -> None:
+    commented = f"// {DASH_LINE}\n/* {DASH_LINE} */\n{UNDERSCORE_LINE}"
+    env = laravel_app(tmp_path, "APP_NAME=Acme\n", commented)
+    assert load_settings(env).redis_prefix == "acme_database_"
+    own_default = (
+        "'prefix' => env(\"REDIS_PREFIX\", Str::slug(env(\"APP_NAME\", \"My App\"), '_') . '_q_'),"
+    )
+    (tmp_path / "config" / "database.php").write_text(f"<?php\n{own_default}\n")
+    assert load_settings(
+        {**env, "LARAVEL_ENV_FILE": write(tmp_path / "e.env", "")}
+    ).redis_prefix == ("my_app_q_")
+    (tmp_path / "config" / "database.php").write_text("<?php return ['redis' => []];\n")
+    assert load_settings(env).redis_prefix == "acme_database_"  # no such line: the setting

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from gateway import logs
 from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from gateway.state.outbox import Backlog, DeadLetter, Outbox
+from gateway.state.prefixes import check_prefix, prefix_warning
 from workers.connections import mysql_pool, redis_client
 from workers.failed import FailedStore, failed_store
 from workers.handlers import HandlerError
@@ -144,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         print_settings(describe(settings, workers=workers))
+        warning = asyncio.run(
+            check_prefix(settings.redis_url, settings.redis_prefix, config.queues)
+        )
+        if warning:
+            print(f"warning: {warning}")
         return 0
     logs.configure(settings.log_level, getattr(args, "log_format", settings.log_format))
     run = functools.partial(serve, workers=workers)
@@ -180,6 +186,10 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, functools.partial(_restart, stop))
         if not await _until_redis_answers(redis, stopped):
             return 0
+        with contextlib.suppress(RedisError, OSError):
+            warning = await prefix_warning(redis, settings.redis_prefix, config.queues)
+            if warning:
+                logging.getLogger("workers").warning(warning)
         pool.metrics.serve(config.metrics_port)
         logging.getLogger("workers").info(
             "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
