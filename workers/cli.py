@@ -47,6 +47,7 @@ OVERRIDES = {
     "retry_after": "retry_after",
     "grace": "grace",
     "metrics_port": "metrics_port",
+    "metrics_host": "metrics_host",
     "handler": "handlers",
 }
 
@@ -82,6 +83,7 @@ def build_parser() -> Parser:
     flags.add_argument("--retry-after", type=float, default=s, help="reservation, seconds")
     flags.add_argument("--grace", type=float, default=s, help="seconds to finish on SIGTERM")
     flags.add_argument("--metrics-port", type=int, default=s, help="0 disables /metrics")
+    flags.add_argument("--metrics-host", default=s, help="address of /metrics (127.0.0.1)")
     flags.add_argument("--log-format", choices=LOG_FORMATS, default=s, help="text or json")
     flags.add_argument(
         "--handler",
@@ -190,7 +192,7 @@ async def serve(
             warning = await prefix_warning(redis, settings.redis_prefix, config.queues)
             if warning:
                 logging.getLogger("workers").warning(warning)
-        pool.metrics.serve(config.metrics_port)
+        pool.metrics.serve(config.metrics_port, config.metrics_host)
         logging.getLogger("workers").info(
             "taking jobs from %s, %d at a time", ",".join(config.queues), config.concurrency
         )
@@ -352,9 +354,13 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        listed = [e.id for e in await store.all() if e.connection == store.connection]
         retried = await store.retry(None if args.all else args.id)
         for job_id in retried:
             print(f"retried {job_id}")
+        for job_id in listed if args.all else [args.id]:
+            if job_id not in retried:
+                print(f"skipped {job_id}: {await _not_retried(store, job_id)}")
         return 0 if retried or args.all else 1
     if args.action == "forget":
         if not await store.forget(args.id):
@@ -384,6 +390,13 @@ async def _dead_letter_action(outbox: Outbox, letter: DeadLetter, action: str) -
     elif action == "forget" and await outbox.forget(letter.id):
         print(f"forgot {letter.id}")
     return 0
+
+
+async def _not_retried(store: FailedStore, job_id: str) -> str:
+    """Why a failed job listed a moment ago was not pushed back."""
+    if await store.find(job_id) is None:
+        return "no longer in the failed store (retried or forgotten meanwhile, e.g. by PHP)"
+    return "its payload is not a JSON object, so it cannot run"
 
 
 def _job_name(payload: str) -> str:

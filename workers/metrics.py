@@ -100,9 +100,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
         if port:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
 
     def observe_webhooks(self, backlog: Backlog) -> None:
         self.webhook_backlog.set(backlog.waiting)

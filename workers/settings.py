@@ -46,6 +46,7 @@ class WorkerSettings:
     retry_after: float = 0.0  # 0: timeout + 30 s
     grace: float = 0.0  # 0: the timeout
     metrics_port: int = 9101
+    metrics_host: str = "127.0.0.1"  # where /metrics listens; "0.0.0.0" for every interface
     gateway_url: str = "http://127.0.0.1:8080"
     min_send_interval: Mapping[str, float] = field(default_factory=dict)
     handlers: Mapping[str, str] = field(default_factory=dict)
@@ -66,7 +67,7 @@ class WorkerSettings:
 def _check(w: WorkerSettings, need: Need) -> None:
     need(bool(w.queues), "workers.queues", w.queues, "names no queue")
     need(w.concurrency >= 1, "workers.concurrency", w.concurrency, "must be at least 1")
-    need(w.tries >= 1, "workers.tries", w.tries, "must be at least 1")
+    need(w.tries >= 0, "workers.tries", w.tries, "must be 0 (no limit) or more")
     need(w.timeout > 0, "workers.timeout", w.timeout, "must be greater than 0")
     need(
         0 <= w.metrics_port <= 65535,

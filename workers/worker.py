@@ -81,6 +81,7 @@ class PoolConfig:
     key_prefix: str
     api_token: str
     laravel_connection: str = "redis"
+    metrics_host: str = "127.0.0.1"
     timezone: str = "UTC"
     php: PhpConfig | None = None  # None: PHP job classes fail as unknown
     idle_wait: float = 1.0  # longest BLPOP: how soon jobs delayed by others are seen
@@ -117,6 +118,7 @@ class PoolConfig:
             retry_after=retry_after,
             grace=w.grace or w.timeout,
             metrics_port=w.metrics_port,
+            metrics_host=w.metrics_host,
             gateway_url=w.gateway_url.rstrip("/"),
             min_send_interval=dict(w.min_send_interval),
             handlers=dict(w.handlers),

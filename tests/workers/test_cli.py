@@ -135,3 +135,46 @@ async def test_failed_retry_all(harness: Harness) -> None:
     assert await harness.failed() == []
     assert await harness.redis.llen(harness.keys("a").list) == 1
     assert await harness.redis.llen(harness.keys("b").list) == 1
+
+
+async def test_failed_retry_skips_a_row_php_took_meanwhile_and_says_so(
+    mysql_harness: Harness,
+) -> None:
+    """``retry --all`` lists two rows; while it waits for the first one's lock, PHP's
+    ``queue:retry`` takes that row (deletes it). The job is not pushed a second time."""
+    h = mysql_harness
+    ids = [json.loads(await h.push("q", "no.such.job", {"n": n}))["uuid"] for n in range(2)]
+    async with h.pool(h.config(queues=("q",))):
+        await eventually(h.mysql_rows, lambda rows: len(rows) == 2, what="two failures")
+    db = h.mysql_dsn.rsplit("/", 1)[1]
+    php = await aiomysql.connect(**MYSQL, db=db)
+    try:
+        async with php.cursor() as cur:
+            await cur.execute("SELECT id FROM failed_jobs WHERE uuid = %s FOR UPDATE", (ids[0],))
+            retry = asyncio.create_task(asyncio.to_thread(h.run_cli, "failed", "retry", "--all"))
+
+            async def waiting_for_the_row() -> bool:
+                assert not retry.done(), retry.result()  # it must not get past the row
+                async with await h.mysql_conn() as conn, conn.cursor() as look:
+                    await look.execute(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                        " WHERE DB = %s AND INFO LIKE %s AND ID <> CONNECTION_ID()",
+                        (db, "%FOR UPDATE%"),
+                    )
+                    return (await look.fetchone())[0] > 0
+
+            # a process of its own: under load it may take a while to get there
+            await eventually(waiting_for_the_row, timeout=25, what="the retry waiting for the row")
+            await cur.execute("DELETE FROM failed_jobs WHERE uuid = %s", (ids[0],))
+        await php.commit()
+        result = await retry
+    finally:
+        php.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"retried {ids[1]}",
+        f"skipped {ids[0]}: no longer in the failed store (retried or forgotten meanwhile,"
+        " e.g. by PHP)",
+    ]
+    [pushed] = await h.redis.lrange(h.keys("q").list, 0, -1)
+    assert json.loads(pushed)["uuid"] == ids[1]

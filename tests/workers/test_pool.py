@@ -195,3 +195,17 @@ async def test_a_job_allowed_longer_than_retry_after_keeps_its_reservation(
     async with harness.pool(config):
         await eventually(lambda: harness.redis.sismember(k["done"], 1), what="done")
     assert await harness.redis.hget(k["runs"], 1) == b"1"
+
+
+async def test_tries_0_in_the_settings_means_no_limit(harness: Harness) -> None:
+    harness.workers["tries"] = 0
+    log = harness.key("log")
+    await harness.push("q", "flaky", {"log": log, "succeed_on": 5}, backoff=0)
+    async with harness.pool(harness.config(queues=("q",))) as pool:
+        await eventually(lambda: outcome(pool, "q", "done") == 1, what="done on the 5th try")
+    assert [e["attempt"] for e in await harness.log()] == [1, 2, 3, 4, 5]
+    assert await harness.failed() == []
+    harness.workers["tries"] = -1
+    result = harness.run_cli("check-config")
+    assert result.returncode == 2
+    assert "workers.tries: -1 must be 0 (no limit) or more" in result.stderr

@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import aiohttp
+import pytest
 
 from tests.workers.conftest import Harness, eventually, free_port
 
@@ -165,3 +166,24 @@ async def test_metrics_endpoint(harness: Harness) -> None:
     assert "workers_jobs_in_flight 0.0" in text
     assert 'workers_queue_jobs{queue="q",state="waiting"}' in text
     assert 'workers_queue_oldest_waiting_seconds{queue="q"}' in text
+    # on loopback only by default: another local address of the host is refused
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.2:{port}/metrics"):
+            pass
+
+
+async def test_metrics_listen_where_metrics_host_says(harness: Harness) -> None:
+    port = free_port()
+    harness.spawn("--queue", "q", "--metrics-port", str(port), "--metrics-host", "0.0.0.0")
+
+    async def answers() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.2:{port}/metrics") as resp,
+            ):
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await eventually(answers, what="metrics on every interface")
