@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-proxy bench-workers bench-webhooks clean
+.PHONY: install run test lint bench bench-proxy bench-decisions bench-workers bench-webhooks clean
 
 install: $(STAMP)
 
@@ -26,10 +26,13 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check gateway workers dev tests
 	$(VENV)/bin/lint-imports
 
-bench: bench-proxy bench-workers bench-webhooks
+bench: bench-proxy bench-decisions bench-workers bench-webhooks
 
 bench-proxy: $(STAMP)
 	$(PY) -m dev.bench.proxy --write docs/benchmarks.md
+
+bench-decisions: $(STAMP)
+	$(PY) -m dev.bench.decisions --write docs/benchmarks.md
 
 bench-workers: $(STAMP)
 	$(PY) -m dev.bench.workers

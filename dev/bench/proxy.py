@@ -40,6 +40,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
+from dev.bench import profile
 from dev.bench.harness import (
     KEY,
     ROOT,
@@ -465,6 +466,9 @@ def main() -> None:
         default=1_000_000,
         help="pins for the memory measurement (0: skip it)",
     )
+    parser.add_argument(
+        "--no-profile", action="store_true", help="skip sampling the gateway with py-spy"
+    )
     parser.add_argument("--write", type=Path, help="put the table in this Markdown file")
     args = parser.parse_args()
     opt = Options(
@@ -480,15 +484,34 @@ def main() -> None:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     memory = None
+    profiled = None
     with running(layout, args.sessions, redis_url, args.processes) as stack:
         results = measure(stack, opt)
+        if not args.no_profile:
+            print("profile of the gateway", flush=True)
+            samples = stack.workdir / "profile.txt"
+            if profile.record(
+                stack.pids["gateway"],
+                8,
+                samples,
+                lambda: wrk(stack, "gateway", "send", 10, opt.connections),
+            ):
+                profiled = (
+                    "py-spy on the one-process gateway during a saturated run of "
+                    f"{TITLES['send']} ({opt.connections} connections), 500 samples a second.\n\n"
+                    + profile.summary(samples)
+                )
         if args.memory_sessions:
             print(f"memory with {args.memory_sessions:,} pins", flush=True)
             memory = measure_memory(args.memory_sessions, stack.instances, redis_url, layout.proxy)
     text = report(results, opt, layout, load, memory, args.processes)
     print(text)
+    if profiled:
+        print(profiled)
     if args.write:
         write(args.write, text, SECTION)
+        if profiled:
+            write(args.write, profiled, "profile")
         print(f"written to {args.write}")
 
 
