@@ -2,8 +2,8 @@
 instances: what each costs per call, without I/O, so growth shows where it is.
 
 - *route*: which template a path is (``decisions.routes.classify``), per request.
-- *pin look-up*: the instance of a known session and whether it is up (the pin map and
-  ``Fleet.get``), per request; this is what the hot path does for every session call.
+- *pin look-up*: the instance of a known session and whether it is up (the pin table, UUID
+  ids, and ``Fleet.get``), per request; what the request path does for every session call.
 - *placement*: the least-loaded eligible instance (``decisions.placement.least_loaded``),
   per new session; the same rule runs in Redis as Lua over the same number of instances.
 - *reconciliation*: the corrections for a whole fleet's session lists
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import timeit
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from gateway.decisions.corrections import corrections
 from gateway.decisions.placement import least_loaded
 from gateway.decisions.routes import classify
 from gateway.state.instances import Fleet
+from gateway.state.table import PinTable
 
 SESSIONS = (1_000, 10_000, 100_000, 1_000_000)
 INSTANCES = (4, 16, 64)
@@ -40,12 +42,13 @@ def fleet_of(size: int) -> Fleet:
     return Fleet.from_urls(tuple(f"http://10.0.0.{i}:3000" for i in range(size)))
 
 
-def pins_of(sessions: int, fleet: Fleet) -> dict[str, str]:
+def pins_of(sessions: int, fleet: Fleet) -> PinTable:
+    """The gateway's own pin table, with UUID session ids (the backend's usual kind)."""
     urls = fleet.urls
-    return {f"session-{n:07d}": urls[n % len(urls)] for n in range(sessions)}
+    return PinTable((str(uuid.UUID(int=n)), urls[n % len(urls)]) for n in range(sessions))
 
 
-def lookup(pins: dict[str, str], fleet: Fleet) -> Callable[[], object]:
+def lookup(pins: PinTable, fleet: Fleet) -> Callable[[], object]:
     ids = list(pins)[:: max(1, len(pins) // 997)]
     position = 0
 
@@ -65,7 +68,7 @@ def placement(fleet: Fleet) -> Callable[[], object]:
     return lambda: least_loaded(eligible, loads, 500)
 
 
-def reconciliation(pins: dict[str, str], fleet: Fleet) -> Callable[[], object]:
+def reconciliation(pins: PinTable, fleet: Fleet) -> Callable[[], object]:
     urls = fleet.urls
     listings: dict[str, list[str]] = {url: [] for url in urls}
     for n, session_id in enumerate(pins):
@@ -75,7 +78,7 @@ def reconciliation(pins: dict[str, str], fleet: Fleet) -> Callable[[], object]:
 
 
 def table(sessions: tuple[int, ...], instances: tuple[int, ...]) -> str:
-    route = per_call(lambda: classify("/api/sessions/session-0000001/status"))
+    route = per_call(lambda: classify(f"/api/sessions/{uuid.UUID(int=1)}/status"))
     lines = [
         f"Route template of a path: {route * 1e6:.2f} µs per request, whatever the size.",
         "",
