@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import REDIS_URL, ROOT, RunningGateway, eventually, free_port
+from tests.conftest import REDIS_URL, ROOT, AccountsDB, RunningGateway, eventually, free_port
 from tests.supervised import LEAKY
 from workers.settings import WorkerSettings
 
@@ -281,11 +281,13 @@ async def exported_names(
     worker_metrics: str,
     simulators: Callable[..., Awaitable[list]],
     gateways: Callable[..., Awaitable[RunningGateway]],
+    accounts_db: AccountsDB,
     http: aiohttp.ClientSession,
 ) -> set[str]:
-    """Sample names of a running gateway and a running worker, read from their /metrics."""
+    """Sample names of a running gateway (with the backend's database, whose metrics exist
+    only then) and a running worker, read from their /metrics."""
     sims = await simulators(1)
-    gateway = await gateways([s.url for s in sims])
+    gateway = await gateways([s.url for s in sims], mysql_dsn=accounts_db.dsn)
     async with http.get(f"{gateway.url}/metrics") as resp:
         names = exported(await resp.text()) | exported(worker_metrics)
     assert {"gateway_requests_total", "workers_jobs_total", "process_start_time_seconds"} <= names
@@ -318,7 +320,7 @@ async def test_every_dashboard_query_names_a_metric_the_code_exports(
             assert not unknown, f"{panel['title']!r} names {unknown}, which nothing exports"
             used |= names
     # What ops asked to see: requests and errors per instance, latency, sessions and their
-    # balance, queue depths and ages, job outcomes, the webhook backlog.
+    # balance, queue depths and ages, job outcomes, the webhook backlog, the write-back lag.
     assert {
         "gateway_requests_total",
         "gateway_upstream_errors_total",
@@ -330,6 +332,7 @@ async def test_every_dashboard_query_names_a_metric_the_code_exports(
         "workers_webhook_backlog",
         "workers_webhook_oldest_waiting_seconds",
         "gateway_webhooks_received_total",
+        "gateway_db_oldest_pending_seconds",
     } <= used
 
 
