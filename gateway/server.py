@@ -21,6 +21,7 @@ from gateway.reload import reload
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
+ACCEPTED_DRAIN = 0.5  # seconds between the last accept and closing idle connections
 
 
 def serve(settings: Settings, load: Callable[[], Settings], child: ChildLink | None) -> int:
@@ -67,6 +68,11 @@ async def _serve(settings: Settings, load: Callable[[], Settings], child: ChildL
         len(settings.instances),
     )
     await stop.wait()
+    # Accept nothing more, and let requests that just arrived start before aiohttp closes
+    # the connections that look idle (several processes accept from one socket, so one
+    # may be in that instant when it is told to stop).
+    await site.stop()
+    await asyncio.sleep(ACCEPTED_DRAIN)
     await asyncio.gather(*reloads, return_exceptions=True)
     await runner.cleanup()
     return 0
