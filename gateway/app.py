@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
+import asyncio
+import logging
+
+from aiohttp import hdrs, http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.api import add_admin_routes
+from gateway.errors import json_error
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.middlewares import observe, observed
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
@@ -14,6 +19,19 @@ from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
 
 __all__ = ["GATEWAY", "Gateway", "GatewayRunner", "create_app"]
+
+log = logging.getLogger("gateway.http")
+
+# What aiohttp's parser refused, said without echoing the request (it may carry a secret).
+_UNPARSED: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.LineTooLong, "a request line or header is too long"),
+    (http_exceptions.InvalidHeader, "a header is malformed"),
+    (http_exceptions.BadHttpMethod, "the method is not valid"),
+    (http_exceptions.BadStatusLine, "the request line is malformed"),
+    (http_exceptions.InvalidURLError, "the request target is malformed"),
+    (http_exceptions.PayloadEncodingError, "the body's framing is malformed"),
+)
+_MALFORMED = "the request is malformed"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -84,6 +102,9 @@ class GatewayRunner(web.AppRunner):
     inline (``middlewares.observed``). The app's own routes, and requests that expect a
     ``100 Continue`` (which the app answers first), go through the app as before. Under a
     plain ``AppRunner`` the app answers every route the same, only slower.
+
+    Its connections (``_Connection``) answer what aiohttp's parser refuses in the gateway's
+    JSON, quietly.
     """
 
     async def setup(self) -> None:
@@ -108,3 +129,48 @@ class GatewayRunner(web.AppRunner):
             return await observed(metrics, access_log, request, instance_api)
 
         server.request_handler = front
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **made._kwargs,
+        )
+
+
+class _Server(web.Server):
+    """aiohttp's ``Server`` whose connections are ``_Connection``s."""
+
+    def __call__(self) -> RequestHandler:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class _Connection(RequestHandler):
+    """A connection that answers a request aiohttp's parser refused in the gateway's JSON.
+
+    Such a request never reaches the gateway's code; aiohttp would answer it in plain text
+    and log it at ERROR with a traceback, so a stream of garbage would flood the logs. Here
+    it costs one DEBUG line naming the kind of fault, never the request's bytes. A 5xx (a
+    handler's own failure) keeps aiohttp's answer and its traceback: that one is a bug.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = next((text for kind, text in _UNPARSED if isinstance(exc, kind)), _MALFORMED)
+        fault = {"fault": type(exc).__name__}
+        log.debug("refused an unparsable request: %s", reason, extra={"fields": fault})
+        if request.writer.output_size > 0:  # an answer is on its way: the connection is spent
+            raise ConnectionError("an answer was already sent")
+        response = json_error(status, f"bad request: {reason}")
+        response.force_close()
+        return response

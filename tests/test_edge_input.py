@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from tests.conftest import API_KEY
@@ -184,3 +186,45 @@ async def test_head_answers_keep_their_content_length(simulators, gateways):
     assert int(direct.headers["Content-Length"]) > 0
     assert through.headers["Content-Length"] == direct.headers["Content-Length"]
     assert through.body == b""
+
+
+async def _send_raw(url: str, data: bytes) -> tuple[bytes, bytes]:
+    """Send bytes as they are; the status line and the body of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_what_aiohttp_cannot_parse_gets_a_json_400_and_no_traceback(
+    simulators, gateways, caplog
+):
+    """A flood of unparsable requests costs at most a short DEBUG line each, never a traceback."""
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    caplog.set_level(logging.DEBUG)
+    host = b"Host: x\r\n"
+    for raw in [
+        b"GET secret HTTP/1.1\r\n" + host + b"\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\n" + host + b"\r\n",
+        b"GET /health HTTP/1.1\r\n" + host + b"X-Long: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"POST /api/sessions HTTP/1.1\r\n" + host + b"Content-Length: 1x\r\n\r\n{}",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03secret-key\r\n\r\n",  # TLS on a plain port
+    ]:
+        head, body = await _send_raw(gw.url, raw)
+        status_line, _, headers = head.partition(b"\r\n")
+        assert status_line.split()[1] == b"400", (raw[:40], head)
+        assert b"application/json" in headers, (raw[:40], head)
+        answer = json.loads(body)
+        assert answer["success"] is False and answer["error"].startswith("bad request"), answer
+    assert "Traceback" not in caplog.text
+    lines = [r for r in caplog.records if r.name.startswith(("aiohttp", "gateway.http"))]
+    assert len(lines) == 6 and all(r.levelno == logging.DEBUG for r in lines), lines
+    assert all(r.exc_info is None for r in lines)
+    assert b"secret" not in caplog.text.encode() and "xff" not in caplog.text

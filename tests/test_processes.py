@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import API_KEY, REDIS_URL, Sim, eventually, free_port, wait_healthy
 from tests.spawned import Spawned, alive, children_pids, clean_env
+from tests.support import raw_http
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -82,6 +83,12 @@ async def test_placement_stays_atomic_across_two_processes(
     assert Counter(owner for _, owner in results) == {s.url: len(s.sessions) for s in sims}
     await run.logged(lambda _: sum(served_by(run, "/api/sessions").values()) == 200)
     assert set(served_by(run, "/api/sessions")) == set(children_pids(run))
+
+    # What aiohttp's parser refuses gets the gateway's JSON 400 in every child, quietly.
+    for _ in range(20):
+        reply = await raw_http(url, "secret")
+        assert reply.status == 400 and reply.json()["success"] is False, reply
+    assert "Traceback" not in run.output and not run.matching(level="ERROR")
 
 
 async def test_the_limit_holds_across_processes(
