@@ -29,7 +29,7 @@ from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, pri
 from gateway.state.outbox import Backlog, DeadLetter, Outbox
 from gateway.state.prefixes import check_prefix, prefix_warning
 from workers.connections import mysql_pool, redis_client
-from workers.failed import FailedStore, failed_store
+from workers.failed import MYSQL_ERRORS, FailedJob, FailedStore, failed_store
 from workers.handlers import HandlerError
 from workers.jobs import encode, new_payload
 from workers.queues import Depth, Queues
@@ -265,7 +265,9 @@ def format_backlog(b: Backlog) -> str:
     )
 
 
-def format_depths(depths: Sequence[Depth], failed: int) -> str:
+def format_depths(depths: Sequence[Depth], failed: int | None, waiting: int = 0) -> str:
+    """``failed`` None: the database does not answer, only ``waiting`` is known."""
+
     def age(d: Depth) -> str:
         if d.waiting == 0:
             return "-"
@@ -277,7 +279,12 @@ def format_depths(depths: Sequence[Depth], failed: int) -> str:
         f"{d.queue:<{width}}  {d.waiting:>8}  {d.delayed:>8}  {d.reserved:>8}  {age(d)}"
         for d in depths
     ]
-    lines.append(f"failed: {failed}")
+    if failed is None:
+        lines.append(f"failed: unknown, the database does not answer ({waiting} waiting for it)")
+    elif waiting:
+        lines.append(f"failed: {failed} ({waiting} waiting for the database)")
+    else:
+        lines.append(f"failed: {failed}")
     return "\n".join(lines)
 
 
@@ -303,9 +310,13 @@ async def _failed_store(settings: Settings, config: PoolConfig) -> AsyncIterator
 async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
     async with _failed_store(settings, config) as store:
         depths = await Queues(store.redis, settings.redis_prefix, config.queues).depths()
-        failed = await store.count()
+        waiting = await store.waiting()
+        try:
+            failed: int | None = await store.count()
+        except MYSQL_ERRORS:
+            failed = None
         backlog = await Outbox(store.redis, settings.key_prefix).backlog(time.time())
-    print(format_depths(depths, failed))
+    print(format_depths(depths, failed, waiting))
     print(format_backlog(backlog))
     return 0
 
@@ -331,9 +342,10 @@ async def failed(args: argparse.Namespace, settings: Settings, config: PoolConfi
 
 async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
     if args.action == "list":
-        for e in await store.all():
+        for e in await _entries(store):
             name = _job_name(e.payload)
-            print(f"{e.id}  {e.failed_at}  {e.queue}  {name}  {_headline(e.exception)[:100]}")
+            line = f"{e.id}  {e.failed_at}  {e.queue}  {name}  {_headline(e.exception)[:100]}"
+            print(f"{line}  (waiting for the database)" if e.waiting else line)
         return 0
     if args.action == "show":
         entry = await store.find(args.id)
@@ -354,7 +366,7 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        listed = [e.id for e in await store.all() if e.connection == store.connection]
+        listed = [e.id for e in await _entries(store) if e.connection == store.connection]
         retried = await store.retry(None if args.all else args.id)
         for job_id in retried:
             print(f"retried {job_id}")
@@ -370,6 +382,19 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
         return 0
     print(f"flushed {await store.flush()}")
     return 0
+
+
+async def _entries(store: FailedStore) -> list[FailedJob]:
+    """Every failed job; with the database away, those waiting for it, and a note."""
+    try:
+        return await store.all()
+    except MYSQL_ERRORS as exc:
+        print(
+            f"workers: the database does not answer ({type(exc).__name__}); only the failed"
+            " jobs waiting for it are seen",
+            file=sys.stderr,
+        )
+        return await store.waiting_entries()
 
 
 def _dead_letter_line(letter: DeadLetter) -> str:

@@ -8,17 +8,24 @@ not the copy the pop re-encoded), the exception text, ``failed_at`` in the app's
 ``queues:failed``.
 
 A failure is recorded before the job's reservation is dropped, so a job leaves ``:reserved``
-only once it is on record; if the store is down the pool keeps the failure in memory, the job
-still reserved, and records it when the store answers. A retry takes the entry out of the
+only once it is on record. When MySQL does not answer, the entry goes to the Redis list
+``queues:failed-pending`` in the same step that drops the reservation, and the pool goes on;
+its flusher (:meth:`TableFailedStore.write_pending`) moves the entry into ``failed_jobs`` as
+soon as MySQL answers, row written before entry removed, by uuid, so a crash in between
+writes the same row again. Meanwhile the entry is listed, counted, retried and forgotten as
+any other (``waiting``). If Redis is down too, the pool keeps the failure in memory, the job
+still reserved, and records it when Redis answers. A retry takes the entry out of the
 store and pushes the job in one step (a Lua script, or a MySQL transaction holding the row),
 so two retries of one entry cannot run the job twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,18 +34,18 @@ import aiomysql
 import redis.asyncio as aioredis
 
 from workers.jobs import Job, with_attempts
-from workers.queues import QueueKeys, Queues, failed_key
+from workers.queues import QueueKeys, Queues, failed_key, pending_key
 
-# KEYS: failed list, reserved zset. ARGV: entry, reserved string. Only a job still reserved
-# by this attempt is recorded: one whose reservation expired is running again elsewhere.
+# KEYS: failed (or pending) list, reserved zset. ARGV: entry, reserved string. Only a job
+# still reserved by this attempt is recorded: one whose reservation expired runs again elsewhere.
 RECORD = """
 if redis.call('zrem', KEYS[2], ARGV[2]) == 0 then return 0 end
 redis.call('rpush', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS: failed list, queue, notify. ARGV: entry, payload. Only the caller that removed
-# the entry pushes the job, so two concurrent retries cannot run it twice.
+# KEYS: failed (or pending) list, queue, notify. ARGV: entry, payload. Only the caller that
+# removed the entry pushes the job, so two concurrent retries cannot run it twice.
 RETRY = """
 if redis.call('lrem', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
 redis.call('rpush', KEYS[2], ARGV[2])
@@ -53,6 +60,12 @@ INSERT = (
     " payload = VALUES(payload), exception = VALUES(exception), failed_at = VALUES(failed_at)"
 )
 
+# MySQL not answering a failure's write: the failure waits in Redis instead.
+MYSQL_ERRORS = (aiomysql.OperationalError, aiomysql.InterfaceError, OSError)
+# How long a failure's write may take: a partitioned MySQL hangs rather than fails.
+MYSQL_WAIT = 3.0
+PENDING_BATCH = 100  # entries the flusher reads per round trip
+
 
 @dataclass(frozen=True, slots=True)
 class FailedJob:
@@ -65,13 +78,28 @@ class FailedJob:
     payload: str
     exception: str
     failed_at: str
+    waiting: bool = False  # in ``queues:failed-pending``, not yet in failed_jobs
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False).encode()
+        fields = asdict(self)
+        del fields["waiting"]
+        return json.dumps(fields, ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> FailedJob:
         return cls(**json.loads(raw))
+
+    @property
+    def row(self) -> tuple[str, str, str, str, str, str]:
+        """The ``failed_jobs`` values, in :data:`COLUMNS` order."""
+        return (
+            self.uuid,
+            self.connection,
+            self.queue,
+            self.payload,
+            self.exception,
+            self.failed_at,
+        )
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> FailedJob:
@@ -121,7 +149,20 @@ class FailedStore:
         raise NotImplementedError
 
     async def count(self) -> int:
+        """All entries, waiting ones included."""
         raise NotImplementedError
+
+    async def waiting(self) -> int:
+        """Entries waiting for the database to answer."""
+        return 0
+
+    async def waiting_entries(self) -> list[FailedJob]:
+        """Those entries, newest first: all there is to list while the database is away."""
+        return []
+
+    async def write_pending(self) -> int:
+        """Move waiting entries into the database; how many were moved."""
+        return 0
 
     async def retry(self, job_id: str | None = None) -> list[str]:
         """Push failed jobs of this connection (one id, or all) back with attempts reset to 0."""
@@ -202,11 +243,19 @@ class TableFailedStore(FailedStore):
         super().__init__(redis, prefix, connection, timezone)
         self.mysql = mysql
         self.queues = Queues(redis, prefix, ())
+        self.pending = pending_key(prefix)
+        self._spool = redis.register_script(RECORD)
+        self._retry_pending = redis.register_script(RETRY)
 
     async def record(self, job: Job, exception: str, *, again: bool = False) -> FailedJob:
         entry = self.entry(job, exception)
-        row = (entry.uuid, entry.connection, entry.queue, entry.payload, exception, entry.failed_at)
-        await self._execute(INSERT, row)
+        try:
+            await self._write(INSERT, entry.row)
+        except MYSQL_ERRORS:
+            # The pool must go on: the failure waits in Redis, the reservation dropped with it.
+            keys = [self.pending, self.reserved_key(job)]
+            await self._spool(keys=keys, args=[entry.to_json(), job.raw])
+            return replace(entry, waiting=True)
         if not await self.redis.zrem(self.reserved_key(job), job.raw) and not again:
             # Its reservation expired and the job is running again: not failed after all.
             await self._execute(
@@ -215,24 +264,63 @@ class TableFailedStore(FailedStore):
             )
         return entry
 
+    async def write_pending(self) -> int:
+        """Each waiting entry's row is written (by uuid) before the entry leaves Redis: a
+        crash in between, or two flushers at once, write the same row again, never two."""
+        written = 0
+        while raws := await self.redis.lrange(self.pending, 0, PENDING_BATCH - 1):
+            for raw in raws:
+                await self._write(INSERT, FailedJob.from_json(raw).row)
+                written += await self.redis.lrem(self.pending, 1, raw)
+        return written
+
+    async def _pending(self) -> list[tuple[bytes, FailedJob]]:
+        raws = await self.redis.lrange(self.pending, 0, -1)
+        return [(raw, replace(FailedJob.from_json(raw), waiting=True)) for raw in reversed(raws)]
+
     async def all(self) -> list[FailedJob]:
+        waiting = await self.waiting_entries()
         rows = await self._fetch(f"SELECT {COLUMNS} FROM failed_jobs ORDER BY id DESC")
-        return [FailedJob.from_row(row) for row in rows]
+        return waiting + [FailedJob.from_row(row) for row in rows]
+
+    async def waiting_entries(self) -> list[FailedJob]:
+        return [entry for _, entry in await self._pending()]
 
     async def find(self, job_id: str) -> FailedJob | None:
+        waiting = next((e for _, e in await self._pending() if e.id == job_id), None)
+        if waiting is not None:
+            return waiting
         rows = await self._fetch(f"SELECT {COLUMNS} FROM failed_jobs WHERE uuid = %s", (job_id,))
         return FailedJob.from_row(rows[0]) if rows else None
 
     async def count(self) -> int:
         [(count,)] = await self._fetch("SELECT COUNT(*) FROM failed_jobs")
-        return int(count)
+        return int(count) + await self.waiting()
+
+    async def waiting(self) -> int:
+        return await self.redis.llen(self.pending)
 
     async def retry(self, job_id: str | None = None) -> list[str]:
+        retried = await self._retry_waiting(job_id)
         if job_id is None:
             ids = [row[0] for row in await self._fetch("SELECT uuid FROM failed_jobs ORDER BY id")]
         else:
-            ids = [job_id]
-        return [i for i in ids if await self._retry_one(i)]
+            ids = [] if retried else [job_id]
+        return retried + [i for i in ids if await self._retry_one(i)]
+
+    async def _retry_waiting(self, job_id: str | None) -> list[str]:
+        """Push waiting entries back; a row a flusher already wrote for one goes with it."""
+        retried = []
+        for raw, entry in await self._pending():
+            payload = _reset(entry.payload) if job_id in (None, entry.id) else None
+            if payload is None or entry.connection != self.connection:
+                continue
+            keys = QueueKeys(self.prefix, entry.queue)
+            args = [raw, payload]
+            if await self._retry_pending(keys=[self.pending, keys.list, keys.notify], args=args):
+                retried.append(entry.id)
+                await self._withdraw(entry.uuid)
+        return retried
 
     async def _retry_one(self, job_id: str) -> bool:
         """Hold the row while pushing, delete it, commit: a concurrent retry finds nothing."""
@@ -257,11 +345,36 @@ class TableFailedStore(FailedStore):
         return True
 
     async def forget(self, job_id: str) -> bool:
+        waiting = [raw for raw, entry in await self._pending() if entry.id == job_id]
+        if sum([await self.redis.lrem(self.pending, 0, raw) for raw in waiting]):
+            await self._withdraw(job_id)
+            return True
         return await self._execute("DELETE FROM failed_jobs WHERE uuid = %s", (job_id,)) > 0
 
     async def flush(self) -> int:
-        """Every row, as ``queue:flush`` does."""
-        return await self._execute("DELETE FROM failed_jobs")
+        """Every row and waiting entry, as ``queue:flush`` does."""
+        rows = await self._execute("DELETE FROM failed_jobs")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            waiting, _ = await pipe.llen(self.pending).delete(self.pending).execute()
+        return rows + waiting
+
+    async def _withdraw(self, job_uuid: str) -> None:
+        """Delete the row a flusher may have written for a waiting entry just taken out of
+        Redis (it died before taking the entry out itself). Best effort: with MySQL away
+        the entry is retried or forgotten all the same, and such a row would stay."""
+        with contextlib.suppress(*MYSQL_ERRORS):
+            await self._write("DELETE FROM failed_jobs WHERE uuid = %s", (job_uuid,))
+
+    async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """:meth:`_execute` within :data:`MYSQL_WAIT`; a connection given up on is closed,
+        never handed out again with an answer still on its way."""
+        async with asyncio.timeout(MYSQL_WAIT), self.mysql.acquire() as conn:
+            try:
+                async with conn.cursor() as cur:
+                    return await cur.execute(sql, args)
+            except BaseException:
+                conn.close()
+                raise
 
     async def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         async with self.mysql.acquire() as conn, conn.cursor() as cur:

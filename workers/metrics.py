@@ -53,6 +53,12 @@ class Metrics:
             "Finished jobs whose outcome waits in memory for Redis or MySQL to answer.",
             registry=self.registry,
         )
+        self.waiting_for_database = Gauge(
+            "workers_failed_jobs_waiting_for_database",
+            "Failed jobs kept in Redis (queues:failed-pending, all processes) until MySQL"
+            " answers and they are written to failed_jobs.",
+            registry=self.registry,
+        )
         self.depth = Gauge(
             "workers_queue_jobs",
             "Jobs in each queue by state: waiting, delayed, reserved (all processes).",

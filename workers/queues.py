@@ -215,6 +215,11 @@ def failed_key(prefix: str) -> str:
     return f"{prefix}queues:failed"
 
 
+def pending_key(prefix: str) -> str:
+    """The Redis list of failures waiting for MySQL (see :mod:`workers.failed`)."""
+    return f"{prefix}queues:failed-pending"
+
+
 def pace_prefix(key_prefix: str) -> str:
     """Prefix of the per-session pacing keys (value: the session's next free ms)."""
     return f"{key_prefix}workers:pace:"

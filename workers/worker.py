@@ -7,10 +7,12 @@ notify lists at once, or sleeps until the earliest delayed job is due. A job lea
 recorded as failed) is written, so a killed process loses nothing: its reservations expire
 and the jobs run again.
 
-A fate that cannot be written (Redis or MySQL away) is kept in memory, in order, and
-written by the fetcher before it takes anything new; meanwhile the keeper goes on pushing
-out the reservation of every job the process holds, so a finished job is not taken back
-and run again by anyone while the outage lasts less than ``retry_after``.
+A failure MySQL cannot take waits in Redis (see :mod:`workers.failed`) and the pool goes on;
+the flusher writes it to ``failed_jobs`` once MySQL answers. A fate that cannot be written
+because Redis is away is kept in memory, in order, and written by the fetcher before it takes
+anything new; meanwhile the keeper goes on pushing out the reservation of every job the
+process holds, so a finished job is not taken back and run again by anyone while the outage
+lasts less than ``retry_after``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from redis.exceptions import RedisError
 
 from gateway.settings import Settings, SettingsError
 from gateway.tasks import cancel_and_wait
-from workers.failed import failed_store
+from workers.failed import MYSQL_ERRORS, failed_store
 from workers.handlers import (
     Handler,
     HandlerFailure,
@@ -61,6 +63,10 @@ REDIS_TICK = 0.1  # how late Redis may end a blocking wait (1 / its default hz)
 # Redis or MySQL not answering: the outcome of a finished job waits in memory.
 STORE_ERRORS = (RedisError, OSError, aiomysql.OperationalError, aiomysql.InterfaceError)
 STORE_RETRY = 0.1  # seconds between tries to reach the store again
+# How often the flusher looks for failures waiting for MySQL (also another process's, left
+# by its death), and tries MySQL again while it does not answer.
+PENDING_INTERVAL = 5.0
+PENDING_RETRY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,7 @@ class Pool:
     ) -> None:
         self.config = config
         self.redis = redis
+        self.mysql = mysql
         self.queues = Queues(
             redis,
             config.redis_prefix,
@@ -178,6 +185,7 @@ class Pool:
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._kept: deque[Outcome] = deque()  # finished, not yet written: the store was away
         self._away: tuple[str, float] | None = None  # which store stopped answering, when
+        self._pending = asyncio.Event()  # a failure was left waiting for MySQL
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
@@ -195,6 +203,8 @@ class Pool:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             self._http = http
             helpers = [asyncio.create_task(self._keep_reserved())]
+            if self.mysql is not None:
+                helpers.append(asyncio.create_task(self._write_pending()))
             if self.config.metrics_port:
                 helpers.append(asyncio.create_task(self._watch_depths()))
             if self.php:
@@ -325,8 +335,10 @@ class Pool:
             await self.queues.delete(job)
             self.metrics.jobs.labels(job.queue, "done").inc()
         elif outcome.kind == "failed":
-            await self.failed.record(job, outcome.exception, again=outcome.tried)
+            entry = await self.failed.record(job, outcome.exception, again=outcome.tried)
             self.metrics.jobs.labels(job.queue, "failed").inc()
+            if entry.waiting:
+                self._pending.set()
         else:
             await self.queues.release(job, max(0.0, outcome.due - time.time()))
             self.metrics.jobs.labels(job.queue, "retried").inc()
@@ -350,13 +362,11 @@ class Pool:
             return
         store = "Redis" if isinstance(error, RedisError | OSError) else "MySQL"
         self._away = (store, time.monotonic())
-        cause = str(error).splitlines()[0][:200] if str(error) else ""
         log.warning(
-            "%s unreachable (%s%s); finished jobs are kept in memory and settled when it"
+            "%s unreachable (%s); finished jobs are kept in memory and settled when it"
             " answers, and nothing new is taken until then",
             store,
-            type(error).__name__,
-            f": {cause}" if cause else "",
+            _cause(error),
         )
 
     def _store_back(self) -> None:
@@ -364,6 +374,44 @@ class Pool:
             store, since = self._away
             log.info("%s answers again after %.1f s", store, time.monotonic() - since)
             self._away = None
+
+    async def _write_pending(self) -> None:
+        """Move failures waiting in Redis, this process's or a dead one's, to failed_jobs."""
+        away: float | None = None  # since when MySQL has not answered
+        while True:
+            self._pending.clear()
+            try:
+                written = await self.failed.write_pending()
+            except RedisError:
+                pass  # Redis away: the fetcher says so
+            except MYSQL_ERRORS as exc:
+                if away is None:
+                    away = time.monotonic()
+                    log.warning(
+                        "MySQL unreachable (%s); failed jobs wait in Redis (queues:failed-pending)"
+                        " and are written to failed_jobs when it answers; jobs keep running",
+                        _cause(exc),
+                    )
+                await self._show_pending()
+                await asyncio.sleep(PENDING_RETRY)
+                continue
+            except Exception:
+                log.exception("could not write the failed jobs waiting for MySQL")
+            else:
+                if away is not None:
+                    log.info(
+                        "MySQL answers again after %.1f s; %d waiting failed jobs written",
+                        time.monotonic() - away,
+                        written,
+                    )
+                    away = None
+            await self._show_pending()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pending.wait(), PENDING_INTERVAL)
+
+    async def _show_pending(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            self.metrics.waiting_for_database.set(await self.failed.waiting())
 
     async def _watch_depths(self) -> None:
         while True:
@@ -501,3 +549,9 @@ class Pool:
         finally:
             self.metrics.duration.labels(job.queue).observe(time.monotonic() - started)
         return None, False
+
+
+def _cause(error: BaseException) -> str:
+    """The error's type and first line, short enough for one log line."""
+    cause = str(error).splitlines()[0][:200] if str(error) else ""
+    return f"{type(error).__name__}: {cause}" if cause else type(error).__name__

@@ -1,4 +1,7 @@
-"""Redis or MySQL away while jobs finish: their outcomes wait in memory, nothing runs twice.
+"""Redis or MySQL away while jobs finish: nothing is lost, nothing runs twice.
+
+Redis away: outcomes wait in memory and nothing new is taken. MySQL away: failures wait in
+Redis and the pool goes on.
 
 The pool under test reaches its store through a relay the test cuts and restores; a second
 pool, connected directly, keeps taking jobs meanwhile, and would run again any job whose
@@ -8,10 +11,14 @@ reservation ran out during the cut.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
+import subprocess
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -20,9 +27,9 @@ import pytest
 from tests.relay import Relay
 from tests.workers.conftest import REDIS_URL, Harness, eventually
 from workers.connections import mysql_pool, redis_client
-from workers.failed import failed_store
+from workers.failed import INSERT, FailedJob, failed_store
 from workers.handlers import JobContext
-from workers.queues import Queues
+from workers.queues import Queues, pending_key
 from workers.worker import Pool
 
 
@@ -104,27 +111,117 @@ async def test_jobs_that_finish_during_a_redis_cut_are_settled_once_and_never_ru
     assert not any(r.exc_info for r in caplog.records if r.name.startswith("workers"))
 
 
-async def test_a_failure_recorded_while_mysql_is_away_is_written_when_it_answers(
+@contextlib.asynccontextmanager
+async def mysql_through(h: Harness) -> AsyncIterator[Relay]:
+    """The harness' MySQL DSN points at a relay while inside."""
+    dsn = urlsplit(h.mysql_dsn)
+    direct = h.mysql_dsn
+    async with Relay(dsn.hostname or "127.0.0.1", dsn.port or 3306) as relay:
+        h.mysql_dsn = direct.replace(f":{dsn.port}/", f":{relay.port}/")
+        try:
+            yield relay
+        finally:
+            h.mysql_dsn = direct
+
+
+async def test_a_failure_during_a_mysql_cut_waits_in_redis_and_the_pool_goes_on(
     mysql_harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     h = mysql_harness
     caplog.set_level(logging.INFO, logger="workers")
-    dsn = urlsplit(h.mysql_dsn)
-    async with Relay(dsn.hostname or "127.0.0.1", dsn.port or 3306) as relay:
-        h.mysql_dsn = h.mysql_dsn.replace(f":{dsn.port}/", f":{relay.port}/")
-        relay.reset()
-        payload = await h.push("q", "no.such.job", {"n": 1})
-        async with h.pool(h.config(queues=("q",))) as pool:
-            await eventually(lambda: pool.unsettled == 1, what="the failure kept")
-            assert await h.redis.zcard(h.keys("q").reserved) == 1  # still held, not lost
+    runs: Counter[int] = Counter()
+    async with mysql_through(h) as relay:
+        relay.cut()
+        failing = await h.push("q", "no.such.job", {"n": 0})
+        for n in range(1, 6):
+            await h.push("q", "work", {"n": n, "seconds": 0.05})
+        async with h.pool(h.config(queues=("q",), concurrency=2)) as pool:
+            register([pool], runs)
+            await eventually(lambda: len(runs), lambda c: c == 5, what="the others, during the cut")
+            await eventually(
+                lambda: h.redis.llen(pending_key(h.prefix)), what="the failure in Redis"
+            )
+            await eventually(lambda: pool.metrics.waiting_for_database._value.get() == 1)
+            assert pool.unsettled == 0
+            assert await h.redis.zcard(h.keys("q").reserved) == 0
+            assert await h.mysql_rows() == []
             relay.restore()
-            await eventually(lambda: pool.unsettled == 0, what="the failure written")
-        h.mysql_dsn = h.mysql_dsn.replace(f":{relay.port}/", f":{dsn.port}/")
-    [row] = await h.mysql_rows()
-    assert row["uuid"] == json.loads(payload)["uuid"]
+            await eventually(h.mysql_rows, what="the row, once MySQL answers")
+            await eventually(lambda: pool.metrics.waiting_for_database._value.get() == 0)
+    [row] = await h.mysql_rows()  # written once
+    pushed = json.loads(failing)
+    assert (row["uuid"], row["payload"], row["queue"], row["connection"]) == (
+        pushed["uuid"],
+        failing.decode(),
+        "q",
+        "redis",
+    )
+    assert row["exception"].startswith("UnknownJob") and row["failed_at"] is not None
+    assert await h.redis.llen(pending_key(h.prefix)) == 0
+    assert runs == Counter(dict.fromkeys(range(1, 6), 1))
+    logs = [r.getMessage() for r in store_logs(caplog)]
+    [warning] = [m for m in logs if "unreachable" in m]  # one line for the outage
+    assert warning.startswith("MySQL unreachable") and "jobs keep running" in warning
+    assert any(m.startswith("MySQL answers again") for m in logs)
+
+
+async def test_a_pool_killed_during_a_mysql_cut_loses_no_failure(mysql_harness: Harness) -> None:
+    h = mysql_harness
+    async with mysql_through(h) as relay:
+        relay.cut()
+        failing = await h.push("q", "no.such.job", {"n": 0})
+        job_id = json.loads(failing)["uuid"]
+        worker = h.spawn("--queue", "q", "--metrics-port", "0")
+        await eventually(lambda: h.redis.llen(pending_key(h.prefix)), what="the failure in Redis")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
     assert await h.redis.zcard(h.keys("q").reserved) == 0
-    warnings = [r.getMessage() for r in store_logs(caplog) if "unreachable" in r.getMessage()]
-    assert len(warnings) == 1 and warnings[0].startswith("MySQL unreachable")
+
+    listed = h.run_cli("failed", "list").stdout
+    assert job_id in listed and "(waiting for the database)" in listed
+    assert "failed: 1 (1 waiting for the database)" in h.run_cli("--queue", "q", "stats").stdout
+    # as if a flusher had died between writing the row and taking the entry out of Redis
+    async with await h.mysql_conn() as conn, conn.cursor() as cur:
+        [raw] = await h.redis.lrange(pending_key(h.prefix), 0, -1)
+        await cur.execute(INSERT, FailedJob.from_json(raw).row)
+
+    async with h.pool(h.config(queues=("q",))):
+        await eventually(lambda: h.redis.llen(pending_key(h.prefix)), _zero, what="flushed")
+    [row] = await h.mysql_rows()
+    assert (row["uuid"], row["payload"]) == (job_id, failing.decode())
+    assert "(waiting" not in h.run_cli("failed", "list").stdout
+
+
+async def test_failures_waiting_for_mysql_are_listed_retried_and_forgotten_while_it_is_away(
+    mysql_harness: Harness,
+) -> None:
+    h = mysql_harness
+    ids = [json.loads(await h.push("q", "no.such.job", {"n": n}))["uuid"] for n in range(3)]
+    retry_id, forget_id, flush_id = ids
+
+    def cli(*args: str) -> Awaitable[subprocess.CompletedProcess[str]]:
+        return asyncio.to_thread(h.run_cli, "--queue", "q", *args)  # the relay runs in this loop
+
+    async with mysql_through(h) as relay:
+        relay.reset()
+        async with h.pool(h.config(queues=("q",))):
+            await eventually(lambda: h.redis.llen(pending_key(h.prefix)), _three, what="waiting")
+        listed = await cli("failed", "list")
+        assert listed.stdout.count("(waiting for the database)") == 3
+        assert all(f"{job_id}  " in listed.stdout for job_id in ids)
+        assert "the database does not answer" in listed.stderr
+        stats = (await cli("stats")).stdout
+        assert "failed: unknown, the database does not answer (3 waiting for it)" in stats
+        retried = await cli("failed", "retry", retry_id)
+        assert retried.stdout.strip() == f"retried {retry_id}", retried.stderr
+        assert (await cli("failed", "forget", forget_id)).stdout.strip() == f"forgot {forget_id}"
+
+    [again] = await h.redis.lrange(h.keys("q").list, 0, -1)
+    assert json.loads(again)["uuid"] == retry_id and json.loads(again)["attempts"] == 0
+    assert flush_id in (await cli("failed", "show", flush_id)).stdout
+    assert (await cli("failed", "flush")).stdout.strip() == "flushed 1"
+    assert await h.redis.llen(pending_key(h.prefix)) == 0
+    assert await h.mysql_rows() == []
 
 
 async def test_a_failure_written_again_after_a_lost_answer_keeps_its_row(
@@ -155,3 +252,7 @@ async def test_a_failure_written_again_after_a_lost_answer_keeps_its_row(
 
 def _zero(n: int) -> bool:
     return n == 0
+
+
+def _three(n: int) -> bool:
+    return n == 3
