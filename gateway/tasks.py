@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger("gateway.tasks")
 
@@ -18,6 +20,14 @@ async def every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:
     while True:
         await asyncio.sleep(interval)
         await job()
+
+
+async def paced(parts: Iterable[T]) -> AsyncIterator[T]:
+    """Each of ``parts``, letting the event loop run between two: long pure work in slices
+    (e.g. a decision over a million pins) keeps the requests flowing meanwhile."""
+    for part in parts:
+        yield part
+        await asyncio.sleep(0)
 
 
 async def cancel_and_wait(

@@ -8,7 +8,7 @@ from collections import Counter
 import aiohttp
 import redis.asyncio as aioredis
 
-from gateway.decisions.corrections import Correction, corrections
+from gateway.decisions.corrections import SLICE, Correction, correction_parts, corrections
 from tests.conftest import RunningGateway, Sim, eventually, free_port, sample
 from tests.test_admin import (
     TOKEN,
@@ -170,3 +170,14 @@ async def test_concurrent_runs_share_one(simulators, gateways, http):
     assert first is second
     assert first.corrections == [Correction("added", "c-1", None, sims[1].url)]
     assert sample(gw, "gateway_reconcile_corrections_total", kind="added") == 1
+
+
+def test_the_decision_comes_in_slices_small_enough_to_yield_the_loop_between():
+    pins = {f"s{n}": A for n in range(10_000)}
+    listings = {A: [f"s{n}" for n in range(0, 10_000, 2)], B: [f"s{n}" for n in range(1, 9_999, 2)]}
+    parts = list(correction_parts(pins, listings, complete=True))
+    assert len(parts) >= 3 * (10_000 // SLICE)  # listings, listed sessions, pins
+    assert max(len(part) for part in parts) <= SLICE
+    changes = [change for part in parts for change in part]
+    assert Counter(c.kind for c in changes) == {"moved": 4_999, "removed": 1}
+    assert changes == corrections(pins, listings, complete=True)

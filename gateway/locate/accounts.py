@@ -16,8 +16,8 @@ from gateway.database.pending import REDIS_ERRORS, Update
 from gateway.database.table import DatabaseUnavailable
 from gateway.database.writer import Writer
 from gateway.decisions.accounts import WRONG, Verdict, judge
-from gateway.decisions.corrections import holders_of
-from gateway.tasks import cancel_and_wait
+from gateway.decisions.corrections import holder_parts
+from gateway.tasks import cancel_and_wait, paced
 
 log = logging.getLogger("gateway.database")
 
@@ -55,7 +55,9 @@ class TableCheck:
     ) -> Report:
         """Judge every row, a page at a time, and queue a fix for each wrong one."""
         table = self.writer.table
-        holders = holders_of(listings)
+        holders: dict[str, list[str]] = {}
+        async for _ in paced(holder_parts(listings, holders)):
+            pass
         total = await table.count() if progress else 0
         report = Report()
         async for page in table.rows():

@@ -16,13 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.decisions.corrections import Correction, corrections
+from gateway.decisions.corrections import Correction, correction_parts, slices
 from gateway.decisions.routes import valid_session_id
 from gateway.locate.accounts import TableCheck
 from gateway.metrics import Metrics
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
-from gateway.tasks import cancel_and_wait, every
+from gateway.tasks import cancel_and_wait, every, paced
 from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.reconcile")
@@ -45,20 +45,24 @@ class Listing:
     unanswered: list[str]
 
 
-def _parse(body: Any) -> tuple[list[str], dict[str, str]] | None:
-    """Session ids and workspace ids of one ``GET /api/sessions`` body; None if malformed."""
+async def _parse(body: Any) -> tuple[list[str], dict[str, str]] | None:
+    """Session ids and workspace ids of one ``GET /api/sessions`` body; None if malformed.
+
+    A slice at a time: an instance may list a quarter of a million sessions.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("sessions"), list):
         return None
     session_ids: list[str] = []
     workspaces: dict[str, str] = {}
-    for entry in body["sessions"]:
-        sid = entry.get("session_id") if isinstance(entry, dict) else None
-        if not isinstance(sid, str) or not valid_session_id(sid):
-            continue
-        session_ids.append(sid)
-        workspace = entry.get("workspace_id")
-        if isinstance(workspace, int | str) and not isinstance(workspace, bool):
-            workspaces[sid] = str(workspace)
+    async for part in paced(slices(body["sessions"])):
+        for entry in part:
+            sid = entry.get("session_id") if isinstance(entry, dict) else None
+            if not isinstance(sid, str) or not valid_session_id(sid):
+                continue
+            session_ids.append(sid)
+            workspace = entry.get("workspace_id")
+            if isinstance(workspace, int | str) and not isinstance(workspace, bool):
+                workspaces[sid] = str(workspace)
     return session_ids, workspaces
 
 
@@ -77,7 +81,7 @@ async def list_instances(
         except UpstreamError as exc:
             log.warning("cannot list the sessions of %s (%s)", url, exc.kind)
             return None
-        parsed = _parse(body) if status == 200 else None
+        parsed = await _parse(body) if status == 200 else None
         if parsed is None:
             log.warning("cannot list the sessions of %s (answered %d)", url, status)
         return parsed
@@ -144,15 +148,16 @@ class Reconciler:
         snapshot = self.pins.sessions.copy()
         listing = await self._list_all()
         complete = len(listing.sessions) == len(self.fleet.instances)
-        applied = [
+        changes = [
             change
-            for change in corrections(snapshot, listing.sessions, complete)
-            if await self._apply(change, listing.workspaces)
+            async for part in paced(correction_parts(snapshot, listing.sessions, complete))
+            for change in part
         ]
+        applied = [change for change in changes if await self._apply(change, listing.workspaces)]
         for url, session_ids in listing.sessions.items():
             await self.pins.set_active(url, len(session_ids))
         if self.table is not None:
-            self.table.schedule(listing.sessions, dict(self.pins.sessions))
+            self.table.schedule(listing.sessions, self.pins.sessions.copy())
         if applied:
             log.warning("reconciliation corrected %d pin(s)", len(applied))
         return Outcome(applied, listing.unanswered)

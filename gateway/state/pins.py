@@ -70,9 +70,33 @@ class PinMap:
         self._closing = False
         link.on_back(self._reload)
 
-    async def start(self) -> None:
-        """Follow the other processes' changes (the link has loaded the map)."""
-        self._task = asyncio.create_task(self._follow())
+    async def subscribe(self) -> PubSub | None:
+        """The subscription to the other processes' changes; None if Redis does not answer.
+
+        Made before the link first loads the map, so that no change falls between the load
+        and the subscription, and the map is loaded once at start-up rather than twice.
+        """
+        pubsub = self.link.subscriber.pubsub()
+        try:
+            async with asyncio.timeout(self.link.timeout):
+                await pubsub.subscribe(self.keys.events)
+        except REDIS_ERRORS:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()
+            return None
+        return pubsub
+
+    async def start(self, subscribed: PubSub | None) -> None:
+        """Follow the other processes' changes (the link has loaded the map).
+
+        ``subscribed``, made before that load, is used if the load succeeded; else the
+        follower subscribes and loads again once Redis answers.
+        """
+        if subscribed is not None and not self.link.available:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await subscribed.aclose()
+            subscribed = None
+        self._task = asyncio.create_task(self._follow(subscribed))
 
     async def close(self) -> None:
         # The flag ends the follower within one MIRROR_PING even when the cancellation is
@@ -227,7 +251,7 @@ class PinMap:
             if cursor == 0:
                 return pins
 
-    async def _follow(self) -> None:
+    async def _follow(self, subscribed: PubSub | None) -> None:
         """Apply the other processes' changes as they are published; never give up.
 
         A subscription that fails or goes silent (a half-open connection answers no ping)
@@ -237,11 +261,14 @@ class PinMap:
         pause = MIRROR_PAUSE
         while not self._closing:
             await self.link.back.wait()
-            pubsub = self.link.subscriber.pubsub()
+            pubsub, subscribed = subscribed, None
             try:
-                await pubsub.subscribe(self.keys.events)
-                # Changes made between the reload and this subscription would be missed.
-                await self.link.reconnected()
+                if pubsub is None:
+                    pubsub = self.link.subscriber.pubsub()
+                    await pubsub.subscribe(self.keys.events)
+                    # Changes made between the last load and this subscription would be
+                    # missed: load again.
+                    await self.link.reconnected()
                 self._mirroring(True)
                 pause = MIRROR_PAUSE
                 await self._listen(pubsub)

@@ -40,9 +40,10 @@ class PinStore:
         self.flights = Flights(self.link, reservation_ttl)
 
     async def start(self) -> None:
-        """Load every pin into memory and follow the other processes' changes."""
+        """Load every pin into memory once and follow the other processes' changes."""
+        subscribed = await self.map.subscribe()
         await self.link.start()
-        await self.map.start()
+        await self.map.start(subscribed)
 
     async def close(self) -> None:
         await self.map.close()
