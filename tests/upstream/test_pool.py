@@ -236,10 +236,15 @@ async def test_connections_idle_past_keepalive_are_not_reused(servers, pools):
 
 async def test_connections_are_capped_and_waiters_get_them_in_turn(servers, pools):
     loop = asyncio.get_running_loop()
+    holding = False
+    held: list[asyncio.Future[bytes]] = []
 
     def slow(got: Got) -> asyncio.Future[bytes]:
         answer: asyncio.Future[bytes] = loop.create_future()
-        loop.call_later(0.05, answer.set_result, ok())
+        if holding:
+            held.append(answer)  # answered when the test says, however slow the machine
+        else:
+            loop.call_later(0.05, answer.set_result, ok())
         return answer
 
     server = await servers(slow)
@@ -251,6 +256,7 @@ async def test_connections_are_capped_and_waiters_get_them_in_turn(servers, pool
     assert server.peak == 2 and server.connections == 2
     assert len(waits) == 4 and pool.open == 2
 
+    holding = True
     blocked = [asyncio.create_task(call(pool, "GET")) for _ in range(2)]
 
     async def both_busy() -> bool:
@@ -260,6 +266,8 @@ async def test_connections_are_capped_and_waiters_get_them_in_turn(servers, pool
     with pytest.raises(Failure) as late:
         await call(pool, "POST", b"{}", within=0.02)
     assert late.value.kind == "connect_timeout" and not late.value.sent
+    for answer in held:
+        answer.set_result(ok())
     await asyncio.gather(*blocked)
     assert pool.open == 2
 
