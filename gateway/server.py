@@ -58,15 +58,15 @@ async def _serve(settings: Settings, load: Callable[[], Settings], child: ChildL
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR2, functools.partial(_no_roll, child))
-    if child is not None:
-        child.watch_parent(loop, stop.set)
-        child.ready()
     log.info(
         "gateway on http://%s:%d in front of %d instances",
         settings.host,
         settings.port,
         len(settings.instances),
     )
+    if child is not None:
+        child.watch_parent(loop, stop.set)
+        child.ready()  # after its line: the parent's line naming the children comes last
     await stop.wait()
     # Accept nothing more, and let requests that just arrived start before aiohttp closes
     # the connections that look idle (several processes accept from one socket, so one
