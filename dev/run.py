@@ -68,6 +68,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import redis.asyncio as aioredis
 
+from dev.ports import free_port
 from gateway.settings import DEFAULT_INSTANCES, Settings, SettingsError, load_settings
 from workers.settings import WorkerSettings, load_worker_settings
 
@@ -606,12 +607,6 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_ports(specs: Iterable[ProcessSpec]) -> None:

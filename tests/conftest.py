@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from dev.ports import free_port
 from dev.simulator import SimulatorConfig
 from dev.simulator import create_app as create_simulator
 from gateway.app import GATEWAY, Gateway, GatewayRunner, create_app
@@ -36,12 +37,6 @@ from tests.mysql import own_database
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:

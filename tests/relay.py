@@ -16,11 +16,7 @@ import contextlib
 import socket
 import struct
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from dev.ports import free_port
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -35,7 +31,7 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 class Relay:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
-        self.port = _free_port()
+        self.port = free_port()
         self.sent = 0  # bytes from clients to the server
         self.received = 0  # bytes from the server to clients
         self.connections = 0

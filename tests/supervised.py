@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, free_port
+from dev.ports import free_port
+from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy" / "supervisor"
 INSTALL_DIR = "/opt/whatsapp-gateway"

@@ -7,7 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import API_KEY, RunningGateway, eventually, free_port, gateway_command, sample
+from dev.ports import free_port
+from tests.conftest import API_KEY, RunningGateway, eventually, gateway_command, sample
 
 TOKEN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RedisServer, eventually, free_port
+from dev.ports import free_port
+from tests.conftest import RedisServer, eventually
 from tests.spawned import Spawned, clean_env
 
 pytestmark = pytest.mark.timeout(60)

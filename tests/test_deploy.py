@@ -23,7 +23,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import REDIS_URL, ROOT, AccountsDB, RunningGateway, eventually, free_port
+from dev.ports import free_port
+from tests.conftest import REDIS_URL, ROOT, AccountsDB, RunningGateway, eventually
 from tests.supervised import LEAKY
 from workers.settings import WorkerSettings
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dev.ports import free_port
 from dev.run import (
     DEFAULT_SIM_PORTS,
     DEV_HMAC_SECRET,
@@ -41,7 +42,7 @@ from dev.run import (
     workers_available,
 )
 from gateway.settings import Settings, load_settings
-from tests.conftest import API_KEY, ROOT, eventually, free_port, wait_healthy
+from tests.conftest import API_KEY, ROOT, eventually, wait_healthy
 from tests.spawned import alive
 from workers.settings import WorkerSettings
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
+from dev.ports import free_port
 from gateway.settings import Settings
-from tests.conftest import API_KEY, eventually, free_port
+from tests.conftest import API_KEY, eventually
 from tests.support import instance_up, stand_in
 
 

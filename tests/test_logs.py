@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import REDIS_URL, Sim, eventually, free_port, wait_healthy
+from dev.ports import free_port
+from tests.conftest import REDIS_URL, Sim, eventually, wait_healthy
 from tests.spawned import Spawned, clean_env
 from workers.jobs import encode, new_payload
 

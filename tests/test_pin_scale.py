@@ -12,10 +12,11 @@ import uuid
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from dev.ports import free_port
 from gateway.metrics import Metrics
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
-from tests.conftest import REDIS_URL, eventually, free_port, gateway_settings
+from tests.conftest import REDIS_URL, eventually, gateway_settings
 from tests.support import Answer, stand_in
 
 PINS = 300_000  # one HGETALL of these takes longer than the timeout below

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, REDIS_URL, Sim, eventually, free_port, wait_healthy
+from dev.ports import free_port
+from tests.conftest import API_KEY, REDIS_URL, Sim, eventually, wait_healthy
 from tests.spawned import Spawned, alive, children_pids, clean_env
 from tests.support import raw_http
 

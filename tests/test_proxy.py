@@ -8,7 +8,8 @@ import json
 import aiohttp
 from aiohttp import web
 
-from tests.conftest import API_KEY, free_port, serve
+from dev.ports import free_port
+from tests.conftest import API_KEY, serve
 
 
 async def create(

@@ -8,8 +8,9 @@ from collections import Counter
 import aiohttp
 import redis.asyncio as aioredis
 
+from dev.ports import free_port
 from gateway.decisions.corrections import SLICE, Correction, correction_parts, corrections
-from tests.conftest import RunningGateway, Sim, eventually, free_port, sample
+from tests.conftest import RunningGateway, Sim, eventually, sample
 from tests.test_admin import (
     TOKEN,
     admin,

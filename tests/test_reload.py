@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, REDIS_URL, Sim, free_port, wait_healthy
+from dev.ports import free_port
+from tests.conftest import API_KEY, REDIS_URL, Sim, wait_healthy
 from tests.spawned import Spawned, children_pids, clean_env
 
 pytestmark = pytest.mark.timeout(90)

@@ -11,7 +11,8 @@ import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from tests.conftest import API_KEY, eventually, free_port, sample, serve, spawn, wait_healthy
+from dev.ports import free_port
+from tests.conftest import API_KEY, eventually, sample, serve, spawn, wait_healthy
 
 
 async def create(http: aiohttp.ClientSession, gw: str, sid: str) -> str:

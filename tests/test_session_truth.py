@@ -8,7 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import API_KEY, free_port, peak_overlap
+from dev.ports import free_port
+from tests.conftest import API_KEY, peak_overlap
 from tests.support import (
     ADMIN_TOKEN,
     RawInstance,

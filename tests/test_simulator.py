@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from dev.backend import Backend
+from dev.ports import free_port
 from dev.simulator import (
     SESSIONS,
     Session,
@@ -25,7 +26,7 @@ from dev.simulator import (
     status_at,
 )
 from dev.webhooks import WEBHOOK_PATH
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually
 
 KEY = "secret"
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import API_KEY, REDIS_URL, Sim, eventually, free_port
+from dev.ports import free_port
+from tests.conftest import API_KEY, REDIS_URL, Sim, eventually
 from tests.spawned import alive
 from tests.supervised import DEPLOY, RENDERED_KEYS, Supervisor, render
 

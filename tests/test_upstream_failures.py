@@ -10,8 +10,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from dev.ports import free_port
 from gateway.settings import Settings, describe, load_settings
-from tests.conftest import API_KEY, eventually, free_port, peak_overlap
+from tests.conftest import API_KEY, eventually, peak_overlap
 from tests.support import (
     ADMIN_TOKEN,
     BlackHole,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -70,12 +69,6 @@ class Layout:
 
 def pinned(cores: tuple[int, ...], argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cores)), *argv]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from dev.ports import free_port
 from gateway.upstream.pool import Answer, Failure, Pool
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually
 
 
 @dataclass(frozen=True)

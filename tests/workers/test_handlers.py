@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dev.ports import free_port
 from tests.conftest import serve
-from tests.workers.conftest import Harness, eventually, free_port
+from tests.workers.conftest import Harness, eventually
 from workers.handlers import (
     BUILTIN,
     JobContext,

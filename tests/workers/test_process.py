@@ -13,7 +13,8 @@ import time
 import aiohttp
 import pytest
 
-from tests.workers.conftest import Harness, eventually, free_port
+from dev.ports import free_port
+from tests.workers.conftest import Harness, eventually
 
 FAST = ("--metrics-port", "0", "--retry-after", "2", "--timeout", "1", "--backoff", "0")
 
