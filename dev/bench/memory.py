@@ -21,7 +21,8 @@ from pathlib import Path
 
 import redis
 
-from dev.bench.harness import KEY, ROOT, free_port, pinned, wait_http
+from dev.bench.harness import KEY, ROOT, pinned, wait_http
+from dev.ports import free_port
 from gateway.settings import Settings
 from gateway.state.keys import Keys
 

@@ -47,7 +47,6 @@ from dev.bench.harness import (
     Layout,
     cpu_seconds,
     ensure_tools,
-    free_port,
     pinned,
     tool,
     wait_http,
@@ -55,6 +54,7 @@ from dev.bench.harness import (
 )
 from dev.bench.memory import Memory
 from dev.bench.memory import measure as measure_memory
+from dev.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 ADMIN = "bench-admin"

@@ -36,7 +36,8 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-from dev.bench.harness import ROOT, Layout, free_port, pinned, tail, wait_http, write
+from dev.bench.harness import ROOT, Layout, pinned, tail, wait_http, write
+from dev.ports import free_port
 from gateway.decisions.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify
 
 SECTION = "webhooks"
