@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Also used in paths the gateway builds, so never a dot segment ("." or "..").
 SESSION_ID = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.:@-]{1,128}")
@@ -45,6 +46,7 @@ class Route:
     action: str | None = None
 
 
+@lru_cache(maxsize=8192)  # the paths of the sessions in use: a dozen regexes saved per call
 def classify(path: str) -> Route:
     """The template of ``path`` and the session id and action in it, if any."""
     for template, pattern in _ROUTES:

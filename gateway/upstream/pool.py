@@ -18,6 +18,7 @@ body whatever their ``Content-Length`` says.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import ssl
 from collections import deque
@@ -31,6 +32,10 @@ import httptools
 NOT_SENT = frozenset({"refused", "connect_timeout", "dns", "tls"})
 # RFC 9110 §9.2.2; the methods aiohttp also sends again after a cut on a reused connection.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# How often a pool with calls in flight looks for one past its deadline: a deadline is met
+# at most this late. One sweep per pool instead of a timer per call (a timer per call costs
+# uvloop a libuv handle made and closed on every request).
+SWEEP = 0.025
 
 
 class Failure(Exception):
@@ -72,9 +77,10 @@ class Connection(asyncio.Protocol):
         self.idle = False  # in the pool's idle queue
         self.reused = False
         self.idle_since = 0.0
+        self.deadline = math.inf  # of the exchange in flight (loop time)
         self._waiter: asyncio.Future[Answer] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._parser: httptools.HttpResponseParser | None = None
+        # One parser for the connection's life: answers follow one another on it.
+        self._parser = httptools.HttpResponseParser(self)
         self._head = False
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -90,7 +96,7 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if self._parser is None:  # nothing asked: an instance that talks out of turn
+        if self._waiter is None:  # nothing asked: an instance that talks out of turn
             self.close()
             return
         self._received = True
@@ -124,7 +130,6 @@ class Connection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None
         self._status = self._parser.get_status_code()
         self._headers_done = True
         framed = False
@@ -162,18 +167,17 @@ class Connection(asyncio.Protocol):
         if self.closed or self.transport.is_closing():
             self.close()
             raise _Stale
-        loop = self.pool.loop
-        self._waiter = waiter = loop.create_future()
-        self._parser = httptools.HttpResponseParser(self)
+        self._waiter = waiter = self.pool.loop.create_future()
         self._head, self._received, self._headers_done = head, False, False
         self._keep_alive, self._until_eof = True, False
-        self._timer = loop.call_at(deadline, self._expire)
+        self.deadline = deadline
+        self.pool._watch()
         self.transport.write(request)
         try:
             return await waiter
         finally:
-            self._timer.cancel()
-            self._waiter = self._parser = None
+            self.deadline = math.inf
+            self._waiter = None
             if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
                 self.close()  # cancelled or failed half-way: its state is unknown
             elif self._keep_alive and not self.closed:
@@ -195,7 +199,7 @@ class Connection(asyncio.Protocol):
             waiter.set_exception(exc)
         self.close()
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         self._fail(Failure("timeout", "no whole answer within the deadline"))
 
     def close(self) -> None:
@@ -227,6 +231,7 @@ class Pool:
         self._idle: deque[Connection] = deque()  # newest on the right
         self._busy: set[Connection] = set()
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def send(self, request: bytes, method: bytes, deadline: float) -> Answer:
@@ -254,12 +259,35 @@ class Pool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in [*self._idle, *self._busy]:
             conn.close()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(Failure("refused", "the pool is closed"))
+
+    # --- deadlines ------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """A call is in flight: make sure a sweep will look at its deadline."""
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the calls past their deadline; sweep again while any call is in flight."""
+        self._sweeper = None
+        now = self.loop.time()
+        waiting = False
+        for conn in [c for c in self._busy if c.deadline < math.inf]:
+            if conn.deadline <= now:
+                conn.expire()
+            else:
+                waiting = True
+        if waiting:
+            self._watch()
 
     # --- taking and giving back ---------------------------------------------------------------
 

@@ -288,3 +288,37 @@ async def test_a_cancelled_call_leaves_no_connection_behind(servers, pools):
         await task
     assert (await call(pool, "GET")).status == 200  # the cap of 1 was given back
     assert server.connections == 2
+
+
+async def test_calls_in_flight_each_end_at_their_own_deadline(servers, pools):
+    loop = asyncio.get_running_loop()
+    never = loop.create_future()
+
+    def script(got: Got) -> bytes | asyncio.Future[bytes]:
+        if got.body != b"slow":
+            return never
+        later: asyncio.Future[bytes] = loop.create_future()
+        loop.call_later(0.4, later.set_result, ok())
+        return later
+
+    pool = pools((await servers(script)).port)
+    started = loop.time()
+
+    async def timed(body: bytes, within: float) -> tuple[str, float]:
+        try:
+            await call(pool, "POST", body, within=within)
+        except Failure as exc:
+            return exc.kind, loop.time() - started
+        return "answered", loop.time() - started
+
+    short, long, slow = await asyncio.gather(
+        timed(b"a", 0.2), timed(b"b", 0.7), timed(b"slow", 1.5)
+    )
+    assert short[0] == long[0] == "timeout"
+    assert 0.2 <= short[1] < 0.45 and 0.7 <= long[1] < 0.95  # not before, not much after
+    assert slow[0] == "answered" and slow[1] < 0.7  # in time: the sweeps left it alone
+
+    async def no_sweep_left() -> bool:  # nothing in flight: no timer keeps the loop busy
+        return pool._sweeper is None
+
+    await eventually(no_sweep_left, timeout=1)
