@@ -9,12 +9,13 @@ from aiohttp import hdrs, http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.api import add_admin_routes
+from gateway.entrypoint import EntryRequest, EntryServer
 from gateway.errors import json_error
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.middlewares import observe, observed
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
 from gateway.reload import RELOADS, Reloads, reload_ctx
-from gateway.requests import ROUTE, BadRequest, read_call
+from gateway.requests import ROUTE, BadRequest, Incoming, read_call
 from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
 
@@ -39,7 +40,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return await serve_instance_api(request.app[GATEWAY], request)
 
 
-async def serve_instance_api(gw: Gateway, request: web.Request) -> web.StreamResponse:
+async def serve_instance_api(gw: Gateway, request: Incoming) -> web.StreamResponse:
     with gw.inflight:  # a reload closes the gateway it replaced only after this
         try:
             call = await read_call(request)
@@ -115,37 +116,44 @@ class GatewayRunner(web.AppRunner):
         apps_own = ("/gateway/", app[SETTINGS].webhook_path)
         metrics = app[METRICS]
 
-        def access_log(_: web.Request) -> bool:
+        def access_log(_: Incoming) -> bool:
             return app[GATEWAY].settings.access_log
 
-        async def instance_api(request: web.Request) -> web.StreamResponse:
+        async def instance_api(request: Incoming) -> web.StreamResponse:
             return await serve_instance_api(app[GATEWAY], request)
+
+        def hot(path: str) -> bool:
+            return path != "/metrics" and not path.startswith(apps_own)
 
         async def front(request: web.BaseRequest) -> web.StreamResponse:
             assert isinstance(request, web.Request)  # made by the app's request factory
-            path = request.rel_url.path_safe
-            if path == "/metrics" or path.startswith(apps_own) or hdrs.EXPECT in request.headers:
+            if not hot(request.rel_url.path_safe) or hdrs.EXPECT in request.headers:
                 return await through_app(request)
             return await observed(metrics, access_log, request, instance_api)
 
+        async def lean(request: EntryRequest) -> web.StreamResponse:
+            return await observed(metrics, access_log, request, instance_api)
+
         server.request_handler = front
+        if isinstance(server, EntryServer):
+            server.hot, server.serve = hot, lean
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()
-        return _Server(
+        return EntryServer(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
+            fallback=_connection,
+            max_body=self.app[SETTINGS].max_body_bytes,
             **made._kwargs,
         )
 
 
-class _Server(web.Server):
-    """aiohttp's ``Server`` whose connections are ``_Connection``s."""
-
-    def __call__(self) -> RequestHandler:
-        return _Connection(self, loop=self._loop, **self._kwargs)
+def _connection(server: web.Server) -> RequestHandler:
+    """aiohttp's connection handler, as a ``_Connection``."""
+    return _Connection(server, loop=server._loop, **server._kwargs)
 
 
 class _Connection(RequestHandler):

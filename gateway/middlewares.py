@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -14,10 +15,12 @@ from gateway.decisions.paths import origin_form
 from gateway.errors import OUTCOME_HEADER, json_error
 from gateway.headers import INSTANCE_HEADER
 from gateway.metrics import Metrics
-from gateway.requests import REQUEST_ID, ROUTE, request_id
+from gateway.requests import REQUEST_ID, ROUTE, Incoming, request_id
 
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
+
+R = TypeVar("R", bound=Incoming)  # an aiohttp request, or one the entry point read
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -48,9 +51,9 @@ def observe(metrics: Metrics, access_log: Callable[[web.Request], bool]) -> web.
 
 async def observed(
     metrics: Metrics,
-    access_log: Callable[[web.Request], bool],
-    request: web.Request,
-    handler: Handler,
+    access_log: Callable[[R], bool],
+    request: R,
+    handler: Callable[[R], Awaitable[web.StreamResponse]],
 ) -> web.StreamResponse:
     """``handler``'s answer, tagged, counted, timed and logged: the middleware's work, also
     done inline on the proxied path (``gateway.app.GatewayRunner``)."""

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -24,7 +24,7 @@ from yarl import URL
 from gateway.decisions.paths import PATH_CHARS, BadPath, normalize
 from gateway.decisions.routes import Route, classify, valid_session_id
 from gateway.errors import json_error
-from gateway.headers import end_to_end
+from gateway.headers import RawHeaders, end_to_end
 
 ROUTE = web.RequestKey("route", str)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -35,6 +35,36 @@ REPLACED = frozenset(
 )
 WORKSPACE_ID = re.compile(r"[0-9]{1,20}")
 SESSION_ID_RULE = "session_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ - (not . or ..)"
+
+
+class _Headers(Protocol):
+    def get(self, name: str, default: None = None, /) -> str | None: ...
+
+
+class Incoming(Protocol):
+    """What the instance API reads of a request: an aiohttp ``web.Request``, or one the
+    entry point read itself (``gateway.entrypoint.EntryRequest``)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def raw_headers(self) -> RawHeaders: ...
+    @property
+    def headers(self) -> _Headers: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    async def read(self) -> bytes: ...
+    def __getitem__(self, key: Any, /) -> Any: ...
+    def __setitem__(self, key: Any, value: Any, /) -> None: ...
+    def get(self, key: Any, default: Any = None, /) -> Any: ...
 
 
 @dataclass
@@ -67,7 +97,7 @@ class BadRequest(Exception):
         self.response = json_error(400, message)
 
 
-def _json_body(request: web.Request, body: bytes) -> Any:
+def _json_body(request: Incoming, body: bytes) -> Any:
     if request.method not in BODY_METHODS or not body.strip():
         return None
     ctype = request.content_type
@@ -79,11 +109,11 @@ def _json_body(request: web.Request, body: bytes) -> Any:
         raise BadRequest("Request body is not valid JSON") from None
 
 
-def _field(payload: Any, request: web.Request, name: str) -> str | None:
+def _field(payload: Any, query: str, name: str) -> str | None:
+    """``name`` from the JSON body, else from the query string (still percent-encoded)."""
     value = payload.get(name) if isinstance(payload, dict) else None
-    query = request.query_string
     if value is None and query and (name in query or "%" in query):  # else surely not there
-        value = request.query.get(name)
+        value = URL.build(query_string=query, encoded=True).query.get(name)
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -91,7 +121,7 @@ def _field(payload: Any, request: web.Request, name: str) -> str | None:
     return str(value)
 
 
-def forwarded_headers(request: web.Request, request_id: str) -> bytes:
+def forwarded_headers(request: Incoming, request_id: str) -> bytes:
     """The caller's end-to-end headers plus the X-Forwarded-* set and the request id, as
     header lines ready to go out."""
     lines: list[bytes] = []
@@ -118,7 +148,7 @@ def forwarded_headers(request: web.Request, request_id: str) -> bytes:
     return b"".join(lines)
 
 
-def request_id(request: web.Request) -> str:
+def request_id(request: Incoming) -> str:
     """The caller's X-Request-ID, or a new one, so a request can be followed end to end.
 
     A new one is a random prefix per process and a counter: unique, with no random draw
@@ -137,7 +167,7 @@ _new_id_prefix()
 os.register_at_fork(after_in_child=_new_id_prefix)  # a forked process gets its own
 
 
-def _path_qs(request: web.Request) -> str:
+def _path_qs(request: Incoming) -> str:
     """The canonical path and the query string as sent (the target is a path: middlewares)."""
     path, sep, query = request.raw_path.partition("?")
     if not PATH_CHARS.fullmatch(query):
@@ -161,17 +191,18 @@ def _path_session(route: Route) -> str | None:
     return session_id
 
 
-async def read_call(request: web.Request) -> Call:
+async def read_call(request: Incoming) -> Call:
     """Parse and check a request; raises ``BadRequest`` with the answer to give."""
     path_qs = _path_qs(request)
     route = classify(path_qs.partition("?")[0])
     request[ROUTE] = route.template
     body = await request.read()
     payload = _json_body(request, body)
-    session_id = _path_session(route) or _field(payload, request, "session_id")
+    query = path_qs.partition("?")[2]
+    session_id = _path_session(route) or _field(payload, query, "session_id")
     if session_id is not None and not valid_session_id(session_id):
         raise BadRequest(SESSION_ID_RULE)
-    workspace_id = _field(payload, request, "workspace_id")
+    workspace_id = _field(payload, query, "workspace_id")
     if workspace_id is not None and not WORKSPACE_ID.fullmatch(workspace_id):
         raise BadRequest("workspace_id must be 1-20 ASCII digits")
     return Call(
@@ -183,5 +214,5 @@ async def read_call(request: web.Request) -> Call:
         session_id=session_id,
         workspace_id=workspace_id,
         payload=payload,
-        query=request.rel_url.raw_query_string,
+        query=query,
     )

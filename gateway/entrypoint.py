@@ -1,0 +1,463 @@
+"""The entry point: connections on the gateway's port, read with llhttp.
+
+The instance API is the gateway's hot path, and aiohttp's general machinery (a request
+object, a task, a response object and its header bookkeeping per request) costs more than
+the forwarding itself. So each connection starts as an ``Entry``: it reads requests with
+``httptools`` (llhttp, the parser aiohttp's own C parser wraps) and hands the plain ones
+(a path-only target, a ``Content-Length`` body within the limit, no ``Expect``, no
+upgrade) straight to the instance API's handler, writing each answer as one buffer.
+
+Everything else goes to aiohttp: the first request that is the app's own (``/metrics``,
+the admin API, the webhook route), that is unusual in any way, or that llhttp refuses
+makes the connection hand itself, with every byte not yet answered, to aiohttp's own
+connection handler, which serves it from then on exactly as before. Bytes are only ever
+consumed one whole request at a time (the head is found first, then exactly its body),
+so what is handed over is the request as the caller sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+from aiohttp import web
+
+log = logging.getLogger("gateway.http")
+
+PIPELINED = 16  # requests read ahead of their answers before reading pauses
+HOT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+Serve = Callable[["EntryRequest"], Awaitable[web.StreamResponse]]
+
+
+class EntryRequest:
+    """The part of ``aiohttp.web.Request`` the instance API reads, for a request an
+    ``Entry`` read itself."""
+
+    __slots__ = (
+        "_body",
+        "_state",
+        "host",
+        "keep_alive",
+        "method",
+        "raw_headers",
+        "raw_path",
+        "remote",
+        "version",
+    )
+    scheme = "http"
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        host: str,
+        remote: str | None,
+        version: str,
+        keep_alive: bool,
+    ) -> None:
+        self.method, self.raw_path, self.raw_headers = method, raw_path, raw_headers
+        self.host, self.remote, self.version, self.keep_alive = host, remote, version, keep_alive
+        self._body = body
+        self._state: dict[Any, Any] = {}
+
+    @property
+    def headers(self) -> _RawLookup:
+        return _RawLookup(self.raw_headers)
+
+    @property
+    def content_type(self) -> str:
+        """As aiohttp gives it: the media type, lowercased, without parameters."""
+        value = self.headers.get("Content-Type")
+        if value is None:
+            return "application/octet-stream"
+        return value.partition(";")[0].strip().lower()
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._state[key] = value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+
+class _RawLookup:
+    """Case-insensitive ``get`` over raw headers, without building a dict per request."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        wanted = name.lower().encode("ascii")
+        for key, value in self._raw:
+            if key.lower() == wanted:
+                return value.decode("utf-8", "surrogateescape")
+        return default
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+
+class EntryServer(web.Server):
+    """aiohttp's ``Server`` whose connections start as ``Entry``s.
+
+    ``fallback`` makes aiohttp's own connection handler, for the connections an ``Entry``
+    hands over; ``hot`` says whether a path is the instance API's; ``serve`` answers one
+    request of it.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        fallback: Callable[[web.Server], asyncio.Protocol],
+        max_body: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fallback, self.max_body = fallback, max_body
+        self.keepalive = float(kwargs.get("keepalive_timeout", 75.0))
+        # Within aiohttp's limits whatever they are: a longer head, or more headers, goes to
+        # aiohttp, which refuses a line or a field over its limit.
+        self.max_head = min(kwargs.get("max_line_size", 8190), kwargs.get("max_field_size", 8190))
+        self.max_headers = kwargs.get("max_headers", 128)
+        self.hot: Callable[[str], bool] = lambda path: False  # until the app says
+        self.serve: Serve | None = None
+        self.entries: set[Entry] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> Entry:  # type: ignore[override]
+        return Entry(self)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.gather(
+            super().shutdown(timeout), *(entry.shutdown(timeout) for entry in list(self.entries))
+        )
+
+    def watch_idle(self) -> None:
+        """Close connections idle past ``keepalive``: one sweep a second for all of them,
+        instead of a timer per answer."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for entry in list(self.entries):
+            if entry.idle_since is not None and now - entry.idle_since >= self.keepalive:
+                entry.close()
+        if self.entries:
+            self.watch_idle()
+
+
+class Entry(asyncio.Protocol):
+    """One connection while it is read by the gateway itself (see the module's text)."""
+
+    def __init__(self, server: EntryServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.buffer = bytearray()
+        self.answering: deque[EntryRequest | None] = deque()  # None: hand over there
+        self.worker: asyncio.Task[None] | None = None
+        self.idle_since: float | None = None
+        self.host, self.remote = "", None
+        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
+        self._done = False  # closed, closing, or handed over: read nothing more
+        self._eof = False  # the caller sent its last byte
+        self._scanned = 0  # bytes of the buffer searched for the end of a head
+        self._keep_alive = True
+        # The request being read: its head's parts, then its body.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_left = 0
+        self._in_body = False
+        self._hot = False
+        self._complete = False
+
+    # --- transport events -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple | list) and peer else None
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple | list) and len(local) >= 2:
+            host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
+            self.host = f"{host}:{local[1]}"
+        self.idle_since = self.loop.time()
+        self.server.entries.add(self)
+        self.server.watch_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done = True
+        self.server.entries.discard(self)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        # A request being answered is not cancelled (as aiohttp's handler_cancellation
+        # off): a send in flight goes on to its end; its answer has nowhere to go.
+
+    def pause_writing(self) -> None:
+        self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def eof_received(self) -> bool:
+        """Half-closed: answer what was asked, then close."""
+        self._eof = True
+        if self.worker is None:
+            if self._handing_over:
+                return True
+            self.close()
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        self.idle_since = None
+        self.buffer += data
+        self._read_requests()
+
+    # --- reading: one whole request at a time -----------------------------------------------
+
+    def _read_requests(self) -> None:
+        while not self._done and self.buffer and not self._handing_over:
+            if not self._in_body:
+                end = self.buffer.find(b"\r\n\r\n", self._scanned)
+                if end < 0:
+                    self._scanned = max(0, len(self.buffer) - 3)  # a head sent byte by byte
+                    if len(self.buffer) > self.server.max_head:
+                        self._hand_over()  # a long head: aiohttp's to take or refuse
+                    return
+                self._scanned = 0
+                if end + 4 > self.server.max_head:
+                    self._hand_over()
+                    return
+                head = bytes(self.buffer[: end + 4])
+                self._url, self._headers, self._body = b"", [], []
+                self._hot, self._complete = False, False
+                try:
+                    self.parser.feed_data(head)
+                except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+                    self._hot = False
+                if not self._hot:
+                    self._hand_over()  # from this head on, as the caller sent it
+                    return
+                del self.buffer[: end + 4]
+                self._in_body = not self._complete
+            else:
+                take = min(len(self.buffer), self._body_left)
+                chunk = bytes(self.buffer[:take])
+                del self.buffer[:take]
+                self._body_left -= take
+                try:
+                    self.parser.feed_data(chunk)
+                except httptools.HttpParserError:  # llhttp took the head: cannot happen
+                    self._protocol_error()
+                    return
+            if self._complete:
+                self._in_body = False
+                self._queue(self._request())
+
+    @property
+    def _handing_over(self) -> bool:
+        return bool(self.answering) and self.answering[-1] is None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        method = parser.get_method().decode("ascii", "replace")
+        self._body_left = 0
+        self._keep_alive = parser.should_keep_alive()
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                self._body_left = int(value)  # llhttp checked it is one decimal number
+            elif lowered in (b"transfer-encoding", b"expect", b"upgrade"):
+                return  # not hot: aiohttp decodes chunks, says 100 Continue, upgrades
+        path = self._url.partition(b"?")[0]
+        self._hot = (
+            len(self._headers) <= self.server.max_headers
+            and method in HOT_METHODS
+            and parser.get_http_version() in ("1.1", "1.0")
+            and self._body_left <= self.server.max_body
+            and path[:1] == b"/"
+            and path[:2] != b"//"
+            and b"%" not in path
+            and self.server.hot(path.decode("ascii", "replace"))
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    def _request(self) -> EntryRequest:
+        return EntryRequest(
+            self.parser.get_method().decode("ascii"),
+            self._url.decode("ascii", "surrogateescape"),
+            self._headers,
+            b"".join(self._body),
+            self._host_header() or self.host,
+            self.remote,
+            self.parser.get_http_version(),
+            self._keep_alive,
+        )
+
+    def _host_header(self) -> str | None:
+        for name, value in self._headers:
+            if name.lower() == b"host":
+                return value.decode("utf-8", "surrogateescape")
+        return None
+
+    # --- answering, in order ----------------------------------------------------------------
+
+    def _queue(self, request: EntryRequest | None) -> None:
+        self.answering.append(request)
+        if request is not None and not self._keep_alive:
+            self._done = True  # the caller said this one is its last
+        if len(self.answering) >= PIPELINED and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+        if self.worker is None:
+            self.worker = self.loop.create_task(self._answer_all())
+
+    def _hand_over(self) -> None:
+        self._queue(None)
+
+    async def _answer_all(self) -> None:
+        try:
+            while self.answering:
+                request = self.answering[0]
+                if request is None:
+                    self._give_to_aiohttp()
+                    return
+                try:
+                    response = await self.server.serve(request)
+                    if self._writable is not None:
+                        await self._writable
+                    self._write(request, response)
+                except Exception:
+                    log.exception("could not answer a request; the connection is closed")
+                    self.close()
+                    return
+                self.answering.popleft()
+                if self._paused and len(self.answering) < PIPELINED // 2 and self.transport:
+                    self._paused = False
+                    self.transport.resume_reading()
+            if self._done or self._eof:
+                self.close()
+            else:
+                self.idle_since = self.loop.time()
+        finally:
+            self.worker = None
+
+    def _write(self, request: EntryRequest, response: web.StreamResponse) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = response.body if isinstance(response, web.Response) else None
+        if not isinstance(body, bytes | bytearray):
+            log.error("an answer without a body in bytes: %s", type(response).__name__)
+            body = b""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, REASONS.get(response.status, b""))]
+        headers = response.headers
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value:
+                raise ValueError("a header value holds a line break")
+            lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+        head_only = request.method == "HEAD" or response.status in (204, 304)
+        if "Content-Length" not in headers and response.status not in (204, 304):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        if "Date" not in headers:
+            lines.append(_date_line())
+        if not request.keep_alive:
+            if request.version == "1.1":
+                lines.append(b"Connection: close\r\n")
+        elif request.version == "1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        if not head_only:
+            lines.append(body)
+        transport.write(b"".join(lines))
+
+    def _give_to_aiohttp(self) -> None:
+        """From the first request not answered on: aiohttp's connection handler."""
+        transport = self.transport
+        self.server.entries.discard(self)
+        if transport is None or transport.is_closing():
+            return
+        handler = self.server.fallback(self.server)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if self.buffer:
+            handler.data_received(bytes(self.buffer))
+            self.buffer.clear()
+        if self._eof:
+            handler.eof_received()
+
+    def _protocol_error(self) -> None:
+        self.close()
+
+    # --- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._done = True
+        self.server.entries.discard(self)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    async def shutdown(self, timeout: float | None) -> None:
+        """Read nothing more; let the answers under way finish (up to ``timeout``)."""
+        self._done = True
+        worker = self.worker
+        if worker is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(worker), timeout)
+        self.close()
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date_line() -> bytes:
+    """``Date: ...`` for this second, formatted once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode("ascii"))
+    return _date_cache[1]

@@ -1,0 +1,250 @@
+"""The entry point: connections read by the gateway itself, and handed to aiohttp whole.
+
+Every request here goes over a raw socket, so what is checked is the bytes a caller gets:
+answers in order on one connection, the hand-over to aiohttp at the first request that is
+not the instance API's (or is unusual) with nothing lost or reordered, keep-alive and
+close as HTTP/1.0 and 1.1 callers expect them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.app import GatewayRunner, create_app
+from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings
+from tests.support import stand_in
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]  # lowercased names
+    body: bytes
+
+
+class Raw:
+    """One connection to the gateway, written and read as bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def to(cls, url: str) -> Raw:
+        host, port = url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def answer(self, head_request: bool = False) -> Answer:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines[1:] if line)
+        }
+        length = 0 if head_request else int(headers.get("content-length", "0"))
+        body = await asyncio.wait_for(self.reader.readexactly(length), 5)
+        return Answer(status, headers, body)
+
+    async def closed(self) -> bool:
+        """Whether the gateway closed the connection (EOF within 5 s, nothing more sent)."""
+        return await asyncio.wait_for(self.reader.read(), 5) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+STATUS = f"/api/sessions/s1/status?api_key={API_KEY}"
+SEND = {"session_id": "s1", "api_key": API_KEY, "recipient_phone": "15550001", "message": "m"}
+
+
+def get(path: str, *extra: str, version: str = "1.1") -> bytes:
+    lines = "".join(f"{line}\r\n" for line in extra)
+    return f"GET {path} HTTP/{version}\r\nHost: gw\r\n{lines}\r\n".encode()
+
+
+def post(path: str, body: dict[str, object], *extra: str) -> bytes:
+    data = json.dumps(body).encode()
+    lines = "".join(f"{line}\r\n" for line in extra)
+    head = f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{lines}"
+    return f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data
+
+
+async def created(gw: RunningGateway, session_id: str) -> None:
+    raw = await Raw.to(gw.url)
+    raw.send(post("/api/sessions", {"session_id": session_id, "api_key": API_KEY}))
+    assert (await raw.answer()).status == 200
+    raw.close()
+
+
+def entries(gw: RunningGateway) -> int:
+    server = gw.runner.server
+    return len(server.entries) if server is not None else 0  # type: ignore[attr-defined]
+
+
+async def test_answers_come_in_order_and_an_admin_request_hands_the_connection_over(
+    simulators, gateways
+):
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims], admin_token="admin")
+    await created(gw, "s1")
+    raw = await Raw.to(gw.url)
+    # Pipelined: two of the instance API, one of the app's own, one more of the API.
+    raw.send(
+        get(STATUS)
+        + get(f"/api/sessions/nobody/status?api_key={API_KEY}")
+        + get("/gateway/distribution", "Authorization: Bearer admin")
+        + post("/api/messages/send", SEND)
+    )
+    first, second, admin, send = [await raw.answer() for _ in range(4)]
+    assert first.status == 200 and json.loads(first.body)["session_id"] == "s1"
+    assert second.status == 404
+    assert admin.status == 200 and json.loads(admin.body)["pinned"] == 1
+    assert (
+        send.status == 200
+        and send.headers["x-whatsapp-instance"] == first.headers["x-whatsapp-instance"]
+    )
+    assert all(a.headers["x-request-id"] for a in (first, second, admin, send))
+    # aiohttp holds the connection now; it goes on serving the instance API on it.
+    raw.send(get(STATUS))
+    assert (await raw.answer()).status == 200
+    assert entries(gw) == 0
+    raw.close()
+
+
+async def test_what_the_entry_point_does_not_read_itself_reaches_aiohttp_intact(
+    simulators, gateways
+):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url], max_body_bytes=1024)
+    await created(gw, "s1")
+    body = json.dumps(SEND).encode()
+    chunked = (
+        b"POST /api/messages/send HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    continued = (
+        b"POST /api/messages/send HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    for request in (chunked, get(f"/api/sessions/%73%31/status?api_key={API_KEY}")):
+        raw = await Raw.to(gw.url)
+        raw.send(request)
+        answer = await raw.answer()
+        assert answer.status == 200, answer  # by aiohttp's path, as before
+        raw.close()
+    raw = await Raw.to(gw.url)
+    raw.send(continued)
+    assert (await raw.answer()).status == 100
+    raw.send(body)
+    sent = await raw.answer()
+    assert sent.status == 200 and json.loads(sent.body)["success"] is True
+    raw.close()
+    raw = await Raw.to(gw.url)
+    raw.send(post("/api/messages/send", {**SEND, "message": "x" * 2000}))
+    too_big = await raw.answer()
+    assert too_big.status == 413 and json.loads(too_big.body)["success"] is False
+    raw.close()
+
+
+async def test_http_1_0_and_connection_close_are_honoured(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    await created(gw, "s1")
+    raw = await Raw.to(gw.url)
+    raw.send(get(STATUS, version="1.0"))
+    answer = await raw.answer()
+    assert answer.status == 200 and await raw.closed()
+
+    raw = await Raw.to(gw.url)
+    raw.send(get(STATUS, "Connection: keep-alive", version="1.0"))
+    answer = await raw.answer()
+    assert answer.status == 200 and answer.headers["connection"].lower() == "keep-alive"
+    raw.send(get(STATUS, "Connection: keep-alive", version="1.0"))
+    assert (await raw.answer()).status == 200
+    raw.close()
+
+    raw = await Raw.to(gw.url)
+    raw.send(get(STATUS, "Connection: close") + get("/health"))
+    answer = await raw.answer()
+    assert answer.headers["connection"].lower() == "close"
+    assert await raw.closed()  # the request after the last one is not answered
+
+
+async def test_a_head_answer_has_the_length_and_no_body(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    raw = await Raw.to(gw.url)
+    raw.send(b"HEAD /health/live HTTP/1.1\r\nHost: gw\r\n\r\n" + get("/health/live"))
+    head = await raw.answer(head_request=True)
+    full = await raw.answer()  # read right after: no stray body bytes in between
+    assert head.status == full.status == 200
+    assert int(head.headers["content-length"]) == len(full.body) > 0
+    raw.close()
+
+
+async def test_a_request_sent_byte_by_byte_and_a_half_closed_caller_are_answered(
+    simulators, gateways
+):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    await created(gw, "s1")
+    raw = await Raw.to(gw.url)
+    for byte in post("/api/messages/send", SEND):
+        raw.send(bytes([byte]))
+        await raw.writer.drain()
+    assert (await raw.answer()).status == 200
+    assert entries(gw) == 1  # read by the entry point itself, not handed over
+    raw.send(get(STATUS))
+    raw.writer.write_eof()
+    assert (await raw.answer()).status == 200
+    assert await raw.closed()
+
+
+async def test_idle_connections_are_closed_after_the_keepalive_timeout(simulators, redis_prefix):
+    sims = await simulators(1)
+    settings = gateway_settings([sims[0].url], redis_prefix)
+    runner = GatewayRunner(create_app(settings), access_log=None, keepalive_timeout=0.3)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", settings.port).start()
+        gw = RunningGateway(f"http://127.0.0.1:{settings.port}", runner.app, runner)
+        raw = await Raw.to(gw.url)
+        raw.send(get("/health"))
+        assert (await raw.answer()).status == 200
+        assert await raw.closed()  # within the sweep after 0.3 s idle
+
+        async def forgotten() -> bool:
+            return entries(gw) == 0
+
+        await eventually(forgotten, timeout=2)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_request_in_flight_is_answered_through_a_shutdown(teardown, gateways):
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.json_response({"success": True, "slow": True})
+
+    stand = await stand_in(teardown, answer=slow)
+    gw = await gateways([stand.url])
+    raw = await Raw.to(gw.url)
+    raw.send(get("/info"))
+    await asyncio.wait_for(entered.wait(), 5)
+    stopping = asyncio.create_task(gw.runner.cleanup())
+    await asyncio.sleep(0.1)  # the shutdown under way, waiting for the answer
+    assert not stopping.done()
+    release.set()
+    answer = await raw.answer()
+    assert answer.status == 200 and json.loads(answer.body)["slow"] is True
+    await stopping
