@@ -163,8 +163,8 @@ class EntryServer(web.Server):
         self._sweeper = None
         now = asyncio.get_running_loop().time()
         for entry in list(self.entries):
-            if entry.idle_since is not None and now - entry.idle_since >= self.keepalive:
-                entry.close()
+            if entry.worker is None and now - entry.active_at >= self.keepalive:
+                entry.close()  # nothing being answered, nothing heard for that long
         if self.entries:
             self.watch_idle()
 
@@ -180,12 +180,13 @@ class Entry(asyncio.Protocol):
         self.buffer = bytearray()
         self.answering: deque[EntryRequest | None] = deque()  # None: hand over there
         self.worker: asyncio.Task[None] | None = None
-        self.idle_since: float | None = None
+        self.active_at = self.loop.time()  # when a byte last came in or an answer went out
         self.host, self.remote = "", None
         self._writable: asyncio.Future[None] | None = None
         self._paused = False
         self._done = False  # closed, closing, or handed over: read nothing more
         self._eof = False  # the caller sent its last byte
+        self._lost = False  # the connection is gone
         self._scanned = 0  # bytes of the buffer searched for the end of a head
         self._keep_alive = True
         # The request being read: its head's parts, then its body.
@@ -207,13 +208,15 @@ class Entry(asyncio.Protocol):
         if isinstance(local, tuple | list) and len(local) >= 2:
             host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
             self.host = f"{host}:{local[1]}"
-        self.idle_since = self.loop.time()
         self.server.entries.add(self)
         self.server.watch_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._done = True
+        self._done = self._lost = True
         self.server.entries.discard(self)
+        # Requests read but not started are dropped, as aiohttp does when the caller leaves.
+        while len(self.answering) > (1 if self.worker is not None else 0):
+            self.answering.pop()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         # A request being answered is not cancelled (as aiohttp's handler_cancellation
@@ -239,7 +242,7 @@ class Entry(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
-        self.idle_since = None
+        self.active_at = self.loop.time()
         self.buffer += data
         self._read_requests()
 
@@ -358,7 +361,7 @@ class Entry(asyncio.Protocol):
 
     async def _answer_all(self) -> None:
         try:
-            while self.answering:
+            while self.answering and not self._lost:
                 request = self.answering[0]
                 if request is None:
                     self._give_to_aiohttp()
@@ -379,7 +382,7 @@ class Entry(asyncio.Protocol):
             if self._done or self._eof:
                 self.close()
             else:
-                self.idle_since = self.loop.time()
+                self.active_at = self.loop.time()
         finally:
             self.worker = None
 

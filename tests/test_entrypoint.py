@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
 from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings
-from tests.support import stand_in
+from tests.support import reset, stand_in
 
 
 @dataclass
@@ -248,3 +248,33 @@ async def test_a_request_in_flight_is_answered_through_a_shutdown(teardown, gate
     answer = await raw.answer()
     assert answer.status == 200 and json.loads(answer.body)["slow"] is True
     await stopping
+
+
+async def test_requests_queued_behind_one_in_flight_are_dropped_when_the_caller_leaves(
+    teardown, gateways
+):
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        if request.path != "/info":
+            return web.json_response({"success": True, "sessions": []})
+        calls.append(request.path_qs)
+        entered.set()
+        await release.wait()
+        return web.json_response({"success": True})
+
+    stand = await stand_in(teardown, answer=slow)
+    gw = await gateways([stand.url])
+    raw = await Raw.to(gw.url)
+    raw.send(get("/info") + get("/info?second"))
+    await asyncio.wait_for(entered.wait(), 5)
+    reset(raw.writer)  # the caller is gone
+
+    async def forgotten() -> bool:
+        return entries(gw) == 0
+
+    await eventually(forgotten)
+    release.set()
+    await asyncio.sleep(0.2)  # time for a second call to be made, were it to be
+    assert calls == ["/info"]  # the one in flight finished; the one queued never went out
