@@ -33,6 +33,8 @@ from aiohttp import web
 log = logging.getLogger("gateway.http")
 
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
+# Headers picked out while parsing: the instance API reads these on every request.
+KNOWN = frozenset({b"host", b"content-type", b"x-request-id"})
 HOT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -45,6 +47,7 @@ class EntryRequest:
 
     __slots__ = (
         "_body",
+        "_known",
         "_state",
         "host",
         "keep_alive",
@@ -61,6 +64,7 @@ class EntryRequest:
         method: str,
         raw_path: str,
         raw_headers: list[tuple[bytes, bytes]],
+        known: dict[bytes, bytes],
         body: bytes,
         host: str,
         remote: str | None,
@@ -69,20 +73,20 @@ class EntryRequest:
     ) -> None:
         self.method, self.raw_path, self.raw_headers = method, raw_path, raw_headers
         self.host, self.remote, self.version, self.keep_alive = host, remote, version, keep_alive
-        self._body = body
+        self._known, self._body = known, body
         self._state: dict[Any, Any] = {}
 
     @property
     def headers(self) -> _RawLookup:
-        return _RawLookup(self.raw_headers)
+        return _RawLookup(self.raw_headers, self._known)
 
     @property
     def content_type(self) -> str:
         """As aiohttp gives it: the media type, lowercased, without parameters."""
-        value = self.headers.get("Content-Type")
+        value = self._known.get(b"content-type")
         if value is None:
             return "application/octet-stream"
-        return value.partition(";")[0].strip().lower()
+        return value.partition(b";")[0].strip().lower().decode("utf-8", "surrogateescape")
 
     async def read(self) -> bytes:
         return self._body
@@ -98,15 +102,19 @@ class EntryRequest:
 
 
 class _RawLookup:
-    """Case-insensitive ``get`` over raw headers, without building a dict per request."""
+    """Case-insensitive ``get`` over raw headers (the first of a name), without building a
+    dict per request: the few the instance API reads were picked out while parsing."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_known", "_raw")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
+    def __init__(self, raw: list[tuple[bytes, bytes]], known: dict[bytes, bytes]) -> None:
+        self._raw, self._known = raw, known
 
     def get(self, name: str, default: str | None = None) -> str | None:
         wanted = name.lower().encode("ascii")
+        if wanted in KNOWN:
+            value = self._known.get(wanted)
+            return default if value is None else value.decode("utf-8", "surrogateescape")
         for key, value in self._raw:
             if key.lower() == wanted:
                 return value.decode("utf-8", "surrogateescape")
@@ -177,7 +185,7 @@ class Entry(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
-        self.buffer = bytearray()
+        self.buffer = b""  # received, not yet parsed: the start of a request
         self.answering: deque[EntryRequest | None] = deque()  # None: hand over there
         self.worker: asyncio.Task[None] | None = None
         self.active_at = self.loop.time()  # when a byte last came in or an answer went out
@@ -197,6 +205,7 @@ class Entry(asyncio.Protocol):
         self._in_body = False
         self._hot = False
         self._complete = False
+        self._known: dict[bytes, bytes] = {}
 
     # --- transport events -------------------------------------------------------------------
 
@@ -243,49 +252,54 @@ class Entry(asyncio.Protocol):
         if self._done:
             return
         self.active_at = self.loop.time()
-        self.buffer += data
-        self._read_requests()
+        if self.buffer:  # the rest of a request begun in an earlier segment
+            data, self.buffer = self.buffer + data, b""
+        self._read_requests(data)
 
     # --- reading: one whole request at a time -----------------------------------------------
 
-    def _read_requests(self) -> None:
-        while not self._done and self.buffer and not self._handing_over:
+    def _read_requests(self, data: bytes) -> None:
+        """Parse what ``data`` holds, never past the end of a request whose answer decides
+        what comes next; keep the rest (as the caller sent it) for later or for aiohttp."""
+        pos, size, view = 0, len(data), memoryview(data)
+        while pos < size and not self._done and not self._handing_over:
             if not self._in_body:
-                end = self.buffer.find(b"\r\n\r\n", self._scanned)
+                end = data.find(b"\r\n\r\n", pos + self._scanned)
                 if end < 0:
-                    self._scanned = max(0, len(self.buffer) - 3)  # a head sent byte by byte
-                    if len(self.buffer) > self.server.max_head:
+                    self._scanned = max(0, size - pos - 3)  # a head sent byte by byte
+                    if size - pos > self.server.max_head:
                         self._hand_over()  # a long head: aiohttp's to take or refuse
-                    return
+                    break
                 self._scanned = 0
-                if end + 4 > self.server.max_head:
+                if end + 4 - pos > self.server.max_head:
                     self._hand_over()
-                    return
-                head = bytes(self.buffer[: end + 4])
+                    break
                 self._url, self._headers, self._body = b"", [], []
-                self._hot, self._complete = False, False
+                self._hot = self._complete = False
                 try:
-                    self.parser.feed_data(head)
+                    self.parser.feed_data(view[pos : end + 4])
                 except (httptools.HttpParserError, httptools.HttpParserUpgrade):
                     self._hot = False
                 if not self._hot:
                     self._hand_over()  # from this head on, as the caller sent it
-                    return
-                del self.buffer[: end + 4]
+                    break
+                pos = end + 4
                 self._in_body = not self._complete
             else:
-                take = min(len(self.buffer), self._body_left)
-                chunk = bytes(self.buffer[:take])
-                del self.buffer[:take]
+                take = min(size - pos, self._body_left)
                 self._body_left -= take
                 try:
-                    self.parser.feed_data(chunk)
+                    self.parser.feed_data(view[pos : pos + take])
                 except httptools.HttpParserError:  # llhttp took the head: cannot happen
-                    self._protocol_error()
+                    self.close()
                     return
+                pos += take
             if self._complete:
                 self._in_body = False
                 self._queue(self._request())
+        view.release()
+        if pos < size and not self._done:
+            self.buffer = data[pos:]
 
     @property
     def _handing_over(self) -> bool:
@@ -302,12 +316,16 @@ class Entry(asyncio.Protocol):
         method = parser.get_method().decode("ascii", "replace")
         self._body_left = 0
         self._keep_alive = parser.should_keep_alive()
+        known: dict[bytes, bytes] = {}
         for name, value in self._headers:
             lowered = name.lower()
-            if lowered == b"content-length":
+            if lowered in KNOWN:
+                known.setdefault(lowered, value)
+            elif lowered == b"content-length":
                 self._body_left = int(value)  # llhttp checked it is one decimal number
             elif lowered in (b"transfer-encoding", b"expect", b"upgrade"):
                 return  # not hot: aiohttp decodes chunks, says 100 Continue, upgrades
+        self._known = known
         path = self._url.partition(b"?")[0]
         self._hot = (
             len(self._headers) <= self.server.max_headers
@@ -327,22 +345,18 @@ class Entry(asyncio.Protocol):
         self._complete = True
 
     def _request(self) -> EntryRequest:
+        host = self._known.get(b"host")
         return EntryRequest(
             self.parser.get_method().decode("ascii"),
             self._url.decode("ascii", "surrogateescape"),
             self._headers,
+            self._known,
             b"".join(self._body),
-            self._host_header() or self.host,
+            host.decode("utf-8", "surrogateescape") if host else self.host,
             self.remote,
             self.parser.get_http_version(),
             self._keep_alive,
         )
-
-    def _host_header(self) -> str | None:
-        for name, value in self._headers:
-            if name.lower() == b"host":
-                return value.decode("utf-8", "surrogateescape")
-        return None
 
     # --- answering, in order ----------------------------------------------------------------
 
@@ -428,13 +442,10 @@ class Entry(asyncio.Protocol):
             self._paused = False
             transport.resume_reading()
         if self.buffer:
-            handler.data_received(bytes(self.buffer))
-            self.buffer.clear()
+            handler.data_received(self.buffer)
+            self.buffer = b""
         if self._eof:
             handler.eof_received()
-
-    def _protocol_error(self) -> None:
-        self.close()
 
     # --- closing ----------------------------------------------------------------------------
 
