@@ -95,16 +95,19 @@ def create_app(settings: Settings) -> web.Application:
 
 
 class GatewayRunner(web.AppRunner):
-    """An ``AppRunner`` whose server hands the instance API straight to its handler.
+    """An ``AppRunner`` whose server sends the instance API straight to its handler.
 
-    Through the app, every request walks the router and the middleware chain; the proxied
-    routes (all but ``/metrics``, the admin API and the webhook route) need neither, so the
-    server's handler sends them to ``serve_instance_api`` with the middleware's work done
-    inline (``middlewares.observed``). The app's own routes, and requests that expect a
-    ``100 Continue`` (which the app answers first), go through the app as before. Under a
-    plain ``AppRunner`` the app answers every route the same, only slower.
+    Its connections start as entry points (``gateway.entrypoint.Entry``), which read the
+    instance API's plain requests themselves and answer them through
+    ``serve_instance_api`` with the middleware's work done inline (``middlewares.observed``):
+    no request or response machinery of aiohttp's, no router walk, no middleware chain.
+    A connection whose request is the app's own (``/metrics``, the admin API, the webhook
+    route) or unusual in any way is handed to aiohttp whole; there, too, the instance API
+    skips the router and the middleware chain, and requests that expect a ``100 Continue``
+    (which the app answers first) go through the app. Under a plain ``AppRunner`` the app
+    answers every route the same, only slower.
 
-    Its connections (``_Connection``) answer what aiohttp's parser refuses in the gateway's
+    aiohttp's connections (``_Connection``) answer what its parser refuses in the gateway's
     JSON, quietly.
     """
 

@@ -33,8 +33,29 @@ from aiohttp import web
 log = logging.getLogger("gateway.http")
 
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
+KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
 # Headers picked out while parsing: the instance API reads these on every request.
 KNOWN = frozenset({b"host", b"content-type", b"x-request-id"})
+# Requests with one of these are aiohttp's: it decodes chunks and compressed bodies, says
+# 100 Continue, upgrades, and refuses the old WebSocket handshake.
+AIOHTTPS = frozenset(
+    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
+)
+# Headers aiohttp refuses to see twice in one request (a 400).
+SINGLETONS = frozenset(
+    {
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"transfer-encoding",
+        b"user-agent",
+    }
+)
 HOT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -141,7 +162,7 @@ class EntryServer(web.Server):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.fallback, self.max_body = fallback, max_body
-        self.keepalive = float(kwargs.get("keepalive_timeout", 75.0))
+        self.keepalive = float(kwargs.get("keepalive_timeout", KEEPALIVE))
         # Within aiohttp's limits whatever they are: a longer head, or more headers, goes to
         # aiohttp, which refuses a line or a field over its limit.
         self.max_head = min(kwargs.get("max_line_size", 8190), kwargs.get("max_field_size", 8190))
@@ -172,7 +193,7 @@ class EntryServer(web.Server):
         now = asyncio.get_running_loop().time()
         for entry in list(self.entries):
             if entry.worker is None and now - entry.active_at >= self.keepalive:
-                entry.close()  # nothing being answered, nothing heard for that long
+                entry.close()  # idle that long, or that long sending one request
         if self.entries:
             self.watch_idle()
 
@@ -188,13 +209,14 @@ class Entry(asyncio.Protocol):
         self.buffer = b""  # received, not yet parsed: the start of a request
         self.answering: deque[EntryRequest | None] = deque()  # None: hand over there
         self.worker: asyncio.Task[None] | None = None
-        self.active_at = self.loop.time()  # when a byte last came in or an answer went out
+        self.active_at = self.loop.time()  # when the last request began or answer went out
         self.host, self.remote = "", None
         self._writable: asyncio.Future[None] | None = None
         self._paused = False
         self._done = False  # closed, closing, or handed over: read nothing more
         self._eof = False  # the caller sent its last byte
         self._lost = False  # the connection is gone
+        self._stopping = False  # the server shuts down
         self._scanned = 0  # bytes of the buffer searched for the end of a head
         self._keep_alive = True
         # The request being read: its head's parts, then its body.
@@ -222,6 +244,7 @@ class Entry(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = self._lost = True
+        self.buffer = b""
         self.server.entries.discard(self)
         # Requests read but not started are dropped, as aiohttp does when the caller leaves.
         while len(self.answering) > (1 if self.worker is not None else 0):
@@ -251,9 +274,10 @@ class Entry(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
-        self.active_at = self.loop.time()
         if self.buffer:  # the rest of a request begun in an earlier segment
             data, self.buffer = self.buffer + data, b""
+        elif not self._in_body:
+            self.active_at = self.loop.time()  # a request begins: it has keep-alive to arrive
         self._read_requests(data)
 
     # --- reading: one whole request at a time -----------------------------------------------
@@ -309,7 +333,7 @@ class Entry(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._headers.append((name, value.rstrip(b" \t")))  # llhttp keeps trailing OWS
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -317,24 +341,33 @@ class Entry(asyncio.Protocol):
         self._body_left = 0
         self._keep_alive = parser.should_keep_alive()
         known: dict[bytes, bytes] = {}
+        once: set[bytes] = set()
         for name, value in self._headers:
             lowered = name.lower()
+            if lowered in SINGLETONS:
+                if lowered in once:
+                    return  # aiohttp refuses a second one
+                once.add(lowered)
             if lowered in KNOWN:
-                known.setdefault(lowered, value)
+                known[lowered] = value
             elif lowered == b"content-length":
                 self._body_left = int(value)  # llhttp checked it is one decimal number
-            elif lowered in (b"transfer-encoding", b"expect", b"upgrade"):
-                return  # not hot: aiohttp decodes chunks, says 100 Continue, upgrades
+            elif lowered in AIOHTTPS:
+                return
+        version = parser.get_http_version()
+        if version == "1.1" and b"host" not in once:
+            return  # aiohttp refuses it
         self._known = known
         path = self._url.partition(b"?")[0]
         self._hot = (
             len(self._headers) <= self.server.max_headers
             and method in HOT_METHODS
-            and parser.get_http_version() in ("1.1", "1.0")
+            and version in ("1.1", "1.0")
             and self._body_left <= self.server.max_body
             and path[:1] == b"/"
             and path[:2] != b"//"
             and b"%" not in path
+            and b"#" not in self._url
             and self.server.hot(path.decode("ascii", "replace"))
         )
 
@@ -346,7 +379,7 @@ class Entry(asyncio.Protocol):
 
     def _request(self) -> EntryRequest:
         host = self._known.get(b"host")
-        return EntryRequest(
+        request = EntryRequest(
             self.parser.get_method().decode("ascii"),
             self._url.decode("ascii", "surrogateescape"),
             self._headers,
@@ -357,6 +390,8 @@ class Entry(asyncio.Protocol):
             self.parser.get_http_version(),
             self._keep_alive,
         )
+        self._headers, self._body = [], []  # the request holds them now, not the connection
+        return request
 
     # --- answering, in order ----------------------------------------------------------------
 
@@ -371,14 +406,21 @@ class Entry(asyncio.Protocol):
             self.worker = self.loop.create_task(self._answer_all())
 
     def _hand_over(self) -> None:
+        """Stop reading; once the answers before it are out, the rest is aiohttp's."""
         self._queue(None)
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
 
     async def _answer_all(self) -> None:
         try:
             while self.answering and not self._lost:
                 request = self.answering[0]
                 if request is None:
-                    self._give_to_aiohttp()
+                    if self._writable is not None:
+                        await self._writable  # aiohttp could not know the caller lags
+                    if not (self._stopping or self._lost):
+                        self._give_to_aiohttp()
                     return
                 try:
                     response = await self.server.serve(request)
@@ -390,7 +432,8 @@ class Entry(asyncio.Protocol):
                     self.close()
                     return
                 self.answering.popleft()
-                if self._paused and len(self.answering) < PIPELINED // 2 and self.transport:
+                resume = len(self.answering) < PIPELINED // 2 and not self._handing_over
+                if self._paused and resume and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
             if self._done or self._eof:
@@ -405,10 +448,14 @@ class Entry(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         body = response.body if isinstance(response, web.Response) else None
-        if not isinstance(body, bytes | bytearray):
-            log.error("an answer without a body in bytes: %s", type(response).__name__)
+        if body is None:
             body = b""
-        lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, REASONS.get(response.status, b""))]
+        elif not isinstance(body, bytes | bytearray):
+            log.error("an answer with a body not in bytes: %s", type(body).__name__)
+            body = b""
+        status = response.status
+        reason = REASONS.get(status, b"")
+        lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), status, reason)]
         headers = response.headers
         for name, value in headers.items():
             if "\r" in value or "\n" in value:
@@ -438,14 +485,14 @@ class Entry(asyncio.Protocol):
         handler = self.server.fallback(self.server)
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        if self._paused:
+        if self._paused and not self._eof:  # after an EOF, reading again reads it again
             self._paused = False
             transport.resume_reading()
         if self.buffer:
             handler.data_received(self.buffer)
             self.buffer = b""
         if self._eof:
-            handler.eof_received()
+            handler.close()  # answer what it has, then close, as the caller is done
 
     # --- closing ----------------------------------------------------------------------------
 
@@ -456,12 +503,19 @@ class Entry(asyncio.Protocol):
             self.transport.close()
 
     async def shutdown(self, timeout: float | None) -> None:
-        """Read nothing more; let the answers under way finish (up to ``timeout``)."""
-        self._done = True
+        """Read nothing more; let the answers under way finish (up to ``timeout``, then
+        they are cancelled, as aiohttp does)."""
+        self._done = self._stopping = True
         worker = self.worker
         if worker is not None:
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
+            try:
                 await asyncio.wait_for(asyncio.shield(worker), timeout)
+            except TimeoutError:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker
+            except Exception:
+                pass  # the worker logged its own failure
         self.close()
 
 

@@ -198,7 +198,7 @@ async def read_call(request: Incoming) -> Call:
     request[ROUTE] = route.template
     body = await request.read()
     payload = _json_body(request, body)
-    query = path_qs.partition("?")[2]
+    query = path_qs.partition("?")[2].partition("#")[0]  # a fragment is no field
     session_id = _path_session(route) or _field(payload, query, "session_id")
     if session_id is not None and not valid_session_id(session_id):
         raise BadRequest(SESSION_ID_RULE)

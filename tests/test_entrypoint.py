@@ -278,3 +278,102 @@ async def test_requests_queued_behind_one_in_flight_are_dropped_when_the_caller_
     release.set()
     await asyncio.sleep(0.2)  # time for a second call to be made, were it to be
     assert calls == ["/info"]  # the one in flight finished; the one queued never went out
+
+
+async def test_what_aiohttp_refuses_is_refused_the_same(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    for request in (
+        b"GET /health HTTP/1.1\r\n\r\n",  # no Host
+        b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n",
+    ):
+        raw = await Raw.to(gw.url)
+        raw.send(request)
+        answer = await raw.answer()
+        assert answer.status == 400, request
+        assert json.loads(answer.body)["error"].startswith("bad request")
+        raw.close()
+
+
+async def test_a_fragment_is_neither_a_route_nor_a_field(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    raw = await Raw.to(gw.url)
+    raw.send(get("/metrics#x"))
+    metrics = await raw.answer()
+    assert metrics.status == 200 and b"gateway_requests_total" in metrics.body
+    raw.send(get(f"/info?api_key={API_KEY}#&session_id=../../x"))
+    assert (await raw.answer()).status == 200  # no session id to check
+    raw.close()
+
+
+async def test_head_answers_log_nothing_and_connections_keep_no_old_bodies(
+    simulators, gateways, caplog
+):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    await created(gw, "s1")
+    raw = await Raw.to(gw.url)
+    raw.send(b"HEAD /health/live HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert (await raw.answer(head_request=True)).status == 200
+    raw.send(post("/api/messages/send", {**SEND, "message": "x" * 50_000}))
+    assert (await raw.answer()).status == 200
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    (entry,) = gw.runner.server.entries  # type: ignore[union-attr]
+    assert entry._body == [] and entry._headers == []
+    raw.close()
+
+
+async def test_a_caller_that_half_closes_after_a_handed_over_request_is_closed(
+    simulators, gateways
+):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    raw = await Raw.to(gw.url)
+    raw.send(get("/health") + get("/metrics"))
+    raw.writer.write_eof()
+    assert (await raw.answer()).status == 200  # the entry point's own answer
+    # Then the connection ends (aiohttp may or may not answer /metrics to a caller that
+    # half-closed: it closes on reading the end); what it must not do is stay open.
+    rest = await asyncio.wait_for(raw.reader.read(), 5)
+    assert rest == b"" or rest.startswith(b"HTTP/1.1 200")
+
+
+async def test_bytes_behind_a_hand_over_wait_in_the_socket_not_in_memory(teardown, gateways):
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        if request.path == "/info":
+            entered.set()
+            await release.wait()
+        return web.json_response({"success": True, "sessions": []})
+
+    stand = await stand_in(teardown, answer=slow)
+    gw = await gateways([stand.url], admin_token="admin", max_body_bytes=8 << 20)
+    # The handed-over request is the admin API's, with a body of 4 MiB that it reads.
+    body = b'{"url": "' + b"x" * ((4 << 20) - 11) + b'"}'
+    head = (
+        b"PUT /gateway/sessions/s1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer admin\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    raw = await Raw.to(gw.url)
+    raw.send(get("/info") + head)
+    await asyncio.wait_for(entered.wait(), 5)
+    (entry,) = gw.runner.server.entries  # type: ignore[union-attr]
+
+    async def flood() -> None:
+        for start in range(0, len(body), 65536):
+            raw.send(body[start : start + 65536])
+            await raw.writer.drain()
+
+    flooding = asyncio.create_task(flood())
+    await asyncio.sleep(0.5)
+    assert not flooding.done()  # the gateway stopped reading: the caller's writes wait
+    assert len(entry.buffer) < 1_000_000
+    release.set()
+    assert (await raw.answer()).status == 200
+    await flooding  # aiohttp reads the rest once it has the connection
+    moved = await raw.answer()
+    assert 400 <= moved.status < 500 and json.loads(moved.body)  # the admin API's own answer
+    raw.close()

@@ -46,15 +46,23 @@ class Route:
     action: str | None = None
 
 
-@lru_cache(maxsize=8192)  # the paths of the sessions in use: a dozen regexes saved per call
 def classify(path: str) -> Route:
     """The template of ``path`` and the session id and action in it, if any."""
+    return _known(path) if len(path) <= 200 else _classify(path)
+
+
+def _classify(path: str) -> Route:
     for template, pattern in _ROUTES:
         match = pattern.fullmatch(path)
         if match:
             groups = match.groupdict()
             return Route(template, groups.get("sid"), groups.get("action"))
     return Route("other")
+
+
+# The paths of the sessions in use, a dozen regexes saved on each; the longest session path
+# is under 200 characters, so a caller's long made-up paths cannot fill it with megabytes.
+_known = lru_cache(maxsize=4096)(_classify)
 
 
 def valid_session_id(session_id: str) -> bool:
