@@ -34,11 +34,17 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 
 def end_to_end(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
     """Headers as received, minus the hop-by-hop ones and those named by ``Connection``."""
-    dropped = HOP_BY_HOP_RAW
+    kept: list[tuple[bytes, bytes]] = []
+    named: set[bytes] = set()
     for name, value in raw:
-        if name.lower() == b"connection":
-            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
-    return [(name, value) for name, value in raw if name.lower() not in dropped]
+        lowered = name.lower()
+        if lowered not in HOP_BY_HOP_RAW:
+            kept.append((name, value))
+        elif lowered == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    if named:  # rare: a header made hop-by-hop by the sender
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 def decoded(raw: RawHeaders) -> CIMultiDict[str]:

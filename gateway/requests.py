@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+import orjson
 from aiohttp import web
 from yarl import URL
 
@@ -103,6 +104,10 @@ def _json_body(request: Incoming, body: bytes) -> Any:
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         return None  # binary, a form or a file upload: forwarded as is
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # orjson is stricter than the instances: a lone surrogate, 1e999, a huge int
     try:
         return json.loads(body)
     except (ValueError, RecursionError):

@@ -230,6 +230,26 @@ async def test_bad_input_gets_a_json_error_and_nothing_is_forwarded(simulators, 
     assert sims[0].sessions == {}
 
 
+async def test_json_the_fast_parser_refuses_is_still_read_as_python_reads_it(
+    simulators, gateways, http
+):
+    """A lone surrogate (a cut emoji) or an out-of-range number is JSON to the instances."""
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    create = {"session_id": "s1", "api_key": API_KEY}
+    async with http.post(f"{gw.url}/api/sessions", json=create) as r:
+        assert r.status == 200
+        holder = r.headers["X-WhatsApp-Instance"]
+    body = (
+        b'{"session_id": "s1", "api_key": "%s", "recipient_phone": "15550001", '
+        b'"message": "cut \\ud83d", "n": 1e999}' % API_KEY.encode()
+    )
+    headers = {"Content-Type": "application/json"}
+    async with http.post(f"{gw.url}/api/messages/send", data=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["X-WhatsApp-Instance"] == holder  # routed by the id in it
+
+
 async def test_unreachable_instance_is_a_502_naming_it(gateways, http):
     dead = f"http://127.0.0.1:{free_port()}"
     gw = await gateways([dead])

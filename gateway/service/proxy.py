@@ -14,6 +14,7 @@ when one of them could not be asked, the answer is ``503`` naming it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -108,14 +109,19 @@ class Proxy:
             limit,
         )
 
-    async def handle(self, call: Call) -> web.StreamResponse:
+    def handle(self, call: Call) -> Awaitable[web.StreamResponse]:
+        """The coroutine that answers ``call`` (not one wrapped around it: one frame fewer
+        to resume on every answer)."""
         if call.session_id is not None:
             if call.route.template == "/api/sessions" and call.method == "POST":
-                return await self.create(call, call.session_id)
-            return await self.session_call(call, call.session_id)
+                return self.create(call, call.session_id)
+            return self.session_call(call, call.session_id)
         if call.workspace_id is not None:
-            return await self.forward(call, await self.router.for_workspace(call.workspace_id))
-        return await self.forward(call, self.router.any_up())
+            return self._for_workspace(call, call.workspace_id)
+        return self.forward(call, self.router.any_up())
+
+    async def _for_workspace(self, call: Call, workspace_id: str) -> web.StreamResponse:
+        return await self.forward(call, await self.router.for_workspace(workspace_id))
 
     async def forward(self, call: Call, first: str | None) -> web.StreamResponse:
         """Send to ``first``; while the call reaches no instance, to the next live one."""
