@@ -350,9 +350,10 @@ async def test_bytes_behind_a_hand_over_wait_in_the_socket_not_in_memory(teardow
         return web.json_response({"success": True, "sessions": []})
 
     stand = await stand_in(teardown, answer=slow)
-    gw = await gateways([stand.url], admin_token="admin", max_body_bytes=8 << 20)
-    # The handed-over request is the admin API's, with a body of 4 MiB that it reads.
-    body = b'{"url": "' + b"x" * ((4 << 20) - 11) + b'"}'
+    gw = await gateways([stand.url], admin_token="admin", max_body_bytes=32 << 20)
+    # The handed-over request is the admin API's, with a body it reads: 16 MiB, more than
+    # the socket buffers of both ends hold (4 MiB at most for a sender here).
+    body = b'{"url": "' + b"x" * ((16 << 20) - 11) + b'"}'
     head = (
         b"PUT /gateway/sessions/s1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer admin\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
