@@ -13,7 +13,10 @@ children).
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +25,34 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Seconds a tallied request may wait before it is in the shared files (see ``batched``).
+FLUSH_EVERY = 1.0
 
 __all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "Metrics"]
 
 
 @dataclass
 class Metrics:
+    """The gateway's collectors.
+
+    ``batched``: answered requests are tallied in plain dicts and added to the collectors
+    in bulk, at most ``FLUSH_EVERY`` seconds later (and before every scrape). The default
+    under ``--processes N``, where each update of a collector is a locked write to a
+    shared file after a check of the process id (a system call): three per request.
+    """
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    batched: bool = field(default_factory=lambda: bool(os.environ.get(MULTIPROC_DIR)))
     _database: DatabaseMetrics | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         r = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # (route, method, status, instance) -> [count, seconds, one count per bucket]
+        self._tally: dict[tuple[str, str, int, str], list[float]] = {}
+        self._bounds = (*LATENCY_BUCKETS, math.inf)
+        self._flush_at: asyncio.TimerHandle | None = None
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by route template, method, status and instance.",
@@ -45,23 +64,7 @@ class Metrics:
             "Time to answer a request, by route template.",
             ["route", "method"],
             registry=r,
-            buckets=(
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
-                60,
-            ),
+            buckets=LATENCY_BUCKETS,
         )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
@@ -196,11 +199,38 @@ class Metrics:
         self, route: str, method: str, status: int, instance: str, seconds: float
     ) -> None:
         """Count and time one answered request."""
-        self.child(self.requests, route, method, str(status), instance).inc()
-        self.child(self.latency, route, method).observe(seconds)
+        if not self.batched:
+            self.child(self.requests, route, method, str(status), instance).inc()
+            self.child(self.latency, route, method).observe(seconds)
+            return
+        key = (route, method, status, instance)
+        row = self._tally.get(key)
+        if row is None:
+            row = self._tally[key] = [0, 0.0] + [0] * len(self._bounds)
+            if self._flush_at is None:
+                self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+        row[0] += 1
+        row[1] += seconds
+        row[2 + bisect_left(self._bounds, seconds)] += 1  # the first bucket it fits
+
+    def flush(self) -> None:
+        """Add the tallied requests to the collectors."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        tally, self._tally = self._tally, {}
+        for (route, method, status, instance), row in tally.items():
+            self.child(self.requests, route, method, str(status), instance).inc(row[0])
+            timed = self.child(self.latency, route, method)
+            # Histogram.observe, for many observations at once.
+            timed._sum.inc(row[1])
+            for bucket, count in zip(timed._buckets, row[2:], strict=True):
+                if count:
+                    bucket.inc(count)
 
     def render(self) -> bytes:
         """This process's metrics, or every child's together under ``--processes N``."""
+        self.flush()
         path = os.environ.get(MULTIPROC_DIR)
         if not path:
             return generate_latest(self.registry)

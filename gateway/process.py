@@ -205,3 +205,4 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     app[GATEWAY] = await start_gateway(app[SETTINGS], app[METRICS])
     yield
     await stop_gateway(app[GATEWAY])
+    app[METRICS].flush()  # what was tallied since the last flush
