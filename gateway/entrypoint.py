@@ -217,6 +217,7 @@ class Entry(asyncio.Protocol):
         self._eof = False  # the caller sent its last byte
         self._lost = False  # the connection is gone
         self._stopping = False  # the server shuts down
+        self._handing = False  # the connection goes to aiohttp once its answers are out
         self._scanned = 0  # bytes of the buffer searched for the end of a head
         self._keep_alive = True
         # The request being read: its head's parts, then its body.
@@ -266,7 +267,7 @@ class Entry(asyncio.Protocol):
         """Half-closed: answer what was asked, then close."""
         self._eof = True
         if self.worker is None:
-            if self._handing_over:
+            if self._handing:
                 return True
             self.close()
         return True
@@ -286,7 +287,7 @@ class Entry(asyncio.Protocol):
         """Parse what ``data`` holds, never past the end of a request whose answer decides
         what comes next; keep the rest (as the caller sent it) for later or for aiohttp."""
         pos, size, view = 0, len(data), memoryview(data)
-        while pos < size and not self._done and not self._handing_over:
+        while pos < size and not self._done and not self._handing:
             if not self._in_body:
                 end = data.find(b"\r\n\r\n", pos + self._scanned)
                 if end < 0:
@@ -324,10 +325,6 @@ class Entry(asyncio.Protocol):
         view.release()
         if pos < size and not self._done:
             self.buffer = data[pos:]
-
-    @property
-    def _handing_over(self) -> bool:
-        return bool(self.answering) and self.answering[-1] is None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -407,6 +404,7 @@ class Entry(asyncio.Protocol):
 
     def _hand_over(self) -> None:
         """Stop reading; once the answers before it are out, the rest is aiohttp's."""
+        self._handing = True
         self._queue(None)
         if not self._paused and self.transport is not None:
             self._paused = True
@@ -432,7 +430,7 @@ class Entry(asyncio.Protocol):
                     self.close()
                     return
                 self.answering.popleft()
-                resume = len(self.answering) < PIPELINED // 2 and not self._handing_over
+                resume = len(self.answering) < PIPELINED // 2 and not self._handing
                 if self._paused and resume and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
