@@ -141,9 +141,6 @@ class _RawLookup:
                 return value.decode("utf-8", "surrogateescape")
         return default
 
-    def __contains__(self, name: str) -> bool:
-        return self.get(name) is not None
-
 
 class EntryServer(web.Server):
     """aiohttp's ``Server`` whose connections start as ``Entry``s.
@@ -213,7 +210,7 @@ class Entry(asyncio.Protocol):
         self.host, self.remote = "", None
         self._writable: asyncio.Future[None] | None = None
         self._paused = False
-        self._done = False  # closed, closing, or handed over: read nothing more
+        self._done = False  # read nothing more: closing, shutting down, or told it is the last
         self._eof = False  # the caller sent its last byte
         self._lost = False  # the connection is gone
         self._stopping = False  # the server shuts down
@@ -266,10 +263,8 @@ class Entry(asyncio.Protocol):
     def eof_received(self) -> bool:
         """Half-closed: answer what was asked, then close."""
         self._eof = True
-        if self.worker is None:
-            if self._handing:
-                return True
-            self.close()
+        if self.worker is None and not self._handing:
+            self.close()  # nothing asked (or half a request): nothing to answer
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -346,7 +341,7 @@ class Entry(asyncio.Protocol):
                     return  # aiohttp refuses a second one
                 once.add(lowered)
             if lowered in KNOWN:
-                known[lowered] = value
+                known.setdefault(lowered, value)  # the first, as aiohttp's get() gives
             elif lowered == b"content-length":
                 self._body_left = int(value)  # llhttp checked it is one decimal number
             elif lowered in AIOHTTPS:

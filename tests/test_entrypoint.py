@@ -378,3 +378,12 @@ async def test_bytes_behind_a_hand_over_wait_in_the_socket_not_in_memory(teardow
     moved = await raw.answer()
     assert 400 <= moved.status < 500 and json.loads(moved.body)  # the admin API's own answer
     raw.close()
+
+
+async def test_the_callers_first_request_id_is_the_one_kept(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    raw = await Raw.to(gw.url)
+    raw.send(get("/health", "X-Request-ID: first", "X-Request-ID: second"))
+    assert (await raw.answer()).headers["x-request-id"] == "first"
+    raw.close()
