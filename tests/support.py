@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
@@ -270,3 +272,11 @@ class BlackHole:
     def close(self) -> None:
         self.filler.close()
         self.listener.close()
+
+
+def unavailable(why: str) -> NoReturn:
+    """Skip with the reason on a machine without a tool the suite needs (PHP, promtool);
+    fail in CI, where .ci/run installs them."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)

@@ -26,6 +26,7 @@ import yaml
 from dev.ports import free_port
 from tests.conftest import REDIS_URL, ROOT, AccountsDB, RunningGateway, eventually
 from tests.supervised import LEAKY
+from tests.support import unavailable
 from workers.settings import WorkerSettings
 
 DEPLOY = ROOT / "deploy"
@@ -180,10 +181,7 @@ def promtool() -> str:
     """promtool from Debian's prometheus package, which .ci/run installs when missing."""
     path = shutil.which("promtool")
     if path is None:
-        why = "promtool not found: install Debian's `prometheus` package (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        unavailable("promtool not found: install Debian's `prometheus` package (.ci/run does)")
     return path
 
 

@@ -9,17 +9,17 @@ a template of the smallest Laravel application; each test that needs one (the PH
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import aiomysql
 import pytest
 
+from tests.support import unavailable
 from tests.workers.conftest import Harness, harness, mysql_harness, redis
 
 __all__ = ["harness", "laravel", "mysql_harness", "php", "redis"]
@@ -50,13 +50,6 @@ def php() -> str:
     if check.returncode != 0:
         unavailable("php lacks php-laravel-framework, php-redis or php-mysql")
     return binary
-
-
-def unavailable(why: str) -> NoReturn:
-    """Skip with the reason on a machine without PHP; fail in CI, where .ci/run installs it."""
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 @dataclass
