@@ -10,6 +10,7 @@ from aiohttp import hdrs, http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.api import add_admin_routes
+from gateway.answers import Answer, Relayed
 from gateway.entrypoint import EntryRequest, EntryServer
 from gateway.errors import json_error
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -38,10 +39,15 @@ _MALFORMED = "the request is malformed"
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """The instance API, reached through the app's router (see ``GatewayRunner``)."""
-    return await serve_instance_api(request.app[GATEWAY], request)
+    return as_response(await serve_instance_api(request.app[GATEWAY], request))
 
 
-async def serve_instance_api(gw: Gateway, request: Incoming) -> web.StreamResponse:
+def as_response(answer: Answer) -> web.StreamResponse:
+    """What aiohttp can send: a relayed answer made a ``web.Response``."""
+    return answer.response() if isinstance(answer, Relayed) else answer
+
+
+async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
     with gw.inflight:  # a reload closes the gateway it replaced only after this
         try:
             call = await read_call(request)
@@ -125,7 +131,7 @@ class GatewayRunner(web.AppRunner):
 
         # Plain functions handing back the coroutine they start: every coroutine in the
         # chain is one more frame to resume when the instance answers.
-        def instance_api(request: Incoming) -> Awaitable[web.StreamResponse]:
+        def instance_api(request: Incoming) -> Awaitable[Answer]:
             return serve_instance_api(app[GATEWAY], request)
 
         def hot(path: str) -> bool:
@@ -135,9 +141,9 @@ class GatewayRunner(web.AppRunner):
             assert isinstance(request, web.Request)  # made by the app's request factory
             if not hot(request.rel_url.path_safe) or hdrs.EXPECT in request.headers:
                 return await through_app(request)
-            return await observed(metrics, access_log, request, instance_api)
+            return as_response(await observed(metrics, access_log, request, instance_api))
 
-        def lean(request: EntryRequest) -> Awaitable[web.StreamResponse]:
+        def lean(request: EntryRequest) -> Awaitable[Answer]:
             return observed(metrics, access_log, request, instance_api)
 
         server.request_handler = front

@@ -30,6 +30,8 @@ from typing import Any
 import httptools
 from aiohttp import web
 
+from gateway.answers import Answer, Relayed
+
 log = logging.getLogger("gateway.http")
 
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
@@ -59,7 +61,7 @@ SINGLETONS = frozenset(
 HOT_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
-Serve = Callable[["EntryRequest"], Awaitable[web.StreamResponse]]
+Serve = Callable[["EntryRequest"], Awaitable[Answer]]
 
 
 class EntryRequest:
@@ -436,28 +438,27 @@ class Entry(asyncio.Protocol):
         finally:
             self.worker = None
 
-    def _write(self, request: EntryRequest, response: web.StreamResponse) -> None:
+    def _write(self, request: EntryRequest, response: Answer) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        body = response.body if isinstance(response, web.Response) else None
-        if body is None:
-            body = b""
-        elif not isinstance(body, bytes | bytearray):
-            log.error("an answer with a body not in bytes: %s", type(body).__name__)
-            body = b""
-        status = response.status
-        reason = REASONS.get(status, b"")
+        status, reason = response.status, REASONS.get(response.status, b"")
         lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), status, reason)]
-        headers = response.headers
-        for name, value in headers.items():
+        if isinstance(response, Relayed):  # the instance's headers go out as they came in
+            body, dated, sized = response.body, response.dated, bool(response.sized)
+            lines.extend([b"%s: %s\r\n" % pair for pair in response.kept])
+            if sized:
+                lines.append(b"Content-Length: %s\r\n" % response.sized)
+        else:
+            body = _body(response)
+            dated, sized = "Date" in response.headers, "Content-Length" in response.headers
+        for name, value in response.headers.items():
             if "\r" in value or "\n" in value:
                 raise ValueError("a header value holds a line break")
             lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-        head_only = request.method == "HEAD" or response.status in (204, 304)
-        if "Content-Length" not in headers and response.status not in (204, 304):
+        if not sized and status not in (204, 304):
             lines.append(b"Content-Length: %d\r\n" % len(body))
-        if "Date" not in headers:
+        if not dated:
             lines.append(_date_line())
         if not request.keep_alive:
             if request.version == "1.1":
@@ -465,7 +466,7 @@ class Entry(asyncio.Protocol):
         elif request.version == "1.0":
             lines.append(b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        if not head_only:
+        if not (request.method == "HEAD" or status in (204, 304)):
             lines.append(body)
         transport.write(b"".join(lines))
 
@@ -510,6 +511,16 @@ class Entry(asyncio.Protocol):
             except Exception:
                 pass  # the worker logged its own failure
         self.close()
+
+
+def _body(response: web.StreamResponse) -> bytes:
+    body = response.body if isinstance(response, web.Response) else None
+    if body is None:
+        return b""
+    if not isinstance(body, bytes | bytearray):
+        log.error("an answer with a body not in bytes: %s", type(body).__name__)
+        return b""
+    return bytes(body)
 
 
 _date_cache: tuple[int, bytes] = (0, b"")

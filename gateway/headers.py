@@ -28,6 +28,8 @@ HOP_BY_HOP = frozenset(
 
 
 HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
+# Connection options that name no end-to-end header ("keep-alive" names one dropped anyway).
+_NAMES_NOTHING_KEPT = HOP_BY_HOP_RAW | {b"close"}
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
 
@@ -42,7 +44,7 @@ def end_to_end(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
             kept.append((name, value))
         elif lowered == b"connection":
             named.update(token.strip().lower() for token in value.split(b","))
-    if named:  # rare: a header made hop-by-hop by the sender
+    if named - _NAMES_NOTHING_KEPT:  # rare: a header made hop-by-hop by the sender
         kept = [(name, value) for name, value in kept if name.lower() not in named]
     return kept
 

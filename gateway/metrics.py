@@ -22,7 +22,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -36,21 +38,22 @@ __all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "Metrics"]
 class Metrics:
     """The gateway's collectors.
 
-    ``batched``: answered requests are tallied in plain dicts and added to the collectors
-    in bulk, at most ``FLUSH_EVERY`` seconds later (and before every scrape). The default
-    under ``--processes N``, where each update of a collector is a locked write to a
-    shared file after a check of the process id (a system call): three per request.
+    Answered requests are tallied in plain dicts and added to the collectors in bulk, at
+    most ``FLUSH_EVERY`` seconds later and before every scrape: an update of a collector
+    takes a lock, and under ``--processes N`` it is a locked write to a shared file after a
+    check of the process id (a system call), three per request.
     """
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    batched: bool = field(default_factory=lambda: bool(os.environ.get(MULTIPROC_DIR)))
     _database: DatabaseMetrics | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         r = self.registry
+        r.register(_FlushFirst(self))  # first, so whoever reads the registry reads it all
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # (route, method, status, instance) -> [count, seconds, one count per bucket]
         self._tally: dict[tuple[str, str, int, str], list[float]] = {}
+        self._counts: dict[Any, int] = {}  # a counter's child -> what is not added yet
         self._bounds = (*LATENCY_BUCKETS, math.inf)
         self._flush_at: asyncio.TimerHandle | None = None
         self.requests = Counter(
@@ -198,26 +201,38 @@ class Metrics:
     def request_done(
         self, route: str, method: str, status: int, instance: str, seconds: float
     ) -> None:
-        """Count and time one answered request."""
-        if not self.batched:
-            self.child(self.requests, route, method, str(status), instance).inc()
-            self.child(self.latency, route, method).observe(seconds)
-            return
+        """Count and time one answered request (tallied: see the class)."""
         key = (route, method, status, instance)
         row = self._tally.get(key)
         if row is None:
             row = self._tally[key] = [0, 0.0] + [0] * len(self._bounds)
-            if self._flush_at is None:
-                self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+            self._flush_soon()
         row[0] += 1
         row[1] += seconds
         row[2 + bisect_left(self._bounds, seconds)] += 1  # the first bucket it fits
 
+    def count(self, metric: Counter, *labels: str) -> None:
+        """``metric.labels(*labels).inc()``, tallied (see the class)."""
+        child = self.child(metric, *labels)
+        counts = self._counts
+        if child in counts:
+            counts[child] += 1
+        else:
+            counts[child] = 1
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+
     def flush(self) -> None:
-        """Add the tallied requests to the collectors."""
+        """Add what was tallied to the collectors."""
         if self._flush_at is not None:
             self._flush_at.cancel()
             self._flush_at = None
+        counts, self._counts = self._counts, {}
+        for child, n in counts.items():
+            child.inc(n)
         tally, self._tally = self._tally, {}
         for (route, method, status, instance), row in tally.items():
             self.child(self.requests, route, method, str(status), instance).inc(row[0])
@@ -237,6 +252,17 @@ class Metrics:
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone, path)
         return generate_latest(everyone)
+
+
+class _FlushFirst(Collector):
+    """Adds the tallies to the collectors whenever the registry is read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        self.metrics.flush()
+        return []
 
 
 @dataclass

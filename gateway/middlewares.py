@@ -11,6 +11,7 @@ from typing import TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.answers import Answer
 from gateway.decisions.paths import origin_form
 from gateway.errors import OUTCOME_HEADER, json_error
 from gateway.headers import INSTANCE_HEADER
@@ -21,11 +22,12 @@ log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
 
 R = TypeVar("R", bound=Incoming)  # an aiohttp request, or one the entry point read
+A = TypeVar("A", bound=Answer)  # an aiohttp response, or an instance's answer relayed
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def outcome(response: web.StreamResponse) -> str:
+def outcome(response: Answer) -> str:
     """What became of a request, in one word, for the access log."""
     marked = response.headers.get(OUTCOME_HEADER)
     if marked:
@@ -53,12 +55,13 @@ async def observed(
     metrics: Metrics,
     access_log: Callable[[R], bool],
     request: R,
-    handler: Callable[[R], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
+    handler: Callable[[R], Awaitable[A]],
+) -> A | web.Response:
     """``handler``'s answer, tagged, counted, timed and logged: the middleware's work, also
     done inline on the proxied path (``gateway.app.GatewayRunner``)."""
     request[REQUEST_ID] = request_id(request)
     started = time.perf_counter()
+    response: A | web.Response
     try:
         if origin_form(request.raw_path):
             response = await handler(request)

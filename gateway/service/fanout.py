@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.answers import Answer
 from gateway.errors import unanswered
 from gateway.requests import Call
 from gateway.service.proxy import respond
@@ -16,7 +17,7 @@ from gateway.state.instances import Fleet
 from gateway.upstream.client import Reply, UpstreamError, Upstreams
 
 
-async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> web.StreamResponse:
+async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> Answer:
     """``GET /api/sessions`` of every up instance, merged; the others are named."""
     up = [i.url for i in fleet.up()]
 

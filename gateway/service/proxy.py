@@ -18,9 +18,9 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
+from gateway.answers import Answer, Relayed
 from gateway.decisions.routes import REVIVING_ACTIONS
 from gateway.errors import Outcome, unanswered
-from gateway.headers import INSTANCE_HEADER, end_to_end
 from gateway.health.checks import HealthChecker
 from gateway.locate.rediscovery import Rediscovery, Search
 from gateway.metrics import Metrics
@@ -34,20 +34,9 @@ log = logging.getLogger("gateway.proxy")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def respond(reply: Reply, url: str) -> web.Response:
+def respond(reply: Reply, url: str) -> Relayed:
     """The instance's answer, unchanged but for hop-by-hop headers, naming the instance."""
-    headers = [
-        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        for name, value in end_to_end(reply.raw_headers)
-    ]
-    headers.append((INSTANCE_HEADER, url))
-    if not reply.body:
-        for name, value in reply.raw_headers:
-            if name.lower() == b"content-length":
-                # A HEAD answer: its length is that of the body a GET would have had.
-                headers.append(("Content-Length", value.decode("ascii", "replace")))
-                return web.Response(status=reply.status, headers=headers)
-    return web.Response(status=reply.status, headers=headers, body=reply.body)
+    return Relayed(reply.status, reply.raw_headers, reply.body, url)
 
 
 def outcome(sent: bool) -> Outcome:
@@ -109,7 +98,7 @@ class Proxy:
             limit,
         )
 
-    def handle(self, call: Call) -> Awaitable[web.StreamResponse]:
+    def handle(self, call: Call) -> Awaitable[Answer]:
         """The coroutine that answers ``call`` (not one wrapped around it: one frame fewer
         to resume on every answer)."""
         if call.session_id is not None:
@@ -120,10 +109,10 @@ class Proxy:
             return self._for_workspace(call, call.workspace_id)
         return self.forward(call, self.router.any_up())
 
-    async def _for_workspace(self, call: Call, workspace_id: str) -> web.StreamResponse:
+    async def _for_workspace(self, call: Call, workspace_id: str) -> Answer:
         return await self.forward(call, await self.router.for_workspace(workspace_id))
 
-    async def forward(self, call: Call, first: str | None) -> web.StreamResponse:
+    async def forward(self, call: Call, first: str | None) -> Answer:
         """Send to ``first``; while the call reaches no instance, to the next live one."""
         error: UpstreamError | None = None
         for url in self.router.fallbacks(first) if first else []:
@@ -147,7 +136,7 @@ class Proxy:
 
     # --- sessions that exist --------------------------------------------------------------
 
-    async def session_call(self, call: Call, session_id: str) -> web.StreamResponse:
+    async def session_call(self, call: Call, session_id: str) -> Answer:
         pinned = self.pins.remembered(session_id) or await self.pins.session(session_id)
         said_not_found: Reply | None = None
         sent = False  # the call reached an instance that gave no answer
@@ -172,7 +161,7 @@ class Proxy:
         pinned: str | None,
         said_not_found: Reply | None,
         sent: bool,
-    ) -> web.StreamResponse:
+    ) -> Answer:
         """The session is not where its pin says: find it, re-pin it, replay once."""
         asked = {pinned} if said_not_found is not None else set()
         moved = self.pins.sessions.get(session_id)
@@ -210,7 +199,7 @@ class Proxy:
         # On no instance: let one answer for itself (its 404, or its 401 for a wrong key).
         return await self._answer_anywhere(call, session_id)
 
-    async def _answer_anywhere(self, call: Call, session_id: str) -> web.StreamResponse:
+    async def _answer_anywhere(self, call: Call, session_id: str) -> Answer:
         for url in self.router.live():
             try:
                 reply = await self._send(call, url)
@@ -232,7 +221,7 @@ class Proxy:
 
     # --- new sessions ---------------------------------------------------------------------
 
-    async def create(self, call: Call, session_id: str) -> web.StreamResponse:
+    async def create(self, call: Call, session_id: str) -> Answer:
         """Place a new session; one create of a session at a time across all processes."""
         async with self.pins.creating(session_id):
             pinned = await self.pins.session(session_id, fresh=True)
@@ -244,7 +233,7 @@ class Proxy:
                         return failure(exc)
             return await self._place(call, session_id)
 
-    async def _place(self, call: Call, session_id: str) -> web.StreamResponse:
+    async def _place(self, call: Call, session_id: str) -> Answer:
         refused: set[str] = set()  # reached nothing: suspect, and not placed on again
         while True:
             placement = await self.router.place(call.workspace_id, refused)

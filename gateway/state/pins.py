@@ -119,7 +119,7 @@ class PinMap:
         ``session``). The request path's look-up, with no await when it hits."""
         url = self.sessions.get(session_id)
         if url is not None and self.mirrored:
-            self.metrics.child(self.metrics.pin_cache, "hit").inc()
+            self.metrics.count(self.metrics.pin_cache, "hit")
             return url
         return None
 
@@ -133,7 +133,7 @@ class PinMap:
         """Memory while the mirror keeps it current; else Redis, and memory if Redis is away."""
         url = cache.get(field)
         if url is not None and self.mirrored and not fresh:
-            self.metrics.child(self.metrics.pin_cache, "hit").inc()
+            self.metrics.count(self.metrics.pin_cache, "hit")
             return url
         self.metrics.child(self.metrics.pin_cache, "miss").inc()
         with contextlib.suppress(Unavailable):

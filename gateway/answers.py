@@ -1,0 +1,51 @@
+"""An instance's answer on its way back to the caller, kept as the bytes it came in.
+
+Relaying is the gateway's hot path: turning every answer into an ``aiohttp`` response
+(each header decoded into a multidict, then encoded again on the way out) cost more than
+the answer's own parsing. A ``Relayed`` keeps the instance's end-to-end header lines as
+one byte string; the entry point writes it as it is, and only a connection aiohttp serves
+turns it into a ``web.Response``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from aiohttp import web
+
+from gateway.headers import INSTANCE_HEADER, RawHeaders, end_to_end
+
+
+class Relayed:
+    """Status, header lines and body of an instance's answer, plus the gateway's own
+    headers (``headers``: the instance's name, the request id, set as on a response)."""
+
+    __slots__ = ("body", "dated", "headers", "kept", "sized", "status")
+
+    def __init__(self, status: int, raw_headers: RawHeaders, body: bytes, url: str) -> None:
+        self.status, self.body = status, body
+        self.kept = kept = end_to_end(raw_headers)
+        self.dated = any(name.lower() == b"date" for name, _ in kept)
+        # A HEAD answer has no body: its length is that of the body a GET would have had.
+        self.sized = b""
+        if not body:
+            for name, value in raw_headers:
+                if name.lower() == b"content-length":
+                    self.sized = value
+                    break
+        self.headers: dict[str, str] = {INSTANCE_HEADER: url}
+
+    def response(self) -> web.Response:
+        """The same answer as aiohttp's, for a connection aiohttp serves."""
+        headers = [
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self.kept
+        ]
+        headers.extend(self.headers.items())
+        if self.sized:
+            headers.append(("Content-Length", self.sized.decode("ascii", "replace")))
+            return web.Response(status=self.status, headers=headers)
+        return web.Response(status=self.status, headers=headers, body=self.body)
+
+
+Answer: TypeAlias = web.StreamResponse | Relayed
