@@ -189,6 +189,46 @@ async def test_a_head_answer_has_the_length_and_no_body(simulators, gateways):
     raw.close()
 
 
+async def test_an_instance_answer_goes_out_as_it_came_but_for_hop_by_hop_headers(
+    teardown, gateways
+):
+    async def answer(_: web.Request) -> web.Response:
+        headers = {
+            "Connection": "X-Private",  # makes X-Private hop-by-hop
+            "X-Private": "secret",
+            "Keep-Alive": "timeout=5",
+            "X-Kept": "caf\u00e9",  # sent as UTF-8 bytes
+            "Date": "Mon, 30 Nov 2026 01:02:03 GMT",
+        }
+        return web.Response(body=b'{"success":true}', headers=headers)
+
+    stand = await stand_in(teardown, answer=answer)
+    gw = await gateways([stand.url])
+    raw = await Raw.to(gw.url)
+    chunked = b"GET /info HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    # Read by the entry point, then (chunked: aiohttp's) by aiohttp after the hand-over.
+    for request in (get("/info"), chunked):
+        raw.send(request)
+        head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.split(b"\r\n")[1:-2]
+        names = [line.partition(b":")[0].lower() for line in lines]
+        assert b"x-kept: caf\xc3\xa9" in [line.lower() for line in lines]
+        assert b"x-private" not in names and b"keep-alive" not in names
+        assert b"Date: Mon, 30 Nov 2026 01:02:03 GMT" in lines  # the instance's, once
+        for once in (b"date", b"content-length", b"x-whatsapp-instance", b"x-request-id"):
+            assert names.count(once) == 1, (once, lines)
+        length = int(
+            next(
+                v
+                for n, _, v in (x.partition(b":") for x in lines)
+                if n.lower() == b"content-length"
+            )
+        )
+        assert await asyncio.wait_for(raw.reader.readexactly(length), 5) == b'{"success":true}'
+    assert entries(gw) == 0  # the second was aiohttp's
+    raw.close()
+
+
 async def test_a_request_sent_byte_by_byte_and_a_half_closed_caller_are_answered(
     simulators, gateways
 ):
