@@ -13,7 +13,7 @@ from typing import TypeAlias
 
 from aiohttp import web
 
-from gateway.headers import INSTANCE_HEADER, RawHeaders, end_to_end
+from gateway.headers import HOP_BY_HOP_RAW, INSTANCE_HEADER, RawHeaders, end_to_end, names_kept
 
 
 class Relayed:
@@ -24,15 +24,24 @@ class Relayed:
 
     def __init__(self, status: int, raw_headers: RawHeaders, body: bytes, url: str) -> None:
         self.status, self.body = status, body
-        self.kept = kept = end_to_end(raw_headers)
-        self.dated = any(name.lower() == b"date" for name, _ in kept)
-        # A HEAD answer has no body: its length is that of the body a GET would have had.
-        self.sized = b""
-        if not body:
-            for name, value in raw_headers:
-                if name.lower() == b"content-length":
-                    self.sized = value
-                    break
+        self.sized = b""  # a HEAD answer's length: that of the body a GET would have had
+        self.dated = False
+        kept: list[tuple[bytes, bytes]] = []
+        options = b""
+        for name, value in raw_headers:  # end_to_end's work, in the one pass
+            lowered = name.lower()
+            if lowered not in HOP_BY_HOP_RAW:
+                kept.append((name, value))
+                if lowered == b"date":
+                    self.dated = True
+            elif lowered == b"connection":
+                options += b"," + value
+            elif lowered == b"content-length" and not (body or self.sized):
+                self.sized = value
+        if options and names_kept(options):  # rare: a header the instance made hop-by-hop
+            kept = end_to_end(raw_headers)
+            self.dated = any(name.lower() == b"date" for name, _ in kept)
+        self.kept = kept
         self.headers: dict[str, str] = {INSTANCE_HEADER: url}
 
     def response(self) -> web.Response:

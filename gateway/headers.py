@@ -43,10 +43,20 @@ def end_to_end(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
         if lowered not in HOP_BY_HOP_RAW:
             kept.append((name, value))
         elif lowered == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
+            named.update(_options(value))
     if named - _NAMES_NOTHING_KEPT:  # rare: a header made hop-by-hop by the sender
         kept = [(name, value) for name, value in kept if name.lower() not in named]
     return kept
+
+
+def names_kept(connection: bytes) -> bool:
+    """Whether a ``Connection`` value names a header ``end_to_end`` would otherwise keep."""
+    return not _NAMES_NOTHING_KEPT.issuperset(_options(connection))
+
+
+def _options(connection: bytes) -> list[bytes]:
+    """The connection options a ``Connection`` value lists (empty list elements skipped)."""
+    return [option for token in connection.split(b",") if (option := token.strip().lower())]
 
 
 def decoded(raw: RawHeaders) -> CIMultiDict[str]:

@@ -37,22 +37,24 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # only while someone waits
 
     def __enter__(self) -> None:
         self.count += 1
-        self._idle.clear()
 
     def __exit__(self, *exc: object) -> None:
         self.count -= 1
-        if self.count == 0:
-            self._idle.set()
+        if self.count == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def idle(self, timeout: float) -> None:
         """Return once no request runs, or after ``timeout`` seconds."""
+        if self.count == 0:
+            return
+        if self._idle is None or self._idle.done():
+            self._idle = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from yarl import URL
 from gateway.decisions.paths import PATH_CHARS, BadPath, normalize
 from gateway.decisions.routes import Route, classify, valid_session_id
 from gateway.errors import json_error
-from gateway.headers import RawHeaders, end_to_end
+from gateway.headers import HOP_BY_HOP_RAW, RawHeaders, end_to_end, names_kept
 
 ROUTE = web.RequestKey("route", str)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -129,15 +129,7 @@ def _field(payload: Any, query: str, name: str) -> str | None:
 def forwarded_headers(request: Incoming, request_id: str) -> bytes:
     """The caller's end-to-end headers plus the X-Forwarded-* set and the request id, as
     header lines ready to go out."""
-    lines: list[bytes] = []
-    prior: bytes | None = None
-    for name, value in end_to_end(request.raw_headers):
-        lowered = name.lower()
-        if lowered in REPLACED:
-            if lowered == b"x-forwarded-for" and prior is None:
-                prior = value
-            continue
-        lines.append(b"%s: %s\r\n" % (name, value))
+    lines, prior = _end_to_end_lines(request.raw_headers)
     peer = (request.remote or "").encode("ascii", "replace")
     forwarded_for = prior + b", " + peer if prior else peer
     lines.append(
@@ -151,6 +143,27 @@ def forwarded_headers(request: Incoming, request_id: str) -> bytes:
         )
     )
     return b"".join(lines)
+
+
+def _end_to_end_lines(raw: RawHeaders) -> tuple[list[bytes], bytes | None]:
+    """``end_to_end``'s headers as lines, but for those the gateway sets itself, in one
+    pass; and the caller's first X-Forwarded-For."""
+    lines: list[bytes] = []
+    prior: bytes | None = None
+    options = b""
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP_RAW:
+            if lowered == b"connection":
+                options += b"," + value
+        elif lowered in REPLACED:
+            if lowered == b"x-forwarded-for" and prior is None:
+                prior = value
+        else:
+            lines.append(b"%s: %s\r\n" % (name, value))
+    if options and names_kept(options):  # rare: a header the caller made hop-by-hop
+        return _end_to_end_lines(end_to_end(raw))
+    return lines, prior
 
 
 def request_id(request: Incoming) -> str:

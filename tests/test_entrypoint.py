@@ -189,9 +189,7 @@ async def test_a_head_answer_has_the_length_and_no_body(simulators, gateways):
     raw.close()
 
 
-async def test_an_instance_answer_goes_out_as_it_came_but_for_hop_by_hop_headers(
-    teardown, gateways
-):
+async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teardown, gateways):
     async def answer(_: web.Request) -> web.Response:
         headers = {
             "Connection": "X-Private",  # makes X-Private hop-by-hop
@@ -205,9 +203,17 @@ async def test_an_instance_answer_goes_out_as_it_came_but_for_hop_by_hop_headers
     stand = await stand_in(teardown, answer=answer)
     gw = await gateways([stand.url])
     raw = await Raw.to(gw.url)
-    chunked = b"GET /info HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    caller = (
+        "Connection: X-Mine, keep-alive",  # makes X-Mine hop-by-hop
+        "X-Mine: secret",
+        "Keep-Alive: timeout=9",
+        "X-Forwarded-For: 10.0.0.1",
+        "X-Forwarded-Host: evil.example",
+        "X-Also: kept",
+    )
+    chunked = get("/info", "Transfer-Encoding: chunked", *caller) + b"0\r\n\r\n"
     # Read by the entry point, then (chunked: aiohttp's) by aiohttp after the hand-over.
-    for request in (get("/info"), chunked):
+    for request in (get("/info", *caller), chunked):
         raw.send(request)
         head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
         lines = head.split(b"\r\n")[1:-2]
@@ -225,6 +231,10 @@ async def test_an_instance_answer_goes_out_as_it_came_but_for_hop_by_hop_headers
             )
         )
         assert await asyncio.wait_for(raw.reader.readexactly(length), 5) == b'{"success":true}'
+        seen = {name.lower(): value for name, value in stand.seen[-1].headers.items()}
+        assert seen["x-also"] == "kept" and seen["x-forwarded-host"] == "gw"
+        assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+        assert "x-mine" not in seen and "keep-alive" not in seen
     assert entries(gw) == 0  # the second was aiohttp's
     raw.close()
 

@@ -241,7 +241,7 @@ class Pool:
         writing and reading.
         """
         head = method == b"HEAD"
-        conn = await self._acquire(deadline, fresh=False)
+        conn = self._idle_one() or await self._acquire(deadline)
         try:
             return await conn.exchange(request, head, deadline)
         except _Stale:
@@ -249,7 +249,7 @@ class Pool:
         except _Cut:
             if not (conn.reused and method in IDEMPOTENT):
                 raise Failure("reset", "connection closed before any answer") from None
-        conn = await self._acquire(deadline, fresh=True)
+        conn = await self._acquire(deadline)
         try:
             return await conn.exchange(request, head, deadline)
         except _Stale:
@@ -291,21 +291,28 @@ class Pool:
 
     # --- taking and giving back ---------------------------------------------------------------
 
-    async def _acquire(self, deadline: float, fresh: bool) -> Connection:
+    def _idle_one(self) -> Connection | None:
+        """The most recently used idle connection still fit to use, if any (no await: the
+        common case costs no coroutine)."""
         idle = self._idle
-        if idle and not fresh:
-            now = self.loop.time()
-            while idle:
-                conn = idle.pop()
-                conn.idle = False
-                if conn.closed:
-                    continue
-                if now - conn.idle_since >= self.keepalive:
-                    conn.close()
-                    continue
-                conn.reused = True
-                self._busy.add(conn)
-                return conn
+        if not idle:
+            return None
+        now = self.loop.time()
+        while idle:
+            conn = idle.pop()
+            conn.idle = False
+            if conn.closed:
+                continue
+            if now - conn.idle_since >= self.keepalive:
+                conn.close()
+                continue
+            conn.reused = True
+            self._busy.add(conn)
+            return conn
+        return None
+
+    async def _acquire(self, deadline: float) -> Connection:
+        """A new connection, or one given back while waiting for room."""
         if self.open < self.limit:
             self.open += 1
         else:
