@@ -51,6 +51,8 @@ def end_to_end(raw: RawHeaders) -> list[tuple[bytes, bytes]]:
 
 def names_kept(connection: bytes) -> bool:
     """Whether a ``Connection`` value names a header ``end_to_end`` would otherwise keep."""
+    if connection.strip(b", ").lower() in _NAMES_NOTHING_KEPT:
+        return False  # the usual "keep-alive" or "close", alone
     return not _NAMES_NOTHING_KEPT.issuperset(_options(connection))
 
 
