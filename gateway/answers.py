@@ -15,31 +15,38 @@ from aiohttp import web
 
 from gateway.headers import HOP_BY_HOP_RAW, INSTANCE_HEADER, RawHeaders, end_to_end, names_kept
 
+# Headers the gateway sets on every answer itself: an instance's own are not passed on.
+SET_HERE = frozenset({INSTANCE_HEADER.lower().encode(), b"x-request-id"})
+
 
 class Relayed:
-    """Status, header lines and body of an instance's answer, plus the gateway's own
-    headers (``headers``: the instance's name, the request id, set as on a response)."""
+    """Status, headers and body of an instance's answer, plus the gateway's own headers
+    (``headers``: the instance's name, then the request id; a plain dict, so they are set
+    and read under the exact names of ``gateway.headers`` and ``gateway.errors``)."""
 
     __slots__ = ("body", "dated", "headers", "kept", "sized", "status")
 
     def __init__(self, status: int, raw_headers: RawHeaders, body: bytes, url: str) -> None:
         self.status, self.body = status, body
-        self.sized = b""  # a HEAD answer's length: that of the body a GET would have had
+        # The length a bodiless answer announces (a HEAD answer's: that of the body a GET
+        # would have had), passed on as it is.
+        self.sized = b""
         self.dated = False
         kept: list[tuple[bytes, bytes]] = []
         options = b""
         for name, value in raw_headers:  # end_to_end's work, in the one pass
             lowered = name.lower()
-            if lowered not in HOP_BY_HOP_RAW:
+            if lowered in HOP_BY_HOP_RAW:
+                if lowered == b"connection":
+                    options += b"," + value
+                elif lowered == b"content-length" and not (body or self.sized):
+                    self.sized = value
+            elif lowered not in SET_HERE:
                 kept.append((name, value))
                 if lowered == b"date":
                     self.dated = True
-            elif lowered == b"connection":
-                options += b"," + value
-            elif lowered == b"content-length" and not (body or self.sized):
-                self.sized = value
         if options and names_kept(options):  # rare: a header the instance made hop-by-hop
-            kept = end_to_end(raw_headers)
+            kept = [pair for pair in end_to_end(raw_headers) if pair[0].lower() not in SET_HERE]
             self.dated = any(name.lower() == b"date" for name, _ in kept)
         self.kept = kept
         self.headers: dict[str, str] = {INSTANCE_HEADER: url}

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-# Seconds a tallied request may wait before it is in the shared files (see ``batched``).
+# Seconds a tallied count may wait before it is in the collectors (see ``Metrics``).
 FLUSH_EVERY = 1.0
 
 __all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "Metrics"]
@@ -49,13 +49,13 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        r.register(_FlushFirst(self))  # first, so whoever reads the registry reads it all
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # (route, method, status, instance) -> [count, seconds, one count per bucket]
         self._tally: dict[tuple[str, str, int, str], list[float]] = {}
         self._counts: dict[Any, int] = {}  # a counter's child -> what is not added yet
         self._bounds = (*LATENCY_BUCKETS, math.inf)
         self._flush_at: asyncio.TimerHandle | None = None
+        r.register(_FlushFirst(self))  # first, so whoever reads the registry reads it all
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by route template, method, status and instance.",
@@ -222,8 +222,13 @@ class Metrics:
             self._flush_soon()
 
     def _flush_soon(self) -> None:
-        if self._flush_at is None:
-            self._flush_at = asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+        if self._flush_at is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a tool, a test): added when the registry is read
+            return
+        self._flush_at = loop.call_later(FLUSH_EVERY, self.flush)
 
     def flush(self) -> None:
         """Add what was tallied to the collectors."""
@@ -259,6 +264,9 @@ class _FlushFirst(Collector):
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # names no metric of its own (and is not collected to find out)
 
     def collect(self) -> list[Metric]:
         self.metrics.flush()

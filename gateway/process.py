@@ -37,7 +37,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
-        self._idle: asyncio.Future[None] | None = None  # only while someone waits
+        self._idle: asyncio.Future[None] | None = None  # made when someone waits
 
     def __enter__(self) -> None:
         self.count += 1

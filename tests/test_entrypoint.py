@@ -197,6 +197,9 @@ async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teard
             "Keep-Alive": "timeout=5",
             "X-Kept": "caf\u00e9",  # sent as UTF-8 bytes
             "Date": "Mon, 30 Nov 2026 01:02:03 GMT",
+            # The gateway's own: replaced, not sent twice.
+            "X-Request-ID": "the-instance-s",
+            "X-WhatsApp-Instance": "http://elsewhere",
         }
         return web.Response(body=b'{"success":true}', headers=headers)
 
@@ -210,6 +213,7 @@ async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teard
         "X-Forwarded-For: 10.0.0.1",
         "X-Forwarded-Host: evil.example",
         "X-Also: kept",
+        "X-Request-ID: the-caller-s",
     )
     chunked = get("/info", "Transfer-Encoding: chunked", *caller) + b"0\r\n\r\n"
     # Read by the entry point, then (chunked: aiohttp's) by aiohttp after the hand-over.
@@ -223,6 +227,8 @@ async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teard
         assert b"Date: Mon, 30 Nov 2026 01:02:03 GMT" in lines  # the instance's, once
         for once in (b"date", b"content-length", b"x-whatsapp-instance", b"x-request-id"):
             assert names.count(once) == 1, (once, lines)
+        assert f"X-WhatsApp-Instance: {stand.url}".encode() in lines
+        assert b"X-Request-ID: the-caller-s" in lines
         length = int(
             next(
                 v

@@ -38,7 +38,7 @@ def written(metrics: Metrics) -> Samples:
     return samples([metrics.requests, metrics.latency])
 
 
-def counted_one_by_one() -> CollectorRegistry:
+def counted_one_by_one(rounds: int = 3) -> CollectorRegistry:
     """The same requests, each added to collectors of the same names as it comes."""
     registry = CollectorRegistry()
     requests = Counter(
@@ -51,7 +51,7 @@ def counted_one_by_one() -> CollectorRegistry:
         registry=registry,
         buckets=LATENCY_BUCKETS,
     )
-    for _ in range(3):
+    for _ in range(rounds):
         for route, method, status, instance, seconds in REQUESTS:
             requests.labels(route, method, str(status), instance).inc()
             latency.labels(route, method).observe(seconds)
@@ -90,3 +90,10 @@ async def test_a_tally_is_written_within_a_second_without_a_scrape() -> None:
         return bool(written(tallied))
 
     await eventually(in_the_collectors, timeout=3)
+
+
+def test_without_an_event_loop_the_tally_is_read_in_full() -> None:
+    tallied = Metrics(CollectorRegistry(auto_describe=True))  # describes its collectors
+    for request in REQUESTS:
+        tallied.request_done(*request)
+    assert samples([tallied.registry]) == samples([counted_one_by_one(rounds=1)])

@@ -12,7 +12,6 @@ request bytes and answers into ``Reply``.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import ssl
 from collections.abc import Mapping
@@ -20,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from multidict import CIMultiDict
-
-from gateway.headers import decoded
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.upstream.pool import NOT_SENT, Failure, Pool
+from gateway.upstream.pool import NOT_SENT, Failure, Pool, Reply
+
+__all__ = ["Reply", "UpstreamError", "Upstreams"]
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # What may follow the method in a request line: printable ASCII, no space.
@@ -44,32 +42,6 @@ class UpstreamError(Exception):
         super().__init__(f"{url}: {kind} ({detail})")
         self.url, self.kind, self.detail = url, kind, detail
         self.sent = kind not in NOT_SENT
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    raw_headers: list[tuple[bytes, bytes]]  # as the instance sent them, in order
-    body: bytes
-
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        return decoded(self.raw_headers)
-
-    def json(self) -> Any:
-        """The body as JSON, or None when it is not JSON."""
-        try:
-            return json.loads(self.body)
-        except (ValueError, RecursionError):
-            return None
-
-    @property
-    def session_not_found(self) -> bool:
-        """The instance's way of saying it does not hold the session (nothing was done)."""
-        if self.status != 404:
-            return False
-        body = self.json()
-        return isinstance(body, dict) and body.get("error") == "Session not found"
 
 
 @dataclass(frozen=True)
@@ -169,7 +141,7 @@ class Upstreams:
         except Failure as exc:
             self.metrics.upstream_errors.labels(url, exc.kind).inc()
             raise UpstreamError(url, exc.kind, exc.detail) from None
-        return Reply(answer.status, answer.headers, answer.body)
+        return answer
 
     async def get_json(
         self, url: str, path: str, params: Mapping[str, str], timeout: float

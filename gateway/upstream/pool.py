@@ -18,15 +18,19 @@ body whatever their ``Content-Length`` says.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httptools
+from multidict import CIMultiDict
+
+from gateway.headers import decoded
 
 # Failures in which the request surely never left the gateway.
 NOT_SENT = frozenset({"refused", "connect_timeout", "dns", "tls"})
@@ -52,10 +56,31 @@ class Failure(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Reply:
+    """An instance's whole answer."""
+
     status: int
-    headers: list[tuple[bytes, bytes]]  # as received, in order
-    body: bytes  # de-chunked, never decompressed
+    raw_headers: list[tuple[bytes, bytes]]  # as the instance sent them, in order
+    body: bytes
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        return decoded(self.raw_headers)
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            return None
+
+    @property
+    def session_not_found(self) -> bool:
+        """The instance's way of saying it does not hold the session (nothing was done)."""
+        if self.status != 404:
+            return False
+        body = self.json()
+        return isinstance(body, dict) and body.get("error") == "Session not found"
 
 
 class _Cut(Exception):
@@ -78,7 +103,7 @@ class Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.deadline = math.inf  # of the exchange in flight (loop time)
-        self._waiter: asyncio.Future[Answer] | None = None
+        self._waiter: asyncio.Future[Reply] | None = None
         # One parser for the connection's life: answers follow one another on it.
         self._parser = httptools.HttpResponseParser(self)
         self._head = False
@@ -161,7 +186,7 @@ class Connection(asyncio.Protocol):
 
     # --- one exchange -----------------------------------------------------------------------
 
-    async def exchange(self, request: bytes, head: bool, deadline: float) -> Answer:
+    async def exchange(self, request: bytes, head: bool, deadline: float) -> Reply:
         """Write ``request`` and wait for its whole answer, until ``deadline`` (loop time)."""
         assert self.transport is not None
         if self.closed or self.transport.is_closing():
@@ -191,7 +216,7 @@ class Connection(asyncio.Protocol):
             self._keep_alive = False  # more than one answer to one request: out of step
         else:
             body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-            waiter.set_result(Answer(self._status, self._headers, body))
+            waiter.set_result(Reply(self._status, self._headers, body))
 
     def _fail(self, exc: BaseException) -> None:
         waiter = self._waiter
@@ -234,7 +259,7 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    async def send(self, request: bytes, method: bytes, deadline: float) -> Answer:
+    async def send(self, request: bytes, method: bytes, deadline: float) -> Reply:
         """One request (head and body, as bytes) and its whole answer; raises ``Failure``.
 
         ``deadline`` (loop time) bounds all of it: the wait for a connection, connecting,

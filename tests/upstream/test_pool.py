@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from dev.ports import free_port
-from gateway.upstream.pool import Answer, Failure, Pool
+from gateway.upstream.pool import Failure, Pool, Reply
 from tests.conftest import eventually
 
 
@@ -126,7 +126,7 @@ def request(method: str, target: str = "/x", body: bytes = b"") -> bytes:
     return f"{method} {target} HTTP/1.1\r\nHost: i\r\n{length}\r\n".encode() + body
 
 
-async def call(pool: Pool, method: str, body: bytes = b"", within: float = 2.0) -> Answer:
+async def call(pool: Pool, method: str, body: bytes = b"", within: float = 2.0) -> Reply:
     deadline = asyncio.get_running_loop().time() + within
     return await pool.send(request(method, body=body), method.encode(), deadline)
 
@@ -142,7 +142,7 @@ async def test_answers_come_back_whole_over_one_kept_alive_connection(servers, p
     assert (first.status, first.body) == (200, b'{"session_id":"s"}')
     second = await call(pool, "GET")
     assert second.status == 201 and second.body == b'{"a":1}'
-    assert second.headers[1:] == [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
+    assert second.raw_headers[1:] == [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2")]
     await call(pool, "GET")
     assert server.connections == 1 and [g.nth for g in server.got] == [1, 2, 3]
 
@@ -158,7 +158,7 @@ async def test_interim_answers_are_skipped_and_head_answers_have_no_body(servers
     assert (answer.status, answer.body) == (200, b"done")
     async with asyncio.timeout(2):
         head = await call(pool, "HEAD")
-    assert head.body == b"" and (b"Content-Length", b"10") in head.headers
+    assert head.body == b"" and (b"Content-Length", b"10") in head.raw_headers
     assert (await call(pool, "GET")).body == b"done"  # after HEAD, on a fresh connection
 
 
