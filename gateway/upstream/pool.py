@@ -61,7 +61,7 @@ class Reply:
 
     status: int
     raw_headers: list[tuple[bytes, bytes]]  # as the instance sent them, in order
-    body: bytes
+    body: bytes  # de-chunked, never decompressed
 
     @property
     def headers(self) -> CIMultiDict[str]:
