@@ -13,10 +13,15 @@ from typing import TypeAlias
 
 from aiohttp import web
 
+from gateway.errors import OUTCOME_HEADER
 from gateway.headers import HOP_BY_HOP_RAW, INSTANCE_HEADER, RawHeaders, end_to_end, names_kept
 
-# Headers the gateway sets on every answer itself: an instance's own are not passed on.
-SET_HERE = frozenset({INSTANCE_HEADER.lower().encode(), b"x-request-id"})
+# The gateway's own headers: an instance's are not passed on, or a caller would take them for
+# the gateway's word (which instance answered, the request id, whether a call may have been
+# acted on).
+SET_HERE = frozenset(
+    name.lower().encode() for name in (INSTANCE_HEADER, "X-Request-ID", OUTCOME_HEADER)
+)
 
 
 class Relayed:

@@ -200,6 +200,7 @@ async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teard
             # The gateway's own: replaced, not sent twice.
             "X-Request-ID": "the-instance-s",
             "X-WhatsApp-Instance": "http://elsewhere",
+            "X-Gateway-Outcome": "not-sent",  # the gateway's word alone
         }
         return web.Response(body=b'{"success":true}', headers=headers)
 
@@ -224,6 +225,7 @@ async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teard
         names = [line.partition(b":")[0].lower() for line in lines]
         assert b"x-kept: caf\xc3\xa9" in [line.lower() for line in lines]
         assert b"x-private" not in names and b"keep-alive" not in names
+        assert b"x-gateway-outcome" not in names
         assert b"Date: Mon, 30 Nov 2026 01:02:03 GMT" in lines  # the instance's, once
         for once in (b"date", b"content-length", b"x-whatsapp-instance", b"x-request-id"):
             assert names.count(once) == 1, (once, lines)
