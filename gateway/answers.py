@@ -2,9 +2,9 @@
 
 Relaying is the gateway's hot path: turning every answer into an ``aiohttp`` response
 (each header decoded into a multidict, then encoded again on the way out) cost more than
-the answer's own parsing. A ``Relayed`` keeps the instance's end-to-end header lines as
-one byte string; the entry point writes it as it is, and only a connection aiohttp serves
-turns it into a ``web.Response``.
+the answer's own parsing. A ``Relayed`` keeps the instance's end-to-end headers as the byte
+pairs the parser gave; the entry point writes them as they are, and only a connection
+aiohttp serves turns them into a ``web.Response``.
 """
 
 from __future__ import annotations

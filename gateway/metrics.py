@@ -250,10 +250,10 @@ class Metrics:
 
     def render(self) -> bytes:
         """This process's metrics, or every child's together under ``--processes N``."""
-        self.flush()
         path = os.environ.get(MULTIPROC_DIR)
         if not path:
-            return generate_latest(self.registry)
+            return generate_latest(self.registry)  # reading it adds the tallies first
+        self.flush()  # into this process's file, read below with the others'
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone, path)
         return generate_latest(everyone)
