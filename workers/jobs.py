@@ -10,6 +10,7 @@ encode (enqueue, undoing an attempt, retrying a failed job) it does so like Lara
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -69,6 +70,25 @@ class Job:
     def uuid(self) -> str:
         payload = self.payload or {}
         return str(payload.get("uuid") or payload.get("id") or "")
+
+    @property
+    def key(self) -> str:
+        """What names this job the same on every attempt, for its sends' idempotency keys:
+        its uuid, else a digest of the payload without what changes between attempts."""
+        if self.uuid:
+            return self.uuid
+        stable = {k: v for k, v in (self.payload or {}).items() if k not in VOLATILE}
+        canonical = json.dumps(stable, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def send_key(self, sequence: int) -> str:
+        """The ``Idempotency-Key`` of the job's ``sequence``-th request (from 1) in an
+        attempt: the same on every attempt, so the gateway sends each one at most once."""
+        return f"{self.key}:{sequence}"
+
+
+# Payload keys that an attempt, a release or pacing changes: not part of a job's identity.
+VOLATILE = frozenset({"attempts", "paceSlot"})
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:
