@@ -14,13 +14,21 @@ from typing import TypeAlias
 from aiohttp import web
 
 from gateway.errors import OUTCOME_HEADER
-from gateway.headers import HOP_BY_HOP_RAW, INSTANCE_HEADER, RawHeaders, end_to_end, names_kept
+from gateway.headers import (
+    HOP_BY_HOP_RAW,
+    INSTANCE_HEADER,
+    REPLAYED_HEADER,
+    RawHeaders,
+    end_to_end,
+    names_kept,
+)
 
 # The gateway's own headers: an instance's are not passed on, or a caller would take them for
 # the gateway's word (which instance answered, the request id, whether a call may have been
-# acted on).
+# acted on, whether an answer is one kept for an idempotency key).
 SET_HERE = frozenset(
-    name.lower().encode() for name in (INSTANCE_HEADER, "X-Request-ID", OUTCOME_HEADER)
+    name.lower().encode()
+    for name in (INSTANCE_HEADER, "X-Request-ID", OUTCOME_HEADER, REPLAYED_HEADER)
 )
 
 

@@ -11,8 +11,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.api import add_admin_routes
 from gateway.answers import Answer, Relayed
+from gateway.decisions.idempotency import keyed
 from gateway.entrypoint import EntryRequest, EntryServer
 from gateway.errors import json_error
+from gateway.headers import IDEMPOTENCY_HEADER
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.middlewares import observe, observed
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
@@ -57,6 +59,10 @@ async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
             return await list_sessions(call, gw.fleet, gw.upstreams)
         if call.method == "GET" and call.route.template == "/health":
             return await gw.fleet_health.answer(gw.pins.available, gw.started)
+        if keyed(call.method, call.route.template):
+            key = request.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None:
+                return await gw.idempotency.handle(call, key, gw.proxy.handle)
         return await gw.proxy.handle(call)
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger("gateway.http")
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
 KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
 # Headers picked out while parsing: the instance API reads these on every request.
-KNOWN = frozenset({b"host", b"content-type", b"x-request-id"})
+KNOWN = frozenset({b"host", b"content-type", b"x-request-id", b"idempotency-key"})
 # Requests with one of these are aiohttp's: it decodes chunks and compressed bodies, says
 # 100 Continue, upgrades, and refuses the old WebSocket handshake.
 AIOHTTPS = frozenset(

@@ -162,6 +162,14 @@ class Metrics:
             ["instance"],
             registry=r,
         )
+        self.idempotency = Counter(
+            "gateway_idempotency",
+            "Requests with an Idempotency-Key, by result: forwarded (the first), replayed (a"
+            " kept answer, no instance asked), in_flight and unknown (409), mismatch (422),"
+            " unavailable (503: Redis could not hold the key).",
+            ["result"],
+            registry=r,
+        )
         self.pin_events = Counter(
             "gateway_pin_events",
             "Pin changes published by other gateway processes, by result (applied, bad).",

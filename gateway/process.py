@@ -22,9 +22,11 @@ from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
 from gateway.router import Router
 from gateway.service.fanout import FleetHealth
+from gateway.service.idempotency import Idempotency
 from gateway.service.proxy import Proxy
 from gateway.service.webhooks import Receiver
 from gateway.settings import Settings
+from gateway.state.idempotency import IdempotencyStore
 from gateway.state.instances import Fleet
 from gateway.state.outbox import Outbox
 from gateway.state.pins import PinChange, PinListener
@@ -73,6 +75,7 @@ class Gateway:
     reconciler: Reconciler
     webhooks: Receiver
     fleet_health: FleetHealth
+    idempotency: Idempotency
     started: float
     database: Writer | None = None  # the backend's table, when ``mysql_dsn`` is set
     inflight: InFlight = field(default_factory=InFlight)
@@ -178,6 +181,9 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         reconciler=reconciler,
         webhooks=webhooks,
         fleet_health=FleetHealth(fleet, upstreams, s.health_timeout),
+        idempotency=Idempotency(
+            IdempotencyStore(pins.link, s.idempotency_ttl, s.idempotency_max_body_bytes), metrics
+        ),
         started=time.monotonic(),
         database=database,
     )
@@ -191,6 +197,8 @@ async def stop_background(gw: Gateway) -> None:
 
 async def close_pools(gw: Gateway) -> None:
     """Close the connections to the instances, to Redis and to the database."""
+    with contextlib.suppress(TimeoutError):  # first requests settle their keys
+        await asyncio.wait_for(gw.idempotency.close(), gw.longest_request)
     await gw.webhooks.outbox.redis.aclose()
     await gw.upstreams.close()
     await gw.pins.close()

@@ -126,6 +126,8 @@ class Settings:
     webhook_path: str = "/api/whatsapp/webhooks/"
     webhook_dedup_window: float = 600.0
     webhook_max_body_bytes: int = 8 * 1024 * 1024
+    idempotency_ttl: float = 86400.0  # how long a request's Idempotency-Key and answer are kept
+    idempotency_max_body_bytes: int = 65536  # a kept answer's body, at most
     log_format: str = "text"
     access_log: bool = True
     processes: int = 1  # "auto" in the config: one per core
@@ -392,6 +394,7 @@ def _check_gateway(s: Settings, need: Need) -> None:
         "health_fall",
         "health_rise",
         "webhook_max_body_bytes",
+        "idempotency_max_body_bytes",
         "max_connections_per_instance",
         "rediscovery_concurrency",
     ):
@@ -405,6 +408,7 @@ def _check_gateway(s: Settings, need: Need) -> None:
         "health_down_interval",
         "health_timeout",
         "reconcile_interval",
+        "idempotency_ttl",
     ):
         need(getattr(s, name) > 0, name, getattr(s, name), "must be greater than 0")
     need(

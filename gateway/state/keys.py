@@ -14,6 +14,7 @@ class Keys:
         self.loaded = f"{prefix}loaded"
         self._placing = f"{prefix}placing:"
         self._creating = f"{prefix}creating:"
+        self._idempotency = f"{prefix}idempotency:"
 
     def placing(self, url: str) -> str:
         return self._placing + url
@@ -21,3 +22,7 @@ class Keys:
     def creating(self, session_id: str) -> str:
         """The lock held while a create of the session is in flight."""
         return self._creating + session_id
+
+    def idempotency(self, scope: str) -> str:
+        """A caller's idempotency key (``decisions.idempotency.scope``) and what it got."""
+        return self._idempotency + scope
