@@ -61,6 +61,7 @@ class Progress:
     (a send) may have been written, running out of time is an unknown outcome."""
 
     maybe_sent: bool = False
+    sends: int = 0  # requests keyed so far in this attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +95,17 @@ class JobContext:
     def payload(self) -> dict[str, Any]:
         return self.job.payload or {}
 
+    def send_key(self) -> str:
+        """The ``Idempotency-Key`` of the attempt's next request that acts: the same, request
+        for request, on every attempt, so the gateway sends each at most once."""
+        self.progress.sends += 1
+        return self.job.send_key(self.progress.sends)
+
 
 Handler = Callable[[JobContext], Awaitable[None]]
 
 OUTCOME_HEADER = "X-Gateway-Outcome"  # the gateway's word on its own 502/503/504
-IDEMPOTENCY_HEADER = "X-Idempotency-Key"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class Verdict(enum.Enum):
@@ -217,15 +224,16 @@ async def post_json(
 def gateway_post(path: str) -> Handler:
     """A handler that sends the job's ``data`` to the gateway at ``path``, with the api key.
 
-    Every attempt carries the job's uuid as its idempotency key, so a receiver that keeps
-    them can drop a repeat.
+    Every attempt carries the same ``Idempotency-Key`` (the job's key and the request's
+    number in the attempt): a repeat after a kill, a timeout or a cut grace is answered from
+    what the gateway kept, or refused 409 (an unknown outcome), never sent again.
     """
 
     async def handler(job: JobContext) -> None:
         body = dict(job.data)
         if job.api_token:
             body.setdefault("api_key", job.api_token)
-        headers = {IDEMPOTENCY_HEADER: job.job.uuid} if job.job.uuid else {}
+        headers = {IDEMPOTENCY_HEADER: job.send_key()}
         url = f"{job.gateway_url}{path}"
         await post_json(job.http, url, body, headers, SEND, job.progress)
 

@@ -127,7 +127,7 @@ async def test_whatsapp_jobs_post_their_data_with_the_api_key_and_idempotency_ke
         )
     [(got_path, body, headers)] = gateway.requests
     assert (got_path, body) == (path, {**data, "api_key": "tok"})
-    assert headers["X-Idempotency-Key"] == json.loads(payload)["uuid"]
+    assert headers["Idempotency-Key"] == json.loads(payload)["uuid"] + ":1"
     assert await harness.failed() == []
 
 
@@ -292,8 +292,8 @@ async def test_a_send_answered_503_not_sent_is_retried_with_the_same_key_and_suc
     async with harness.pool(harness.config(queues=("q",))):
         await eventually(lambda: len(gateway.requests) == 2, what="the second try")
         await eventually(lambda: harness.redis.zcard(harness.keys("q").reserved), _zero, what="ack")
-    keys = {headers["X-Idempotency-Key"] for _, _, headers in gateway.requests}
-    assert keys == {json.loads(payload)["uuid"]}
+    keys = {headers["Idempotency-Key"] for _, _, headers in gateway.requests}
+    assert keys == {json.loads(payload)["uuid"] + ":1"}
     assert await harness.failed() == []
 
 

@@ -4,10 +4,12 @@ the gateway's own word (``X-Gateway-Outcome``) on a send it could not finish."""
 from __future__ import annotations
 
 import json
+import signal
+from collections import Counter
 
 import aiohttp
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, sample
 from tests.workers.conftest import Harness, eventually
 from workers.retry import UNKNOWN_OUTCOME
 
@@ -48,6 +50,64 @@ async def test_a_send_the_gateway_timed_out_is_sent_once_and_failed_with_the_rea
     keys = harness.keys("q")
     assert await harness.redis.zcard(keys.delayed) == await harness.redis.zcard(keys.reserved) == 0
 
+    # pushed again as it was (Laravel's queue:retry): its key's outcome is unknown, so the
+    # gateway refuses it (409) even through a patient gateway, and nothing is sent again
+    await harness.redis.delete(harness.failed_key)
+    await harness.push_raw("q", payload)
+    harness.workers["gateway_url"] = patient.url
+    async with harness.pool(harness.config(queues=("q",))):
+        [again] = await eventually(harness.failed, what="the repeat failed")
+    assert "answered 409 (X-Gateway-Outcome: unknown)" in again["exception"]
+    assert sent() == 2
+
 
 def _zero(n: int) -> bool:
     return n == 0
+
+
+async def test_workers_killed_mid_send_deliver_every_message_exactly_once(
+    harness: Harness, simulators, gateways, http: aiohttp.ClientSession
+) -> None:  # type: ignore[no-untyped-def]
+    """The soak's failure, in short: a worker SIGKILLed with sends in flight. Its jobs run
+    again once their reservations expire, with the same keys: the gateway answers them from
+    what it kept, and no message goes out twice."""
+    [sim] = await simulators(1, latency=0.3)
+    gw = await gateways([sim.url])
+    sid = SEND["session_id"]
+    async with http.post(f"{gw.url}/api/sessions", json={"session_id": sid, "api_key": API_KEY}):
+        pass
+    harness.env["LARAVEL_API_TOKEN"] = API_KEY
+    harness.workers["gateway_url"] = gw.url
+    total = 48
+    for n in range(total):
+        await harness.push("q", "whatsapp.send_message", {**SEND, "message": f"m-{n}"})
+    args = ("--queue", "q", "--concurrency", "8", "--metrics-port", "0")
+    args += ("--timeout", "2", "--retry-after", "3", "--backoff", "0", "--tries", "5")
+
+    def delivered() -> Counter[str]:
+        return Counter(json.loads(s.body)["message"] for s in sim.calls("/api/messages/send"))
+
+    for round_ in range(2):  # each worker dies with sends in flight
+        worker = harness.spawn(*args)
+        await eventually(lambda: len(delivered()), lambda n: n >= 8 * (round_ + 1), what="sends")
+        await eventually(
+            lambda: harness.redis.zcard(harness.keys("q").reserved), bool, what="mid-send"
+        )
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    last = harness.spawn(*args)
+    keys = harness.keys("q")
+
+    async def settled() -> bool:
+        depth = await harness.redis.llen(keys.list) + await harness.redis.zcard(keys.reserved)
+        return depth + await harness.redis.zcard(keys.delayed) == 0
+
+    await eventually(settled, timeout=40, what="every job settled")
+    last.send_signal(signal.SIGTERM)
+    assert last.wait(10) == 0, harness.output(last)
+    counts = delivered()
+    assert set(counts) == {f"m-{n}" for n in range(total)}
+    assert max(counts.values()) == 1, [m for m, c in counts.items() if c > 1]
+    assert sim.sessions[sid].messages_sent == total
+    assert await harness.failed() == []
+    assert sample(gw, "gateway_idempotency_total", result="replayed")  # the killed ones' reruns
