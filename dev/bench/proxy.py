@@ -426,6 +426,50 @@ def report(
     return "\n".join([*lines, "Targets:", "", *verdicts])
 
 
+def keyed_cost(stack: Stack, opt: Options) -> str:
+    """What an ``Idempotency-Key`` costs a send, and the Redis commands per request with and
+    without one (without: none, the pins are in memory)."""
+    client = redis.Redis.from_url(stack.redis_url)
+
+    def commands() -> int:
+        return int(client.info("stats")["total_commands_processed"])
+
+    rows = []
+    try:
+        for kind, title in (("send", "without a key"), ("keyed", "with a new key each")):
+            runs, per_request = [], []
+            for _ in range(opt.rounds):
+                before = commands()
+                sample = wrk(stack, "gateway", kind, opt.seconds, opt.connections)
+                per_request.append((commands() - before - 1) / (sample.rate * opt.seconds))
+                runs.append(sample)
+            sat = median(runs)
+            paced = wrk(stack, "gateway", kind, opt.paced_seconds, opt.paced_connections, opt.rate)
+            rows.append(
+                f"| {title} | {sat.rate:,.0f} | {sat.p50:.2f} ms | {sat.p99:.2f} ms "
+                f"| {paced.p50:.2f} ms | {paced.p99:.2f} ms "
+                f"| {statistics.median(per_request):.3f} |"
+            )
+    finally:
+        client.close()
+    return "\n".join(
+        [
+            f"**{TITLES['send']} through the gateway (one process), with and without an "
+            "`Idempotency-Key`**",
+            "",
+            "Redis commands per request: every command the Redis server processed during the "
+            "saturated run, per request, the commands inside a script included (a keyed send "
+            "is two round trips: one script takes the key, one keeps the answer); health "
+            "checks and anything else using the server count too.",
+            "",
+            f"| send | req/s ({opt.connections} conns) | p50 | p99 | p50 at {opt.rate:,}/s "
+            f"| p99 at {opt.rate:,}/s | Redis commands per request |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
+
+
 def verdict(target: str, met: bool, measured: str) -> str:
     return f"- {target}: {'met' if met else '**not met**'} ({measured})"
 
@@ -469,7 +513,7 @@ def main() -> None:
     parser.add_argument(
         "--no-profile", action="store_true", help="skip sampling the gateway with py-spy"
     )
-    parser.add_argument("--write", type=Path, help="put the table in this Markdown file")
+    parser.add_argument("--write", type=Path, help="put the tables in this Markdown file")
     args = parser.parse_args()
     opt = Options(
         args.rounds,
@@ -487,6 +531,8 @@ def main() -> None:
     profiled = None
     with running(layout, args.sessions, redis_url, args.processes) as stack:
         results = measure(stack, opt)
+        print("keyed sends", flush=True)
+        keyed = keyed_cost(stack, opt)
         if not args.no_profile:
             print("profile of the gateway", flush=True)
             samples = stack.workdir / "profile.txt"
@@ -508,8 +554,10 @@ def main() -> None:
     print(text)
     if profiled:
         print(profiled)
+    print(keyed)
     if args.write:
         write(args.write, text, SECTION)
+        write(args.write, keyed, "idempotency")
         if profiled:
             write(args.write, profiled, "profile")
         print(f"written to {args.write}")
