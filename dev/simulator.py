@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -92,6 +93,7 @@ CONFIG = web.AppKey("config", SimulatorConfig)
 SESSIONS = web.AppKey("sessions", dict[str, Session])
 STARTED = web.AppKey("started", float)  # time.monotonic() at creation, for uptime
 REPORTER = web.AppKey("reporter", Reporter)  # only when events are reported
+ROUTE_WORDS = web.AppKey("route_words", frozenset)  # the fixed segments of the routes' paths
 BODY = web.RequestKey("body", dict[str, Any])
 
 
@@ -236,6 +238,27 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def _any_case(request: web.Request) -> tuple[web.Request, Handler] | None:
+    """The route a path matches without regard to case, as Express's router matches it
+    (``/API/Sessions/x/RESTORE`` is ``/api/sessions/x/restore``; ``x`` keeps its case)."""
+    words = request.app[ROUTE_WORDS]
+    path = "/".join(
+        part.lower() if part.lower() in words else part for part in request.path.split("/")
+    )
+    if path == request.path:
+        return None
+    # What the router reads of a request (the request itself may have been read already).
+    target = SimpleNamespace(method=request.method, rel_url=request.rel_url.with_path(path))
+    match = await request.app.router.resolve(target)  # type: ignore[arg-type]
+    if match.http_exception is not None:
+        return None
+    match.add_app(request.app)
+    # As aiohttp's own handling sets it; ``match_info`` is cached on first read.
+    request._match_info = match
+    request._cache.pop("match_info", None)
+    return request, match.handler
+
+
 @web.middleware
 async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Latency, unknown paths, simulated failures, body parsing and the key, in that order."""
@@ -243,7 +266,12 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if config.latency:
         await asyncio.sleep(config.latency)
     if request.match_info.http_exception is not None:
-        return web.json_response({"error": "Endpoint not found", "path": request.path}, status=404)
+        found = await _any_case(request)
+        if found is None:
+            return web.json_response(
+                {"error": "Endpoint not found", "path": request.path}, status=404
+            )
+        request, handler = found
     try:
         if not _is_public(request.path):
             if random.random() < config.error_rate:
@@ -577,6 +605,12 @@ def create_app(config: SimulatorConfig) -> web.Application:
             web.get("/api/messages/{session_id}/validate", validate_session),
             web.get("/api/internal/sessions/{session_id}/last-activity", last_activity),
         ]
+    )
+    app[ROUTE_WORDS] = frozenset(
+        part
+        for resource in app.router.resources()
+        for part in resource.canonical.split("/")
+        if part and "{" not in part
     )
     return app
 

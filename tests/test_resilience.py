@@ -182,9 +182,11 @@ async def test_instance_comes_back_after_rise_checks(simulators, gateways, http)
         await runner.cleanup()
 
 
-async def test_restore_of_a_session_whose_instance_is_down_is_placed_anew(
+async def test_restore_of_a_session_whose_instance_is_down_waits_for_it(
     simulators, gateways, http
 ):
+    """The session may still live on the instance that is down: restoring it elsewhere would
+    make two copies once it is back. It is restored where it is pinned, once that answers."""
     sims = await simulators(2)
     gw = await gateways([s.url for s in sims])
     owner = await create(http, gw.url, "r-1")
@@ -193,9 +195,16 @@ async def test_restore_of_a_session_whose_instance_is_down_is_placed_anew(
     await holder.runner.cleanup()
     gw.gw.fleet.get(owner).up = False  # type: ignore[union-attr]
     async with http.post(f"{gw.url}/api/sessions/r-1/restore", json={"api_key": API_KEY}) as r:
-        assert r.status == 200
-        assert r.headers["X-WhatsApp-Instance"] == other.url
-    assert "r-1" in other.sessions and gw.gw.pins.sessions["r-1"] == other.url
+        assert r.status == 503 and r.headers["X-Gateway-Outcome"] == "not-sent"
+        assert (await r.json())["instances"] == [owner]
+    assert "r-1" not in other.sessions and gw.gw.pins.sessions["r-1"] == owner
+
+    [back] = await simulators(1, ports=[int(owner.rsplit(":", 1)[1])])  # restarted, empty
+    gw.gw.fleet.get(owner).up = True  # type: ignore[union-attr]
+    async with http.post(f"{gw.url}/api/sessions/r-1/restore", json={"api_key": API_KEY}) as r:
+        assert r.status == 200 and r.headers["X-WhatsApp-Instance"] == owner
+    assert "r-1" in back.sessions and "r-1" not in other.sessions
+    assert gw.gw.pins.sessions["r-1"] == owner
 
 
 async def test_a_timeout_after_sending_is_not_replayed(simulators, gateways, http):

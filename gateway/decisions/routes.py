@@ -1,7 +1,9 @@
 """The instance API's routes: which template a path is, and where its session id sits.
 
 Templates (never raw paths) label metrics, so their number stays bounded whatever callers
-send.
+send. Paths match without regard to case, as Express's router matches them by default: an
+instance acts on ``/API/Sessions/s1/restore`` as on ``/api/sessions/s1/restore``, so the
+gateway must route it the same (the session id keeps its case; the action is lowercased).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ SESSION_ID = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.:@-]{1,128}")
 
 # (template, pattern); a ``sid`` group is the session id in the path.
 _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (template, re.compile(pattern))
+    (template, re.compile(pattern, re.IGNORECASE))
     for template, pattern in (
         ("/api/sessions", r"/api/sessions/?"),
         ("/api/sessions/{id}", r"/api/sessions/(?P<sid>[^/]+)/?"),
@@ -56,7 +58,8 @@ def _classify(path: str) -> Route:
         match = pattern.fullmatch(path)
         if match:
             groups = match.groupdict()
-            return Route(template, groups.get("sid"), groups.get("action"))
+            action = groups.get("action")
+            return Route(template, groups.get("sid"), action.lower() if action else None)
     return Route("other")
 
 

@@ -20,12 +20,13 @@ from aiohttp import web
 
 from gateway.answers import Answer, Relayed
 from gateway.decisions.routes import REVIVING_ACTIONS
-from gateway.errors import Outcome, unanswered
+from gateway.errors import Outcome, json_error, unanswered
 from gateway.health.checks import HealthChecker
 from gateway.locate.rediscovery import Rediscovery, Search
 from gateway.metrics import Metrics
 from gateway.requests import Call
 from gateway.router import Router
+from gateway.state.counts import Placement
 from gateway.state.store import PinStore
 from gateway.upstream.client import Reply, UpstreamError, Upstreams
 
@@ -169,6 +170,9 @@ class Proxy:
             search = Search(holder=moved)  # another request found it meanwhile
         elif self.rediscovery.known_absent(session_id):
             search = Search()
+        elif call.api_key is None and self.rediscovery.api_token:
+            # The instances would refuse it: no search on its behalf, nothing learned.
+            return json_error(401, "Invalid API key: api_key is required")
         else:
             candidates = [u for u in self.router.live() if u not in asked]
             complete = not self.router.down()
@@ -182,10 +186,8 @@ class Proxy:
                 return failure(exc)
             await self._after(call, session_id, search.holder, reply)
             return respond(reply, search.holder)
-        if call.route.action in REVIVING_ACTIONS:
-            return await self.create(call, session_id)
         unsure = [*self.router.down(), *search.unsure]
-        if unsure:
+        if unsure:  # never placed again while it may live there: one session, one instance
             return unanswered(
                 503,
                 "Session unavailable: it may be on an instance that cannot be asked now",
@@ -193,6 +195,8 @@ class Proxy:
                 instances=unsure,
                 instance=unsure[0],
             )
+        if call.route.action in REVIVING_ACTIONS and not search.denied:
+            return await self.create(call, session_id)
         if said_not_found is not None and pinned is not None and not search.denied:
             await self._after(call, session_id, pinned, said_not_found)
             return respond(said_not_found, pinned)
@@ -225,8 +229,8 @@ class Proxy:
         """Place a new session; one create of a session at a time across all processes."""
         async with self.pins.creating(session_id):
             pinned = await self.pins.session(session_id, fresh=True)
-            if pinned is not None and self.router.is_up(pinned) and call.route.action is None:
-                try:  # the instance answers with its session
+            if pinned is not None and self.router.is_up(pinned):
+                try:  # the instance answers with (or restores) its session
                     return respond(await self._send(call, pinned), pinned)
                 except UpstreamError as exc:
                     if exc.sent:
@@ -249,17 +253,19 @@ class Proxy:
             try:
                 reply = await self._send(call, placement.url)
             except UpstreamError as exc:
-                await self.pins.abandon(placement)
-                if exc.sent:
+                if exc.sent:  # it may exist there now: a retry must go there, not elsewhere
+                    await self._placed(call, session_id, placement, source="create-unknown")
                     return failure(exc)
+                await self.pins.abandon(placement)
                 refused.add(placement.url)  # nothing reached it: place elsewhere
                 continue
             if not 200 <= reply.status < 300:
                 await self.pins.abandon(placement)
                 return respond(reply, placement.url)
-            await self.pins.confirm(placement)
-            await self.pins.pin_session(
-                session_id, placement.url, call.workspace_id, source="create"
-            )
+            await self._placed(call, session_id, placement, source="create")
             self.metrics.placements.labels(placement.url).inc()
             return respond(reply, placement.url)
+
+    async def _placed(self, call: Call, session_id: str, placement: Placement, source: str) -> None:
+        await self.pins.confirm(placement)
+        await self.pins.pin_session(session_id, placement.url, call.workspace_id, source=source)

@@ -48,7 +48,8 @@ class PinChange:
     session_id: str
     url: str | None  # None: the session was unpinned
     workspace_id: str | None
-    source: str  # "create" | "delete" | "rediscovery" | "reconcile" | "admin" | "webhook"
+    # "create" | "create-unknown" | "delete" | "rediscovery" | "reconcile" | "admin" | "webhook"
+    source: str
 
 
 PinListener = Callable[[PinChange], Awaitable[None] | None]
