@@ -14,9 +14,7 @@ async def holders(sims, sid: str) -> list[str]:  # type: ignore[no-untyped-def]
     return [s.url for s in sims if sid in s.sessions]
 
 
-async def test_concurrent_restores_of_an_unknown_session_make_one_copy(
-    simulators, gateways, http
-):
+async def test_concurrent_restores_of_an_unknown_session_make_one_copy(simulators, gateways, http):
     sims = await simulators(3)
     first, second = await gateways([s.url for s in sims]), await gateways([s.url for s in sims])
 
@@ -31,9 +29,7 @@ async def test_concurrent_restores_of_an_unknown_session_make_one_copy(
     assert await holders(sims, "lost-1") == [answers[0]]
 
 
-async def test_paths_are_routed_without_regard_to_case_as_express_does(
-    simulators, gateways, http
-):
+async def test_paths_are_routed_without_regard_to_case_as_express_does(simulators, gateways, http):
     sims = await simulators(2)
     gw = await gateways([s.url for s in sims])
     owner = await create(http, gw.url, "s1")

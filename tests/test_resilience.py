@@ -182,9 +182,7 @@ async def test_instance_comes_back_after_rise_checks(simulators, gateways, http)
         await runner.cleanup()
 
 
-async def test_restore_of_a_session_whose_instance_is_down_waits_for_it(
-    simulators, gateways, http
-):
+async def test_restore_of_a_session_whose_instance_is_down_waits_for_it(simulators, gateways, http):
     """The session may still live on the instance that is down: restoring it elsewhere would
     make two copies once it is back. It is restored where it is pinned, once that answers."""
     sims = await simulators(2)
