@@ -95,3 +95,35 @@ async def test_a_lookup_without_a_key_is_refused_and_learns_nothing(
     # with the caller's own key, it is found as before
     async with http.get(f"{gw.url}/api/sessions/victim-1/status?api_key={API_KEY}") as r:
         assert r.status == 200 and r.headers["X-WhatsApp-Instance"] == sims[1].url
+
+
+async def test_a_create_lock_outlives_its_ttl_while_its_holder_works(simulators, gateways, http):
+    """A create slower than the lock's life keeps the lock (its holder renews it): a
+    concurrent create through another process waits for it, then finds its pin."""
+    sims = await simulators(2, latency=1.2)
+    first, second = await gateways([s.url for s in sims]), await gateways([s.url for s in sims])
+    for gw in (first, second):
+        gw.gw.pins.flights.lock_ttl = 0.3
+    answers = await asyncio.gather(
+        create(http, first.url, "slow-1"), create(http, second.url, "slow-1")
+    )
+    assert [a.status for a in answers] == [200, 200]
+    owners = {a.headers["X-WhatsApp-Instance"] for a in answers}
+    assert len(owners) == 1 and await holders(sims, "slow-1") == list(owners)
+
+
+async def test_a_create_never_goes_ahead_without_the_lock(simulators, gateways, http, redis_client):
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    gw.gw.pins.flights.wait = 0.3
+    # another process holds the lock, alive (it renews it) past this one's wait
+    lock = gw.gw.pins.keys.creating("held-1")
+    await redis_client.set(lock, "someone-else", px=5000)
+    resp = await create(http, gw.url, "held-1")
+    assert resp.status == 503 and resp.headers["X-Gateway-Outcome"] == "not-sent"
+    assert await holders(sims, "held-1") == []
+    # a holder that died stops renewing: its lock is gone within its life, and the create goes
+    await redis_client.pexpire(lock, 200)
+    gw.gw.pins.flights.wait = 5.0
+    resp = await create(http, gw.url, "held-1")
+    assert resp.status == 200 and len(await holders(sims, "held-1")) == 1

@@ -27,6 +27,7 @@ from gateway.metrics import Metrics
 from gateway.requests import Call
 from gateway.router import Router
 from gateway.state.counts import Placement
+from gateway.state.flights import Busy
 from gateway.state.store import PinStore
 from gateway.upstream.client import Reply, UpstreamError, Upstreams
 
@@ -227,15 +228,23 @@ class Proxy:
 
     async def create(self, call: Call, session_id: str) -> Answer:
         """Place a new session; one create of a session at a time across all processes."""
-        async with self.pins.creating(session_id):
-            pinned = await self.pins.session(session_id, fresh=True)
-            if pinned is not None and self.router.is_up(pinned):
-                try:  # the instance answers with (or restores) its session
-                    return respond(await self._send(call, pinned), pinned)
-                except UpstreamError as exc:
-                    if exc.sent:
-                        return failure(exc)
-            return await self._place(call, session_id)
+        try:
+            async with self.pins.creating(session_id):
+                return await self._create(call, session_id)
+        except Busy:
+            return unanswered(
+                503, "A create of this session is still in flight elsewhere", "not-sent"
+            )
+
+    async def _create(self, call: Call, session_id: str) -> Answer:
+        pinned = await self.pins.session(session_id, fresh=True)
+        if pinned is not None and self.router.is_up(pinned):
+            try:  # the instance answers with (or restores) its session
+                return respond(await self._send(call, pinned), pinned)
+            except UpstreamError as exc:
+                if exc.sent:
+                    return failure(exc)
+        return await self._place(call, session_id)
 
     async def _place(self, call: Call, session_id: str) -> Answer:
         refused: set[str] = set()  # reached nothing: suspect, and not placed on again
