@@ -20,6 +20,7 @@ from gateway.middlewares import observe, observed
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
 from gateway.reload import RELOADS, Reloads, reload_ctx
 from gateway.requests import ROUTE, BadRequest, Incoming, read_call
+from gateway.service.backend import PREFIX as BACKEND_PREFIX
 from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
 
@@ -72,6 +73,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
         return await gw.webhooks.handle(request)
 
 
+async def call_backend(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    with gw.inflight:
+        return await gw.backend.handle(request)
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text; instance gauges are read from the live state at scrape time."""
     request[ROUTE] = "/metrics"
@@ -102,6 +109,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(reload_ctx)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", f"{settings.webhook_path}{{tail:.*}}", receive_webhook)
+    app.router.add_route("*", f"{BACKEND_PREFIX}{{tail:.*}}", call_backend)
     add_admin_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
@@ -129,7 +137,7 @@ class GatewayRunner(web.AppRunner):
         app, server = self.app, self.server
         assert server is not None
         through_app = server.request_handler
-        apps_own = ("/gateway/", app[SETTINGS].webhook_path)
+        apps_own = ("/gateway/", app[SETTINGS].webhook_path, BACKEND_PREFIX)
         metrics = app[METRICS]
 
         def access_log(_: Incoming) -> bool:

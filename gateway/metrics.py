@@ -170,6 +170,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.backend_calls = Counter(
+            "gateway_backend_calls",
+            "Instances' calls to the backend (other than events), by result: forwarded,"
+            " refused (no proof of an instance), unreachable, timeout, failed.",
+            ["result"],
+            registry=r,
+        )
         self.pin_events = Counter(
             "gateway_pin_events",
             "Pin changes published by other gateway processes, by result (applied, bad).",

@@ -21,6 +21,7 @@ from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
 from gateway.router import Router
+from gateway.service.backend import BackendRelay
 from gateway.service.fanout import FleetHealth
 from gateway.service.idempotency import Idempotency
 from gateway.service.proxy import Proxy
@@ -76,6 +77,7 @@ class Gateway:
     webhooks: Receiver
     fleet_health: FleetHealth
     idempotency: Idempotency
+    backend: BackendRelay
     started: float
     database: Writer | None = None  # the backend's table, when ``mysql_dsn`` is set
     inflight: InFlight = field(default_factory=InFlight)
@@ -184,6 +186,14 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         idempotency=Idempotency(
             IdempotencyStore(pins.link, s.idempotency_ttl, s.idempotency_max_body_bytes), metrics
         ),
+        backend=BackendRelay(
+            backend_url=s.backend_url.rstrip("/"),
+            secret=s.hmac_secret,
+            api_token=s.laravel_api_token,
+            timeout=s.read_timeout,
+            max_body=s.webhook_max_body_bytes,
+            metrics=metrics,
+        ),
         started=time.monotonic(),
         database=database,
     )
@@ -200,6 +210,7 @@ async def close_pools(gw: Gateway) -> None:
     with contextlib.suppress(TimeoutError):  # first requests settle their keys
         await asyncio.wait_for(gw.idempotency.close(), gw.longest_request)
     await gw.webhooks.outbox.redis.aclose()
+    await gw.backend.close()
     await gw.upstreams.close()
     await gw.pins.close()
     if gw.database is not None:

@@ -126,6 +126,7 @@ class Settings:
     webhook_path: str = "/api/whatsapp/webhooks/"
     webhook_dedup_window: float = 600.0
     webhook_max_body_bytes: int = 8 * 1024 * 1024
+    backend_url: str = ""  # the backend the instances' own calls go on to; empty: refused
     idempotency_ttl: float = 86400.0  # how long a request's Idempotency-Key and answer are kept
     idempotency_max_body_bytes: int = 65536  # a kept answer's body, at most
     log_format: str = "text"
@@ -164,6 +165,7 @@ ENV_NAMES: Mapping[str, tuple[str, ...]] = {
     "max_sessions_per_instance": ("WHATSAPP_MAX_SESSIONS_PER_INSTANCE",),
     "laravel_api_token": ("LARAVEL_API_TOKEN",),
     "hmac_secret": ("HMAC_SECRET", "WHATSAPP_HMAC_SECRET"),
+    "backend_url": ("LARAVEL_URL",),
 }
 
 
@@ -386,6 +388,14 @@ def _check_gateway(s: Settings, need: Need) -> None:
         s.webhook_path,
         "must be a path of one or more segments, starting and ending with /",
     )
+    if s.backend_url:
+        backend = urlsplit(s.backend_url)
+        need(
+            backend.scheme in ("http", "https") and bool(backend.hostname) and not backend.query,
+            "backend_url",
+            s.backend_url,
+            "is not an http(s) base URL",
+        )
     need(s.webhook_dedup_window >= 0, "webhook_dedup_window", s.webhook_dedup_window, "is < 0")
     need(s.processes >= 1, "processes", s.processes, "must be at least 1 (or auto)")
     for name in (
