@@ -374,12 +374,33 @@ def _check_shared(s: Settings, need: Need) -> None:
         )
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
+
+
+def _is_self(url: str, host: str, port: int) -> bool:
+    """Whether ``url`` is this gateway's own listening address (a loop)."""
+    parts = urlsplit(url)
+    target = (parts.hostname or "").lower()
+    if (parts.port or (443 if parts.scheme == "https" else 80)) != port:
+        return False
+    if host in ("0.0.0.0", "::"):
+        return target in LOOPBACK
+    return target == host.lower() or (host in LOOPBACK and target in LOOPBACK)
+
+
 def _check_gateway(s: Settings, need: Need) -> None:
     need(1 <= s.port <= 65535, "port", s.port, "is out of range 1-65535")
     need(bool(s.instances), "instances", s.instances, "names no instance")
     seen: set[str] = set()
     for url in s.instances:
         need(url not in seen, "instances", url, "is listed twice")
+        need(
+            not _is_self(url, s.host, s.port),
+            "instances",
+            url,
+            "is the gateway itself: list the instances' own URLs (WHATSAPP_INSTANCES, or"
+            " GATEWAY_INSTANCES), and point only the backend's base URL at the gateway",
+        )
         seen.add(url)
     need(s.placement in PLACEMENTS, "placement", s.placement, f"is not one of {PLACEMENTS}")
     need(

@@ -140,3 +140,20 @@ async def test_the_relay_is_reached_through_the_entry_point(simulators, gateways
         ) as r:
             assert r.status == 200
     assert len(seen) == 1
+
+
+def test_an_instance_list_naming_the_gateway_itself_is_refused(tmp_path):
+    from gateway.settings import SettingsError, load_settings
+
+    config = tmp_path / "gateway.toml"
+    config.write_text("")
+    env = {"GATEWAY_CONFIG": str(config), "GATEWAY_PORT": "8080"}
+    for listed in ("http://127.0.0.1:8080", "http://localhost:8080/"):
+        try:
+            load_settings({**env, "WHATSAPP_INSTANCE_COUNT": "1", "WHATSAPP_INSTANCE_1": listed})
+        except SettingsError as exc:
+            assert "is the gateway itself" in str(exc)
+        else:
+            raise AssertionError(f"{listed} was taken")
+    fine = load_settings({**env, "WHATSAPP_INSTANCES": "http://127.0.0.1:3001"})
+    assert fine.instances == ("http://127.0.0.1:3001",)
