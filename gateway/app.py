@@ -59,7 +59,8 @@ async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
         if call.method == "GET" and call.route.template == "/api/sessions":
             return await list_sessions(call, gw.fleet, gw.upstreams)
         if call.method == "GET" and call.route.template == "/health":
-            return await gw.fleet_health.answer(gw.pins.available, gw.started)
+            primary = gw.follower.primary if gw.follower else None
+            return await gw.fleet_health.answer(gw.pins.available, gw.started, primary)
         if keyed(call.method, call.route.template):
             key = request.headers.get(IDEMPOTENCY_HEADER)
             if key is not None:

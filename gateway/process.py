@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.database.writer import Writer, open_writer
@@ -20,6 +19,7 @@ from gateway.locate.accounts import TableCheck
 from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
+from gateway.redis_url import SwitchFollower, redis_client
 from gateway.router import Router
 from gateway.service.backend import BackendRelay
 from gateway.service.fanout import FleetHealth
@@ -81,6 +81,7 @@ class Gateway:
     started: float
     database: Writer | None = None  # the backend's table, when ``mysql_dsn`` is set
     inflight: InFlight = field(default_factory=InFlight)
+    follower: SwitchFollower | None = None  # Sentinel's promotions, when redis_url names it
 
     @property
     def longest_request(self) -> float:
@@ -150,7 +151,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         table=TableCheck(database, s.instances) if database else None,
     )
     # The webhook route's own Redis client: an event is never queued behind a pin's call.
-    webhook_redis = aioredis.Redis.from_url(
+    webhook_redis = redis_client(
         s.redis_url, socket_timeout=s.redis_timeout, socket_connect_timeout=s.redis_timeout
     )
     webhooks = Receiver(
@@ -164,6 +165,11 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         pins=pins,
         metrics=metrics,
     )
+    clients = [pins.link.redis, pins.link.subscriber, webhook_redis]
+    if database is not None:
+        clients.append(database.pending.redis)
+    follower = SwitchFollower(s.redis_url, clients)
+    follower.start()
     if database is not None:
         pins.on_change(write_behind(database))
         await database.start()
@@ -196,6 +202,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         ),
         started=time.monotonic(),
         database=database,
+        follower=follower,
     )
 
 
@@ -209,6 +216,8 @@ async def close_pools(gw: Gateway) -> None:
     """Close the connections to the instances, to Redis and to the database."""
     with contextlib.suppress(TimeoutError):  # first requests settle their keys
         await asyncio.wait_for(gw.idempotency.close(), gw.longest_request)
+    if gw.follower is not None:
+        await gw.follower.close()
     await gw.webhooks.outbox.redis.aclose()
     await gw.backend.close()
     await gw.upstreams.close()

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from gateway.laravel_str import slug
+from gateway.redis_url import RedisUrlError, sentinel_target
 
 DEFAULT_CONFIG = "config/gateway.toml"
 DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 3005))
@@ -360,11 +361,15 @@ def _check_shared(s: Settings, need: Need) -> None:
     )
     need(s.log_format in LOG_FORMATS, "log_format", s.log_format, f"is not one of {LOG_FORMATS}")
     need(
-        urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix"),
+        urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix", "redis+sentinel"),
         "redis_url",
         _mask(s.redis_url),
-        "is not a redis:// URL",
+        "is not a redis:// (or redis+sentinel://) URL",
     )
+    try:
+        sentinel_target(s.redis_url)
+    except RedisUrlError as exc:
+        need(False, "redis_url", _mask(s.redis_url), str(exc).removeprefix("redis_url: "))
     if s.mysql_dsn:
         need(
             urlsplit(s.mysql_dsn).scheme in ("mysql", "mariadb"),

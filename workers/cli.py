@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import logs
+from gateway.redis_url import SwitchFollower
 from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from gateway.state.outbox import Backlog, DeadLetter, Outbox
 from gateway.state.prefixes import check_prefix, prefix_warning
@@ -170,6 +171,8 @@ async def serve(
     relay = RelayConfig.build(settings, workers)
     slots = config.concurrency + (relay.concurrency + 1 if relay else 0)
     redis = redis_client(settings.redis_url, max_connections=2 * slots + 10)
+    follower = SwitchFollower(settings.redis_url, [redis])
+    follower.start()
     mysql = await mysql_pool(settings.mysql_dsn)
     try:
         pool = Pool(config, redis, mysql)
@@ -204,6 +207,7 @@ async def serve(
         )
         await asyncio.gather(pool.run(), *(r.run() for r in relays))
     finally:
+        await follower.close()
         await redis.aclose()
         if mysql is not None:
             mysql.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 import aiomysql
 import redis.asyncio as aioredis
 
+from gateway.redis_url import redis_client as sentinel_client
+from gateway.redis_url import sentinel_target
 from gateway.settings import MySQLParams
 
 
@@ -17,15 +20,16 @@ def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
     connections honest instead. A blocking pool makes a burst wait for a connection
     rather than fail with "too many connections".
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        decode_responses=False,
-        max_connections=max_connections,
-        timeout=None,
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        socket_keepalive=True,  # a peer gone without a reset is noticed, not waited on forever
-    )
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "max_connections": max_connections,
+        "health_check_interval": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,  # a peer gone without a reset is noticed, not waited on
+    }
+    if sentinel_target(url) is not None:  # Sentinel's pool finds the primary; it cannot block
+        return sentinel_client(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=None, **options)
     return aioredis.Redis(connection_pool=pool)
 
 

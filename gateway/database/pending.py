@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from gateway.redis_url import redis_client
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 T = TypeVar("T")
@@ -129,9 +130,7 @@ class PendingUpdates:
         self.since = f"{prefix}db:since"
         self.sequence = f"{prefix}db:sequence"
         self.lock = f"{prefix}db:writer"
-        self.redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self.redis = redis_client(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._enqueue = self.redis.register_script(ENQUEUE)
         self._head = self.redis.register_script(HEAD)
         self._ack = self.redis.register_script(ACK)

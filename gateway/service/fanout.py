@@ -99,8 +99,11 @@ class FleetHealth:
         healthy = status == 200 and isinstance(body, dict) and body.get("status") != "unhealthy"
         return body if healthy else None
 
-    async def answer(self, redis_up: bool, started: float) -> web.Response:
-        """The instances' ``/health`` shape, summed, plus ``redis`` and one line per instance."""
+    async def answer(
+        self, redis_up: bool, started: float, primary: str | None = None
+    ) -> web.Response:
+        """The instances' ``/health`` shape, summed, plus ``redis`` (and the primary in use,
+        under Sentinel) and one line per instance."""
         reports = await self.reports()
         body = {
             "status": "healthy" if reports else "unhealthy",
@@ -114,6 +117,7 @@ class FleetHealth:
                 ),
             },
             "redis": "up" if redis_up else "down",
+            **({"redis_primary": primary} if primary else {}),
             "instances": [
                 {
                     "url": i.url,

@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
+from gateway.redis_url import redis_client
 from gateway.state.keys import Keys
 from gateway.tasks import cancel_and_wait
 
@@ -48,12 +48,10 @@ class RedisLink:
         self.keys = keys
         self.timeout = timeout
         self.metrics = metrics
-        self.redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self.redis = redis_client(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         # The subscriber waits for messages indefinitely, so it has no socket timeout; the pin
         # map pings it when it is silent, and TCP keepalive closes a connection long dead.
-        self.subscriber = aioredis.Redis.from_url(
+        self.subscriber = redis_client(
             redis_url, socket_connect_timeout=timeout, socket_keepalive=True
         )
         self.origin = uuid.uuid4().hex  # marks this process's published changes

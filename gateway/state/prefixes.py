@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.redis_url import redis_client
+
 SCAN_BUDGET = 200  # SCAN calls of 1,000 keys each: a look at start-up, not a crawl
 
 
@@ -48,7 +50,7 @@ async def prefix_warning(
 async def check_prefix(url: str, prefix: str, queues: Sequence[str] = ()) -> str | None:
     """For ``check-config``: :func:`prefix_warning` on a short-lived client, or one line
     saying Redis could not be asked."""
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    client = redis_client(url, socket_connect_timeout=2, socket_timeout=5)
     try:
         return await prefix_warning(client, prefix, queues)
     except (RedisError, OSError) as exc:

@@ -1,0 +1,159 @@
+"""A Redis client for a ``REDIS_URL``: one server, or the primary that Sentinel watches.
+
+``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]`` names the
+Sentinels and the service; the client asks them for the primary whenever it connects.
+redis-py alone can keep talking to a demoted primary until a write fails, so
+:class:`SwitchFollower` also listens to Sentinel's ``+switch-master`` and drops the clients'
+connections the moment a promotion is announced: their next call goes to the new primary.
+The Sentinels' own password, if they have one, is ``?sentinel_password=...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError
+
+log = logging.getLogger("gateway.redis")
+
+SCHEME = "redis+sentinel://"
+RETRY = 1.0  # seconds between attempts at a Sentinel that cannot be reached
+
+
+class RedisUrlError(ValueError):
+    """A ``redis+sentinel://`` URL that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    password: str | None = None
+    sentinel_password: str | None = None
+
+
+def sentinel_target(url: str) -> SentinelTarget | None:
+    """The Sentinels and service of a ``redis+sentinel://`` URL; None for a plain one."""
+    if not url.startswith(SCHEME):
+        return None
+    rest, _, query = url[len(SCHEME) :].partition("?")
+    netloc, _, path = rest.partition("/")
+    auth, _, hosts = netloc.rpartition("@")
+    password = unquote(auth.partition(":")[2]) if auth else None
+    sentinels = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise RedisUrlError(f"redis_url: {part.strip()!r} is not a Sentinel host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise RedisUrlError("redis_url: a redis+sentinel:// URL needs /service_name after hosts")
+    if db and not db.isdigit():
+        raise RedisUrlError(f"redis_url: database {db!r} is not a number")
+    options = parse_qs(query)
+    return SentinelTarget(
+        tuple(sentinels),
+        unquote(service),
+        int(db or 0),
+        password or None,
+        (options.get("sentinel_password") or [None])[0],
+    )
+
+
+def redis_client(url: str, **options: Any) -> aioredis.Redis:
+    """A client for ``url`` with ``options`` (redis-py's connection settings)."""
+    target = sentinel_target(url)
+    if target is None:
+        return aioredis.Redis.from_url(url, **options)
+    return _sentinel(target, options).master_for(
+        target.service, db=target.db, password=target.password, **options
+    )
+
+
+def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
+    timeout = options.get("socket_connect_timeout") or 2.0
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    if target.sentinel_password:
+        sentinel_options["password"] = target.sentinel_password
+    return Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
+
+
+async def primary(url: str) -> str | None:
+    """``host:port`` of the primary in use (Sentinel's word), None for a plain URL."""
+    target = sentinel_target(url)
+    if target is None:
+        return None
+    host, port = await _sentinel(target, {}).discover_master(target.service)
+    return f"{host}:{port}"
+
+
+class SwitchFollower:
+    """Drops ``clients``' connections when Sentinel announces a new primary for the service."""
+
+    def __init__(self, url: str, clients: Sequence[aioredis.Redis]) -> None:
+        self.target = sentinel_target(url)
+        self.clients = list(clients)
+        self.switches = 0
+        self.primary: str | None = None  # host:port, as Sentinel last named it
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.target is not None and self._task is None:
+            self._task = asyncio.create_task(self._follow(self.target))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _follow(self, target: SentinelTarget) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            host, port = await _sentinel(target, {}).discover_master(target.service)
+            self.primary = f"{host}:{port}"
+        while True:
+            for host, port in target.sentinels:
+                with contextlib.suppress(RedisError, OSError):
+                    async for announced in _switches(host, port, target):
+                        await self._switched(announced)
+            await asyncio.sleep(RETRY)
+
+    async def _switched(self, announced: str) -> None:
+        self.switches += 1
+        self.primary = announced
+        log.warning("Redis primary of %s is now %s", self.target.service, announced)  # type: ignore[union-attr]
+        for client in self.clients:
+            await client.connection_pool.disconnect()
+
+
+async def _switches(host: str, port: int, target: SentinelTarget) -> AsyncIterator[str]:
+    """Each new primary (``host:port``) one Sentinel announces for the service."""
+    sentinel = aioredis.Redis(
+        host=host, port=port, password=target.sentinel_password, socket_keepalive=True
+    )
+    try:
+        async with sentinel.pubsub() as pubsub:
+            await pubsub.subscribe("+switch-master")
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                # "<service> <old ip> <old port> <new ip> <new port>"
+                words = message["data"].decode("utf-8", "replace").split()
+                if len(words) == 5 and words[0] == target.service:
+                    yield f"{words[3]}:{words[4]}"
+    finally:
+        await sentinel.aclose()
