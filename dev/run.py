@@ -54,6 +54,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -370,6 +371,7 @@ def banner(
     connect_delay: float,
     elapsed: float,
     workers: WorkerSettings | None = None,
+    made_token: str | None = None,
 ) -> str:
     """What is running where, and how to try it, once everything answers."""
     by_name = {s.name: s for s in specs}
@@ -400,6 +402,12 @@ def banner(
         lines.append(f"  workers    python -m workers  ({where}{pid('workers')})")
     else:
         lines.append("  workers    not started (no workers/__main__.py, or DEVRUN_WORKERS=0)")
+    lines.append(f"  redis keys under {settings.redis_prefix!r} (REDIS_PREFIX)")
+    if settings.admin_token and settings.admin_token == made_token:
+        lines.append(
+            f"  admin      {gateway_url}/gateway/  GATEWAY_ADMIN_TOKEN={made_token}"
+            "  (made for this run)"
+        )
     lines.append(f"  webhooks   {webhook_route(settings, gateway_url, bool(sims))}")
     lines.append(f"             -> {webhook_target(by_name, workers, pid)}")
     create, status, send = example_curls(gateway_url, settings.laravel_api_token)
@@ -669,6 +677,7 @@ class Devrun:
     children: list[Child] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     signals: int = 0
+    made_token: bool = False  # the admin token was made for this run (and is shown)
 
     def on_signal(self, sig: signal.Signals) -> None:
         """First signal: stop in order. Second: kill everything now."""
@@ -719,7 +728,8 @@ class Devrun:
                 )
         pids = {c.spec.name: c.proc.pid for c in self.children}
         elapsed = time.monotonic() - started
-        text = banner(self.settings, redis, specs, pids, delay, elapsed, self.workers)
+        made = self.environ.get("GATEWAY_ADMIN_TOKEN") if self.made_token else None
+        text = banner(self.settings, redis, specs, pids, delay, elapsed, self.workers, made)
         self.out.banner(text)
 
     async def supervise(self) -> int:
@@ -776,10 +786,30 @@ class Devrun:
                 loop.remove_signal_handler(sig)
 
 
+DEV_PREFIX = "wa-gateway-dev_"
+
+
+def dev_environ(environ: Mapping[str, str], settings: Settings) -> dict[str, str]:
+    """What ``make run`` adds so that, beside a real Laravel app, it touches nothing of it.
+
+    Laravel's default prefix (no ``APP_NAME``) is ``laravel_database_``: the workers would
+    drain that app's real queues, so a prefix of its own is used unless one was chosen. Without
+    an admin token the admin API and CLI are off: one is made for the run (and shown).
+    """
+    extra: dict[str, str] = {}
+    source = settings.sources.get("redis_prefix", "default")
+    if source == "default" or source.startswith("no APP_NAME"):
+        extra["REDIS_PREFIX"] = DEV_PREFIX
+    if not settings.admin_token:
+        extra["GATEWAY_ADMIN_TOKEN"] = secrets.token_urlsafe(18)
+    return {**environ, **extra}
+
+
 def main() -> None:
     environ = dict(os.environ)
     try:
         with contextlib.chdir(ROOT):  # where the children run, so all read the same files
+            environ = dev_environ(environ, load_settings(environ))
             settings = load_settings(environ)
             workers = load_worker_settings(environ)[1] if workers_available(environ) else None
     except SettingsError as exc:
@@ -787,7 +817,8 @@ def main() -> None:
         sys.exit(2)
 
     async def go() -> int:
-        return await Devrun(environ, settings, workers).run()
+        made = environ.get("GATEWAY_ADMIN_TOKEN") != os.environ.get("GATEWAY_ADMIN_TOKEN")
+        return await Devrun(environ, settings, workers, made_token=made).run()
 
     try:
         sys.exit(asyncio.run(go()))

@@ -492,3 +492,24 @@ async def test_a_child_dying_stops_the_rest_and_fails(tmp_path: Path) -> None:
         assert await asyncio.wait_for(run.proc.wait(), 20) == 1, run.output
     assert f"{victim} exited unexpectedly with code -9; stopping the rest" in run.output
     await eventually(run.all_gone, timeout=5)
+
+
+def test_make_run_keeps_off_a_laravel_apps_default_queues_and_makes_an_admin_token(
+    tmp_path: Path,
+) -> None:
+    from dev.run import DEV_PREFIX, dev_environ
+
+    config = tmp_path / "gateway.toml"
+    config.write_text("")
+    bare = {"GATEWAY_CONFIG": str(config)}
+    environ = dev_environ(bare, load_settings(bare))
+    settings = load_settings(environ)
+    assert settings.redis_prefix == DEV_PREFIX != "laravel_database_"
+    assert len(settings.admin_token) >= 20
+    assert dev_environ(bare, load_settings(bare))["GATEWAY_ADMIN_TOKEN"] != settings.admin_token
+    # what the operator chose stays
+    chosen = {**bare, "APP_NAME": "Acme", "GATEWAY_ADMIN_TOKEN": "mine"}
+    assert dev_environ(chosen, load_settings(chosen)) == chosen
+    text = banner(settings, RUNNING_REDIS, [], {}, 2, 1.0, made_token=settings.admin_token)
+    assert f"GATEWAY_ADMIN_TOKEN={settings.admin_token}" in text and DEV_PREFIX in text
+    assert "GATEWAY_ADMIN_TOKEN" not in banner(settings, RUNNING_REDIS, [], {}, 2, 1.0)
