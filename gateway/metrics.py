@@ -20,7 +20,15 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -32,6 +40,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 FLUSH_EVERY = 1.0
 
 __all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "Metrics"]
+
+# No ``*_created`` series beside every counter and histogram: one per labelled child doubles
+# what Prometheus stores, and nothing here reads them.
+disable_created_metrics()
 
 
 @dataclass
@@ -56,6 +68,8 @@ class Metrics:
         self._bounds = (*LATENCY_BUCKETS, math.inf)
         self._flush_at: asyncio.TimerHandle | None = None
         r.register(_FlushFirst(self))  # first, so whoever reads the registry reads it all
+        # process_* (CPU, memory, open files, start time) of the process that answers.
+        ProcessCollector(registry=r)
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by route template, method, status and instance.",
@@ -271,6 +285,7 @@ class Metrics:
         self.flush()  # into this process's file, read below with the others'
         everyone = CollectorRegistry()
         MultiProcessCollector(everyone, path)
+        ProcessCollector(registry=everyone)  # the process answering this scrape
         return generate_latest(everyone)
 
 

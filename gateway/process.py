@@ -176,6 +176,8 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
     await pins.start()
     await health.start()
     await reconciler.start()
+    fleet_health = FleetHealth(fleet, upstreams, s.health_timeout)
+    pins.on_change(fleet_health.forget)
     return Gateway(
         settings=s,
         fleet=fleet,
@@ -188,7 +190,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         proxy=proxy,
         reconciler=reconciler,
         webhooks=webhooks,
-        fleet_health=FleetHealth(fleet, upstreams, s.health_timeout),
+        fleet_health=fleet_health,
         idempotency=Idempotency(
             IdempotencyStore(pins.link, s.idempotency_ttl, s.idempotency_max_body_bytes), metrics
         ),

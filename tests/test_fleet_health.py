@@ -62,3 +62,21 @@ async def test_instances_are_in_service_soon_after_a_boot(simulators, gateways, 
         f"{gw.url}/api/sessions", json={"session_id": "boot-1", "api_key": API_KEY}
     ) as r:
         assert r.status == 200
+
+
+async def test_health_right_after_a_create_or_delete_counts_it(simulators, gateways, http):
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+
+    async def total() -> int:
+        async with http.get(f"{gw.url}/health") as r:
+            return (await r.json())["sessions"]["total"]
+
+    assert await total() == 0
+    body = {"session_id": "fresh-1", "api_key": API_KEY}
+    async with http.post(f"{gw.url}/api/sessions", json=body) as r:
+        assert r.status == 200
+    assert await total() == 1  # not the answer of a moment ago
+    async with http.delete(f"{gw.url}/api/sessions/fresh-1", json={"api_key": API_KEY}) as r:
+        assert r.status == 200
+    assert await total() == 0

@@ -97,3 +97,16 @@ def test_without_an_event_loop_the_tally_is_read_in_full() -> None:
     for request in REQUESTS:
         tallied.request_done(*request)
     assert samples([tallied.registry]) == samples([counted_one_by_one(rounds=1)])
+
+
+async def test_metrics_show_the_process_and_no_created_series(simulators, gateways, http):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    async with http.get(f"{gw.url}/health") as r:
+        assert r.status == 200
+    async with http.get(f"{gw.url}/metrics") as r:
+        text = await r.text()
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    assert {"process_resident_memory_bytes", "process_open_fds"} <= names
+    assert "gateway_requests_total" in names
+    assert not [n for n in names if n.endswith("_created")]

@@ -14,11 +14,14 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 
 from gateway.state.outbox import Backlog
 from workers.queues import Depth
+
+disable_created_metrics()  # no *_created series beside every counter: nothing reads them
 
 OUTCOMES = ("done", "retried", "failed", "timed_out", "paced")
 # From a busy backend's milliseconds to a day-long outage's retries.

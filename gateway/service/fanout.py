@@ -76,6 +76,11 @@ class FleetHealth:
         self._last: tuple[float, Reports] | None = None
         self._asking: asyncio.Task[Reports] | None = None
 
+    def forget(self, *_: object) -> None:
+        """Ask afresh next time: this gateway just placed or removed a session, and an answer
+        from before that would say it is not there."""
+        self._last = None
+
     async def reports(self) -> Reports:
         """Each up instance's healthy report; calls at once share one round of asking."""
         if self._last is not None and time.monotonic() - self._last[0] <= HEALTH_REUSE:
