@@ -608,8 +608,8 @@ def create_app(config: SimulatorConfig) -> web.Application:
     )
     app[ROUTE_WORDS] = frozenset(
         part
-        for resource in app.router.resources()
-        for part in resource.canonical.split("/")
+        for route in app.router.resources()
+        for part in route.canonical.split("/")
         if part and "{" not in part
     )
     return app

@@ -17,6 +17,7 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
+from gateway.limits import raise_open_files
 from gateway.processes import ChildLink
 from gateway.reload import reload
 from gateway.settings import Settings
@@ -32,6 +33,7 @@ GC_YOUNG = 20_000
 
 def serve(settings: Settings, load: Callable[[], Settings], child: ChildLink | None) -> int:
     """Serve on uvloop; the exit code."""
+    raise_open_files()
     return uvloop.run(_serve(settings, load, child))
 
 

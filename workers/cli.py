@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import logs
+from gateway.limits import raise_open_files
 from gateway.redis_url import SwitchFollower
 from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from gateway.state.outbox import Backlog, DeadLetter, Outbox
@@ -168,6 +169,7 @@ async def serve(
     args: argparse.Namespace, settings: Settings, config: PoolConfig, workers: WorkerSettings
 ) -> int:
     """The pool, and the webhook relay beside it when webhooks are delivered."""
+    raise_open_files()
     relay = RelayConfig.build(settings, workers)
     slots = config.concurrency + (relay.concurrency + 1 if relay else 0)
     redis = redis_client(settings.redis_url, max_connections=2 * slots + 10)
