@@ -50,8 +50,14 @@ def settings_with(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, **{k: v for k, v in flags.items() if v is not None})
 
 
+DESCRIPTION = (
+    "Serve the instance API (the default), print the settings in force, or administer a"
+    " running gateway (the admin commands need GATEWAY_ADMIN_TOKEN)."
+)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=DESCRIPTION)
     parser.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json")
     parser.add_argument(
         "--processes", type=_processes_flag, help="gateway processes on the port, or auto"

@@ -282,3 +282,11 @@ async def test_shell_commands_fail_with_one_clear_line(simulators, gateways):
         rc, out, err = await cli(target, *args, token=token)
         assert rc == 1, (args, out, err)
         assert len(err.strip().splitlines()) == 1 and expected in err, err
+
+
+async def test_the_command_line_help_is_plain_text():
+    from tests.conftest import gateway_command
+
+    status, out, _ = await gateway_command("--help", env={})
+    assert status == 0 and "administer a running gateway" in out
+    assert "``" not in out and ":func:" not in out
