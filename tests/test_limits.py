@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +20,7 @@ def _low_soft_limit() -> None:
 
 
 def _soft_limit(pid: int) -> int:
-    for line in open(f"/proc/{pid}/limits").read().splitlines():
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
             return int(line.split()[3])
     raise AssertionError("no open-files line")
@@ -35,8 +37,10 @@ async def test_a_low_soft_limit_is_raised_to_the_hard_one(module, redis_prefix):
         GATEWAY_WORKERS_METRICS_PORT="0",
         WHATSAPP_INSTANCES=f"http://127.0.0.1:{free_port()}",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -51,4 +55,4 @@ async def test_a_low_soft_limit_is_raised_to_the_hard_one(module, redis_prefix):
         await eventually(raised, timeout=15)
     finally:
         proc.terminate()
-        proc.wait(30)
+        await asyncio.wait_for(proc.wait(), 30)
