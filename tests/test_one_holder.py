@@ -127,3 +127,19 @@ async def test_a_create_never_goes_ahead_without_the_lock(simulators, gateways, 
     gw.gw.pins.flights.wait = 5.0
     resp = await create(http, gw.url, "held-1")
     assert resp.status == 200 and len(await holders(sims, "held-1")) == 1
+
+
+async def test_a_create_of_a_session_an_instance_holds_unpinned_goes_there(
+    simulators, gateways, http
+):
+    sims = await simulators(3)
+    gw = await gateways([s.url for s in sims])
+    # made on the last instance behind the gateway's back: the least loaded would be the first
+    async with http.post(
+        f"{sims[2].url}/api/sessions", json={"session_id": "outside-1", "api_key": API_KEY}
+    ) as r:
+        assert r.status == 200
+    resp = await create(http, gw.url, "outside-1")
+    assert resp.status == 200 and resp.headers["X-WhatsApp-Instance"] == sims[2].url
+    assert await holders(sims, "outside-1") == [sims[2].url]
+    assert gw.gw.pins.sessions["outside-1"] == sims[2].url

@@ -107,7 +107,16 @@ async def test_the_gateway_follows_the_primary_through_a_failover(
         assert (await r.json())["redis_primary"] == f"127.0.0.1:{topology.primary}"
 
     sentinel = topology.client(topology.sentinel)
-    sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+
+    def failover() -> bool:  # refused until Sentinel has a fresh word from the replica
+        try:
+            return bool(sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE))
+        except redis.ResponseError as exc:
+            if "NOGOODSLAVE" in str(exc):
+                return False
+            raise
+
+    _until(failover)
     promoted = f"127.0.0.1:{topology.replica}"
 
     async def followed() -> bool:

@@ -238,6 +238,8 @@ class Proxy:
 
     async def _create(self, call: Call, session_id: str) -> Answer:
         pinned = await self.pins.session(session_id, fresh=True)
+        if pinned is None:
+            pinned = await self._unpinned_holder(call, session_id)
         if pinned is not None and self.router.is_up(pinned):
             try:  # the instance answers with (or restores) its session
                 return respond(await self._send(call, pinned), pinned)
@@ -245,6 +247,19 @@ class Proxy:
                 if exc.sent:
                     return failure(exc)
         return await self._place(call, session_id)
+
+    async def _unpinned_holder(self, call: Call, session_id: str) -> str | None:
+        """A live instance that holds the session without a pin (made outside the gateway,
+        or a pin lost while its instance restarted): a create goes there, not to a second
+        instance. Asked with the caller's key only; a search any instance could not answer
+        places it all the same (a create must not wait for an instance that is down)."""
+        if call.api_key is None or self.rediscovery.known_absent(session_id):
+            return None
+        complete = not self.router.down()
+        search = await self.rediscovery.find(
+            session_id, self.router.live(), call.api_key, complete
+        )
+        return search.holder
 
     async def _place(self, call: Call, session_id: str) -> Answer:
         refused: set[str] = set()  # reached nothing: suspect, and not placed on again
