@@ -2,9 +2,11 @@
 
 Only a correctly signed, fresh event is kept; anything else is answered ``401`` and leaves no
 trace. A valid event is answered ``200`` only once Redis holds it (``503`` when Redis cannot
-take it, so the instance sends it again). An event that shows where a session lives
-re-pins the session there before the answer, so the next request for it goes straight to
-the right instance.
+take it, so the instance sends it again). The same signature again (a replay, whatever its
+path or ``X-Instance-Url``) and an instance's retry of the event just kept for its session
+are answered ``200`` as duplicates and kept once.
+An event that shows where a session lives re-pins the session there before the answer, so
+the next request for it goes straight to the right instance.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from gateway.decisions.signature import (
     MESSAGES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Rejection,
+    replay_ttl,
     verify,
 )
-from gateway.decisions.webhooks import Event, match_instance, parse
+from gateway.decisions.webhooks import Event, match_instance, parse, sender
 from gateway.errors import json_error
 from gateway.metrics import Metrics
 from gateway.requests import ROUTE
@@ -81,14 +85,10 @@ class Receiver:
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
         headers = request.headers
-        rejection = verify(
-            self.secret,
-            headers.get(TIMESTAMP_HEADER),
-            headers.get(SIGNATURE_HEADER),
-            body,
-            time.time(),
-        )
-        if rejection is not None:
+        timestamp, signature = headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
+        rejection = verify(self.secret, timestamp, signature, body, time.time())
+        if rejection is not None or timestamp is None or signature is None:
+            rejection = rejection or Rejection.MISSING
             return self._reject(rejection.value, 401, MESSAGES[rejection])
         event = parse(body)
         incoming = Incoming(
@@ -98,16 +98,21 @@ class Receiver:
             content_type=headers.get("Content-Type", "application/json"),
             name=event.name or "",
             lane=event.lane,
+            signature=signature,
+            sender=sender(headers.get(INSTANCE_URL_HEADER), self.instances),
         )
         try:
             async with asyncio.timeout(self.timeout):
-                repeats = await self.outbox.receive(incoming, time.time(), self.dedup_window)
+                now = time.time()
+                repeats = await self.outbox.receive(
+                    incoming, now, self.dedup_window, replay_ttl(timestamp, now)
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not queue a webhook event (%s)", type(exc).__name__)
             await self._pin(event, incoming.instance)  # genuine, even if it cannot be kept
             return self._reject("redis_down", 503, "The event could not be queued; send it again")
         if repeats is not None:
-            self.metrics.webhooks_duplicates.inc()
+            self.metrics.webhooks_duplicates.labels(repeats.kind).inc()
             return web.json_response({"success": True, "queued": True, "duplicate": True})
         self.metrics.webhooks_received.labels(event.label).inc()
         await self._pin(event, incoming.instance)
