@@ -489,6 +489,35 @@ async def test_replays_of_a_signed_event_are_dropped_whatever_else_they_change(
     assert await gw.gw.pins.session("s-1", fresh=True) == a.url
 
 
+async def test_an_event_naming_an_instance_that_does_not_hold_its_session_moves_no_pin(
+    gateways, simulators, http
+):
+    a, b = await simulators(2)
+    async with http.post(f"{a.url}/api/sessions", json={"session_id": "s-1", "api_key": API_KEY}):
+        pass
+    gw = await gateways([a.url, b.url], hmac_secret=SECRET)
+    await gw.gw.pins.pin_session("s-1", a.url, source="admin")  # s-2: no pin, no instance
+    # Captured from a and sent first, with b's URL, before a's own delivery arrives:
+    # a new signature, so it is kept and delivered, but b does not hold the session.
+    for n, session in enumerate(("s-1", "s-2")):
+        ready = blazz("session_ready", session, status="connected")
+        answer = await post(http, gw.url, ready, instance=b.url, timestamp=ago(9 - n))
+        assert answer == (200, {"success": True, "queued": True})
+    assert gw.gw.pins.sessions["s-1"] == a.url
+    assert "s-2" not in gw.gw.pins.sessions
+    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) is None
+    assert len(b.calls("/api/sessions/s-1/status")) == 1  # b was asked, and said no
+
+    # The session really moves to b: b's next event moves the pin.
+    a.sessions.pop("s-1")
+    async with http.post(f"{b.url}/api/sessions/s-1/restore", json={"api_key": API_KEY}):
+        pass
+    answer = await post(http, gw.url, READY, instance=b.url, timestamp=ago(5))
+    assert answer == (200, {"success": True, "queued": True})
+    assert gw.gw.pins.sessions["s-1"] == b.url
+    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) == 1
+
+
 async def test_a_422_is_dead_lettered_at_once_and_failed_retry_sends_it_again(
     gateways, relays, backend, http, outbox_redis
 ):
@@ -654,18 +683,23 @@ async def test_any_signed_body_is_relayed_unchanged_in_the_shared_lane(
     assert sample(gw, "gateway_webhooks_received_total", event="other") == 2
 
 
-async def test_redis_down_answers_503_so_the_instance_sends_again(gateways, own_redis, http):
+async def test_redis_down_answers_503_so_the_instance_sends_again(
+    gateways, simulators, own_redis, http
+):
+    a, b = await simulators(2)
+    async with http.post(f"{b.url}/api/sessions", json={"session_id": "s-1", "api_key": API_KEY}):
+        pass  # b holds s-1, not s-2
     gw = await gateways(
-        ["http://127.0.0.1:3001", "http://127.0.0.1:3002"],
-        hmac_secret=SECRET,
-        redis_url=own_redis.url,
-        redis_timeout=0.3,
+        [a.url, b.url], hmac_secret=SECRET, redis_url=own_redis.url, redis_timeout=0.3
     )
     own_redis.stop()
-    body = event("session_ready", "s-1", 1)
-    status, answer = await post(http, gw.url, body, instance="http://127.0.0.1:3002")
-    assert status == 503
-    assert answer["success"] is False
-    # The event is genuine: routing learns from it even though it could not be kept.
-    assert gw.gw.pins.sessions["s-1"] == "http://127.0.0.1:3002"
-    assert sample(gw, "gateway_webhooks_rejected_total", reason="redis_down") == 1
+    for n, session in enumerate(("s-1", "s-2")):
+        body = event("session_ready", session, 1)
+        status, answer = await post(http, gw.url, body, instance=b.url, timestamp=ago(5 - n))
+        assert status == 503
+        assert answer["success"] is False
+    # The event is genuine: routing learns from it even though it could not be kept, once
+    # the instance it names says it holds the session.
+    assert gw.gw.pins.sessions["s-1"] == b.url
+    assert "s-2" not in gw.gw.pins.sessions
+    assert sample(gw, "gateway_webhooks_rejected_total", reason="redis_down") == 2
