@@ -167,7 +167,9 @@ class Metrics:
         )
         self.webhooks_duplicates = Counter(
             "gateway_webhooks_duplicates",
-            "Webhook events dropped as repeats of one received within the dedup window.",
+            "Webhook events not kept, by kind (replay: the same signature again; repeat: an"
+            " instance's retry of its session's last event within the dedup window).",
+            ["kind"],
             registry=r,
         )
         self.webhook_pins = Counter(

@@ -25,7 +25,7 @@ from gateway.service.backend import BackendRelay
 from gateway.service.fanout import FleetHealth
 from gateway.service.idempotency import Idempotency
 from gateway.service.proxy import Proxy
-from gateway.service.webhooks import Receiver
+from gateway.service.webhooks import Holders, Receiver
 from gateway.settings import Settings
 from gateway.state.idempotency import IdempotencyStore
 from gateway.state.instances import Fleet
@@ -164,6 +164,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         outbox=Outbox(webhook_redis, s.key_prefix),
         pins=pins,
         metrics=metrics,
+        holds=Holders(upstreams, s.laravel_api_token, s.health_timeout).holds,
     )
     clients = [pins.link.redis, pins.link.subscriber, webhook_redis]
     if database is not None:

@@ -125,7 +125,7 @@ class Settings:
     log_level: str = "INFO"
     hmac_secret: str = ""  # the instances' webhook secret; empty: the webhook route is off
     webhook_path: str = "/api/whatsapp/webhooks/"
-    webhook_dedup_window: float = 600.0
+    webhook_dedup_window: float = 60.0  # an instance's retry of its session's last event
     webhook_max_body_bytes: int = 8 * 1024 * 1024
     backend_url: str = ""  # the backend the instances' own calls go on to; empty: refused
     idempotency_ttl: float = 86400.0  # how long a request's Idempotency-Key and answer are kept

@@ -8,9 +8,17 @@ import json
 
 import pytest
 
-from gateway.decisions.signature import Rejection, sign, signed_headers, verify
-from gateway.decisions.webhooks import SHARED_LANE, match_instance, parse
-from gateway.state.outbox import Delivery
+from gateway.decisions.signature import (
+    MAX_SKEW,
+    REPLAY_MARGIN,
+    Rejection,
+    replay_ttl,
+    sign,
+    signed_headers,
+    verify,
+)
+from gateway.decisions.webhooks import SHARED_LANE, match_instance, parse, sender
+from gateway.state.outbox import Delivery, Incoming
 from workers.webhooks import Dead, Done, RelayConfig, Retry, backoff, decide
 
 NOW = 1_800_000_000.0
@@ -119,6 +127,54 @@ INSTANCES = ("http://localhost:3001", "http://127.0.0.1:3002", "https://wa.examp
 )
 def test_match_instance(header, url):
     assert match_instance(header, INSTANCES) == url
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "ttl"),
+    [
+        ("1800000000", MAX_SKEW + REPLAY_MARGIN),  # signed just now
+        ("1799999700", REPLAY_MARGIN),  # the oldest still accepted
+        ("1800000300", 2 * MAX_SKEW + REPLAY_MARGIN),  # the newest still accepted
+    ],
+)
+def test_a_signature_is_remembered_while_its_timestamp_is_accepted(timestamp, ttl):
+    assert verify("k", timestamp, sign("k", timestamp, BODY), BODY, NOW) is None
+    assert replay_ttl(timestamp, NOW) == ttl
+    # Still accepted at the last moment the signature is remembered for, with no margin.
+    assert (
+        verify("k", timestamp, sign("k", timestamp, BODY), BODY, NOW + ttl - REPLAY_MARGIN) is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "who"),
+    [
+        ("http://localhost:3001", "http://localhost:3001"),
+        ("HTTP://127.0.0.1:3001/", "http://localhost:3001"),  # a configured one, as configured
+        ("http://127.0.0.1:3002", "http://127.0.0.1:3002"),
+        ("HTTP://LOCALHOST:3009/", "http://127.0.0.1:3009"),  # not configured: normalised
+        ("http://Example.com", "http://example.com"),
+        ("Not A URL", "not a url"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_sender_is_one_spelling_of_x_instance_url(header, who):
+    assert sender(header, INSTANCES) == who
+
+
+def incoming(body: bytes, who: str, path: str = "/p", instance: str = "") -> Incoming:
+    return Incoming(path, body, instance, "application/json", "", "s-1", "sig", who)
+
+
+def test_the_identity_of_an_event_is_its_sender_and_signed_bytes():
+    first = incoming(BODY, "http://localhost:3001").identity
+    # Neither the path (query included) nor the header as spelled is signed: no difference.
+    assert incoming(BODY, "http://localhost:3001", "/p?x=1", "HTTP://X").identity == first
+    assert incoming(BODY, "http://127.0.0.1:3002").identity != first
+    assert incoming(BODY + b" ", "http://localhost:3001").identity != first
+    # The two parts cannot run into each other.
+    assert incoming(b"1" + BODY, "a").identity != incoming(BODY, "a1").identity
 
 
 def test_backoff_doubles_from_the_base_to_the_cap():

@@ -42,6 +42,11 @@ def event(name: str, session: Any, seq: int, **data: Any) -> bytes:
     return json.dumps({"event": name, "data": {"session_id": session, "seq": seq, **data}}).encode()
 
 
+def ago(seconds: int) -> str:
+    """An ``X-Timestamp`` of ``seconds`` ago: when the instance signed it."""
+    return str(int(time.time()) - seconds)
+
+
 async def post(
     http: aiohttp.ClientSession,
     gateway: str,
@@ -282,8 +287,10 @@ async def test_event_from_an_unknown_instance_is_kept_and_changes_no_pin(
 ):
     gw = await gateways(["http://127.0.0.1:3001"], hmac_secret=SECRET)
     body = event("session_ready", "s-1", 1)
-    for instance in ("http://10.0.0.9:3001", "http://127.0.0.1:3009", "not a url", None):
-        assert (await post(http, gw.url, body, instance=instance))[0] == 200
+    for n, instance in enumerate(
+        ("http://10.0.0.9:3001", "http://127.0.0.1:3009", "not a url", None)
+    ):
+        assert (await post(http, gw.url, body, instance=instance, timestamp=ago(10 - n)))[0] == 200
     assert "s-1" not in gw.gw.pins.sessions
     assert (await outbox_of(gw, outbox_redis).backlog(time.time())).waiting == 4
 
@@ -317,25 +324,198 @@ async def test_a_session_answered_500_forever_holds_up_no_other_session(
     await eventually(lambda: _true(count(relay, "retried") >= 3))  # and it keeps trying
 
 
-async def test_an_event_sent_twice_is_delivered_once(gateways, relays, backend, http, outbox_redis):
-    gw = await gateways(["http://127.0.0.1:3001", "http://127.0.0.1:3002"], hmac_secret=SECRET)
+async def test_an_instance_retry_of_the_last_event_is_dropped_and_any_event_between_keeps_it(
+    gateways, relays, backend, http, outbox_redis
+):
+    a, b = "http://127.0.0.1:3001", "http://127.0.0.1:3002"
+    gw = await gateways([a, b], hmac_secret=SECRET)
     await backend.start()
-    body = event("message_received", "s-1", 1)
-    first = await post(http, gw.url, body, timestamp=str(int(time.time()) - 5))
-    again = await post(http, gw.url, body)  # the instance timed out and sent it again
-    assert first == (200, {"success": True, "queued": True})
-    assert again == (200, {"success": True, "queued": True, "duplicate": True})
-    other = await post(http, gw.url, body, instance="http://127.0.0.1:3002")
-    assert other == (200, {"success": True, "queued": True})  # another instance: another event
+    same, other = event("message_received", "s-1", 1), event("message_received", "s-1", 2)
+    steps = [  # (body, instance, kept): each signed anew, one second after the other
+        (same, a, True),
+        (same, a, False),  # the instance got no answer and sent it again
+        (same, a.upper(), False),  # the same instance, spelled otherwise
+        (same, b, True),  # another instance: another event
+        (same, a, True),  # b's event came between: a new one
+        (other, a, True),
+        (same, a, True),  # the other event came between
+        (event("message_received", "s-2", 1), a, True),  # another session's lane
+        (same, a, False),  # ... leaves s-1's last event as it was
+    ]
+    for n, (body, instance, kept) in enumerate(steps):
+        answer = await post(http, gw.url, body, instance=instance, timestamp=ago(20 - n))
+        duplicate = {} if kept else {"duplicate": True}
+        assert answer == (200, {"success": True, "queued": True, **duplicate}), n
     await relays(backend.url)
     await settled(outbox_of(gw, outbox_redis))
-    assert [d.instance for d in backend.received] == [
-        "http://127.0.0.1:3001",
-        "http://127.0.0.1:3002",
+    delivered = [(d.session, seq_of(d), d.instance) for d in backend.received]
+    assert [d for d in delivered if d[0] == "s-1"] == [
+        ("s-1", 1, a),
+        ("s-1", 1, b),
+        ("s-1", 1, a),
+        ("s-1", 2, a),
+        ("s-1", 1, a),
     ]
-    assert sample(gw, "gateway_webhooks_duplicates_total") == 1
+    assert [d for d in delivered if d[0] != "s-1"] == [("s-2", 1, a)]
+    assert sample(gw, "gateway_webhooks_duplicates_total", kind="repeat") == 3
+    assert sample(gw, "gateway_webhooks_duplicates_total", kind="replay") is None
     # Delivered and gone, it is still a repeat within the window.
-    assert (await post(http, gw.url, body))[1].get("duplicate") is True
+    assert (await post(http, gw.url, same, timestamp=ago(5)))[1].get("duplicate") is True
+
+
+async def test_a_repeat_after_the_dedup_window_is_a_new_event(
+    gateways, relays, backend, http, outbox_redis
+):
+    gw = await gateways(["http://127.0.0.1:3001"], hmac_secret=SECRET, webhook_dedup_window=0.3)
+    await backend.start()
+    body = event("session_ready", "s-1", 1)
+    assert (await post(http, gw.url, body, timestamp=ago(10)))[1].get("duplicate") is None
+    assert (await post(http, gw.url, body, timestamp=ago(9)))[1].get("duplicate") is True
+    last = f"{gw.gw.settings.key_prefix}webhooks:last:s-1"
+
+    async def window_over() -> bool:
+        return not await outbox_redis.exists(last)
+
+    await eventually(window_over)
+    assert (await post(http, gw.url, body, timestamp=ago(8)))[1].get("duplicate") is None
+    await relays(backend.url)
+    await settled(outbox_of(gw, outbox_redis))
+    assert [d.body for d in backend.received] == [body, body]
+
+
+def blazz(name: str, session: str, **data: Any) -> bytes:
+    """An event as blazz's ``sendToLaravel`` posts it: no id, no time, the same bytes each time."""
+    data = {"workspace_id": 7, "session_id": session, **data}
+    return json.dumps({"event": name, "data": data}).encode()
+
+
+QR = blazz("qr_code_generated", "s-1", qr_code="2@AbC,s-1,1")
+AUTHENTICATED = blazz("session_authenticated", "s-1", status="authenticated")
+READY = blazz(
+    "session_ready",
+    "s-1",
+    phone_number="628123456789",
+    status="connected",
+    platform="android",
+)
+DISCONNECTED = blazz("session_disconnected", "s-1", reason="logout")
+
+
+async def test_create_delete_create_delete_delivers_all_six_events(
+    gateways, simulators, relays, backend, http, outbox_redis
+):
+    [sim] = await simulators(1)
+    gw = await gateways([sim.url], hmac_secret=SECRET)
+    await backend.start()
+    await relays(backend.url)
+    sent: list[bytes] = []
+    clock = iter(range(60, 0, -1))  # the instance signs each event a second after the last
+
+    async def report(body: bytes) -> None:
+        answer = await post(http, gw.url, body, instance=sim.url, timestamp=ago(next(clock)))
+        assert answer == (200, {"success": True, "queued": True}), body
+        sent.append(body)
+
+    for _ in range(2):
+        create = {"session_id": "s-1", "workspace_id": 7, "api_key": API_KEY}
+        async with http.post(f"{gw.url}/api/sessions", json=create) as r:
+            assert r.status == 200
+        await report(QR)
+        await report(READY)
+        async with http.delete(f"{gw.url}/api/sessions/s-1", json={"api_key": API_KEY}) as r:
+            assert r.status == 200
+        await report(DISCONNECTED)
+    await settled(outbox_of(gw, outbox_redis))
+    assert [d.body for d in backend.received] == sent == [QR, READY, DISCONNECTED] * 2
+    assert len({d.webhook_id for d in backend.received}) == 6
+    assert sample(gw, "gateway_webhooks_duplicates_total", kind="repeat") is None
+
+
+async def test_regenerate_qr_and_reconnect_deliver_every_authenticated_and_ready(
+    gateways, relays, backend, http, outbox_redis
+):
+    gw = await gateways(["http://127.0.0.1:3001"], hmac_secret=SECRET)
+    await gw.gw.pins.pin_session("s-1", "http://127.0.0.1:3001", source="admin")
+    await backend.start()
+    await relays(backend.url)
+    pairing = [QR, AUTHENTICATED, READY]
+    sent = [
+        *pairing,  # create
+        *pairing,  # regenerate-qr: the same QR string again, then the phone scans it
+        DISCONNECTED,  # reconnect: disconnect, then pair again
+        *pairing,
+    ]
+    for n, body in enumerate(sent):
+        answer = await post(http, gw.url, body, timestamp=ago(60 - n))
+        assert answer == (200, {"success": True, "queued": True}), n
+    await settled(outbox_of(gw, outbox_redis))
+    assert [d.body for d in backend.received] == sent
+    assert [d.event for d in backend.received].count("session_ready") == 3
+
+
+async def test_replays_of_a_signed_event_are_dropped_whatever_else_they_change(
+    gateways, simulators, relays, backend, http, outbox_redis
+):
+    a, b = await simulators(2)
+    async with http.post(f"{a.url}/api/sessions", json={"session_id": "s-1", "api_key": API_KEY}):
+        pass
+    gw = await gateways([a.url, b.url], hmac_secret=SECRET)
+    await gw.gw.pins.pin_session("s-1", a.url, source="admin")
+    await backend.start()
+    timestamp = ago(3)
+    signature = sign(SECRET, timestamp, READY)
+    captured = {"timestamp": timestamp, "signature": signature}
+    assert await post(http, gw.url, READY, instance=a.url, **captured) == (
+        200,
+        {"success": True, "queued": True},
+    )
+    replays: dict[str, dict[str, Any]] = {
+        "exact": {"instance": a.url},
+        "X-Instance-Url in capitals": {"instance": a.url.upper()},
+        "a query on the path": {"instance": a.url, "path": PATH + "?x=1"},
+        "another path under the prefix": {"instance": a.url, "path": "/api/whatsapp/webhooks/x"},
+        "another configured instance": {"instance": b.url},
+    }
+    for case, changed in replays.items():
+        answer = await post(http, gw.url, READY, **captured, **changed)
+        assert answer == (200, {"success": True, "queued": True, "duplicate": True}), case
+        assert gw.gw.pins.sessions["s-1"] == a.url, case
+    await relays(backend.url)
+    await settled(outbox_of(gw, outbox_redis))
+    [delivered] = backend.received
+    assert (delivered.body, delivered.instance, delivered.path) == (READY, a.url, PATH)
+    assert sample(gw, "gateway_webhooks_duplicates_total", kind="replay") == 5
+    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) is None
+    assert await gw.gw.pins.session("s-1", fresh=True) == a.url
+
+
+async def test_an_event_naming_an_instance_that_does_not_hold_its_session_moves_no_pin(
+    gateways, simulators, http
+):
+    a, b = await simulators(2)
+    async with http.post(f"{a.url}/api/sessions", json={"session_id": "s-1", "api_key": API_KEY}):
+        pass
+    gw = await gateways([a.url, b.url], hmac_secret=SECRET)
+    await gw.gw.pins.pin_session("s-1", a.url, source="admin")  # s-2: no pin, no instance
+    # Captured from a and sent first, with b's URL, before a's own delivery arrives:
+    # a new signature, so it is kept and delivered, but b does not hold the session.
+    for n, session in enumerate(("s-1", "s-2")):
+        ready = blazz("session_ready", session, status="connected")
+        answer = await post(http, gw.url, ready, instance=b.url, timestamp=ago(9 - n))
+        assert answer == (200, {"success": True, "queued": True})
+    assert gw.gw.pins.sessions["s-1"] == a.url
+    assert "s-2" not in gw.gw.pins.sessions
+    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) is None
+    assert len(b.calls("/api/sessions/s-1/status")) == 1  # b was asked, and said no
+
+    # The session really moves to b: b's next event moves the pin.
+    a.sessions.pop("s-1")
+    async with http.post(f"{b.url}/api/sessions/s-1/restore", json={"api_key": API_KEY}):
+        pass
+    answer = await post(http, gw.url, READY, instance=b.url, timestamp=ago(5))
+    assert answer == (200, {"success": True, "queued": True})
+    assert gw.gw.pins.sessions["s-1"] == b.url
+    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) == 1
 
 
 async def test_a_422_is_dead_lettered_at_once_and_failed_retry_sends_it_again(
@@ -503,18 +683,23 @@ async def test_any_signed_body_is_relayed_unchanged_in_the_shared_lane(
     assert sample(gw, "gateway_webhooks_received_total", event="other") == 2
 
 
-async def test_redis_down_answers_503_so_the_instance_sends_again(gateways, own_redis, http):
+async def test_redis_down_answers_503_so_the_instance_sends_again(
+    gateways, simulators, own_redis, http
+):
+    a, b = await simulators(2)
+    async with http.post(f"{b.url}/api/sessions", json={"session_id": "s-1", "api_key": API_KEY}):
+        pass  # b holds s-1, not s-2
     gw = await gateways(
-        ["http://127.0.0.1:3001", "http://127.0.0.1:3002"],
-        hmac_secret=SECRET,
-        redis_url=own_redis.url,
-        redis_timeout=0.3,
+        [a.url, b.url], hmac_secret=SECRET, redis_url=own_redis.url, redis_timeout=0.3
     )
     own_redis.stop()
-    body = event("session_ready", "s-1", 1)
-    status, answer = await post(http, gw.url, body, instance="http://127.0.0.1:3002")
-    assert status == 503
-    assert answer["success"] is False
-    # The event is genuine: routing learns from it even though it could not be kept.
-    assert gw.gw.pins.sessions["s-1"] == "http://127.0.0.1:3002"
-    assert sample(gw, "gateway_webhooks_rejected_total", reason="redis_down") == 1
+    for n, session in enumerate(("s-1", "s-2")):
+        body = event("session_ready", session, 1)
+        status, answer = await post(http, gw.url, body, instance=b.url, timestamp=ago(5 - n))
+        assert status == 503
+        assert answer["success"] is False
+    # The event is genuine: routing learns from it even though it could not be kept, once
+    # the instance it names says it holds the session.
+    assert gw.gw.pins.sessions["s-1"] == b.url
+    assert "s-2" not in gw.gw.pins.sessions
+    assert sample(gw, "gateway_webhooks_rejected_total", reason="redis_down") == 2

@@ -135,6 +135,9 @@ async def test_a_session_ready_webhook_from_another_instance_is_written(
     await backend_rows(accounts_db, ["wh-1"])
     first = await create(http, gw, "wh-1")
     other = next(s.url for s in sims if s.url != first)
+    next(s for s in sims if s.url == first).sessions.pop("wh-1")  # restored elsewhere
+    async with http.post(f"{other}/api/sessions/wh-1/restore", json={"api_key": API_KEY}):
+        pass
     ready = event("session_ready", "wh-1", 1, status="connected")
     assert (await post(http, gw.url, ready, instance=other))[0] == 200  # restored elsewhere
     await eventually(lambda: table_says(accounts_db, {"wh-1": (other, index_of(gw, other))}))

@@ -15,8 +15,13 @@ from enum import StrEnum
 
 SIGNATURE_HEADER = "X-HMAC-Signature"
 TIMESTAMP_HEADER = "X-Timestamp"
-INSTANCE_URL_HEADER = "X-Instance-Url"  # not signed: the sender's base URL, passed along as is
+# Not signed: the sender's base URL as it says it, passed along as is. A captured event can be
+# sent again with any value here, so it never moves a pin on its own word.
+INSTANCE_URL_HEADER = "X-Instance-Url"
 MAX_SKEW = 300  # seconds, as the backend's check
+# A signature is remembered this much longer than its timestamp is accepted, for processes
+# whose clocks differ by up to as much.
+REPLAY_MARGIN = 60
 _MAX_TIMESTAMP_DIGITS = 12  # a larger "unix time" is nonsense, and int() of it is costly
 
 
@@ -46,6 +51,16 @@ def signed_headers(secret: str, body: bytes, now: float) -> dict[str, str]:
     """``X-Timestamp`` for ``now`` and the matching ``X-HMAC-Signature``."""
     timestamp = str(int(now))
     return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(secret, timestamp, body)}
+
+
+def replay_ttl(timestamp: str, now: float) -> float:
+    """How long to remember a verified signature so that every replay of it is caught.
+
+    A signature (of ``timestamp + body``) passes :func:`verify` until ``timestamp + MAX_SKEW``;
+    sent again before then, with any path or ``X-Instance-Url``, it is the same signed bytes.
+    ``timestamp`` is one :func:`verify` accepted.
+    """
+    return max(0.0, int(timestamp) + MAX_SKEW - now) + REPLAY_MARGIN
 
 
 def verify(

@@ -102,3 +102,23 @@ def match_instance(header: str | None, instances: Sequence[str]) -> str | None:
     if wanted is None:
         return None
     return next((url for url in instances if _normal(url) == wanted), None)
+
+
+def sender(header: str | None, instances: Sequence[str]) -> str:
+    """Who an event says it is from, in one spelling; ``""`` when it does not say.
+
+    The configured instance ``X-Instance-Url`` names, else the header normalised as
+    :func:`match_instance` compares it (or case-folded, when it is not a URL). The header is
+    not signed: this tells an instance's retry of an event from the same bytes sent by
+    another instance, and decides nothing else.
+    """
+    url = match_instance(header, instances)
+    if url is not None:
+        return url
+    if not header:
+        return ""
+    normal = _normal(header)
+    if normal is None:
+        return header.strip().casefold()
+    scheme, host, port, path = normal
+    return f"{scheme}://{host}{'' if port is None else f':{port}'}{path}"

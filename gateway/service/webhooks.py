@@ -2,9 +2,14 @@
 
 Only a correctly signed, fresh event is kept; anything else is answered ``401`` and leaves no
 trace. A valid event is answered ``200`` only once Redis holds it (``503`` when Redis cannot
-take it, so the instance sends it again). An event that shows where a session lives
-re-pins the session there before the answer, so the next request for it goes straight to
-the right instance.
+take it, so the instance sends it again). The same signature again (a replay, whatever its
+path or ``X-Instance-Url``) and an instance's retry of the event just kept for its session
+are answered ``200`` as duplicates and kept once.
+
+An event that shows where a session lives re-pins the session before the answer, so the
+next request for it goes straight to the right instance. Which instance sent it is only
+``X-Instance-Url``, which the signature does not cover, so the pin moves only when that
+instance, asked, says it holds the session.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import logging
 import posixpath
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -24,20 +31,42 @@ from gateway.decisions.signature import (
     MESSAGES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    Rejection,
+    replay_ttl,
     verify,
 )
-from gateway.decisions.webhooks import Event, match_instance, parse
+from gateway.decisions.webhooks import Event, match_instance, parse, sender
 from gateway.errors import json_error
 from gateway.metrics import Metrics
 from gateway.requests import ROUTE
 from gateway.state.outbox import Incoming, Outbox
 from gateway.state.store import PinStore
+from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.webhooks")
 
 MAX_PATH = 2048
 # RFC 3986 path and query characters, percent escapes well formed: the path is sent on as is.
 PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})+")
+
+
+@dataclass
+class Holders:
+    """Asks an instance whether it holds a session, with the gateway's own key."""
+
+    upstreams: Upstreams
+    api_token: str
+    timeout: float
+
+    async def holds(self, url: str, session_id: str) -> bool:
+        """``True`` only when ``url`` answers the session's status ``200``."""
+        query = f"?{urlencode({'api_key': self.api_token})}" if self.api_token else ""
+        path = f"/api/sessions/{session_id}/status{query}"
+        try:
+            reply = await self.upstreams.send(url, "GET", path, timeout=self.timeout)
+        except UpstreamError:
+            return False
+        return reply.status == 200 and isinstance(reply.json(), dict)
 
 
 @dataclass
@@ -53,6 +82,7 @@ class Receiver:
     outbox: Outbox
     pins: PinStore
     metrics: Metrics
+    holds: Callable[[str, str], Awaitable[bool]]  # (instance, session id): it holds it
 
     def _reject(self, reason: str, status: int, message: str) -> web.Response:
         self.metrics.webhooks_rejected.labels(reason).inc()
@@ -81,14 +111,10 @@ class Receiver:
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
         headers = request.headers
-        rejection = verify(
-            self.secret,
-            headers.get(TIMESTAMP_HEADER),
-            headers.get(SIGNATURE_HEADER),
-            body,
-            time.time(),
-        )
-        if rejection is not None:
+        timestamp, signature = headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
+        rejection = verify(self.secret, timestamp, signature, body, time.time())
+        if rejection is not None or timestamp is None or signature is None:
+            rejection = rejection or Rejection.MISSING
             return self._reject(rejection.value, 401, MESSAGES[rejection])
         event = parse(body)
         incoming = Incoming(
@@ -98,16 +124,21 @@ class Receiver:
             content_type=headers.get("Content-Type", "application/json"),
             name=event.name or "",
             lane=event.lane,
+            signature=signature,
+            sender=sender(headers.get(INSTANCE_URL_HEADER), self.instances),
         )
         try:
             async with asyncio.timeout(self.timeout):
-                repeats = await self.outbox.receive(incoming, time.time(), self.dedup_window)
+                now = time.time()
+                repeats = await self.outbox.receive(
+                    incoming, now, self.dedup_window, replay_ttl(timestamp, now)
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not queue a webhook event (%s)", type(exc).__name__)
             await self._pin(event, incoming.instance)  # genuine, even if it cannot be kept
             return self._reject("redis_down", 503, "The event could not be queued; send it again")
         if repeats is not None:
-            self.metrics.webhooks_duplicates.inc()
+            self.metrics.webhooks_duplicates.labels(repeats.kind).inc()
             return web.json_response({"success": True, "queued": True, "duplicate": True})
         self.metrics.webhooks_received.labels(event.label).inc()
         await self._pin(event, incoming.instance)
@@ -117,11 +148,18 @@ class Receiver:
         return self._reject("too_large", 413, f"Webhook body is over {self.max_body} bytes")
 
     async def _pin(self, event: Event, instance: str) -> None:
-        """Re-pin the event's session to the instance that sent it, when that says anything."""
+        """Re-pin the event's session to the instance that sent it, when that says anything.
+
+        ``instance`` is unsigned: a new pin is written only once that instance said it holds
+        the session (an event sent again with another instance's URL moves nothing).
+        """
         if not event.pins or event.session_id is None:
             return
         url = match_instance(instance, self.instances)
         if url is None or await self.pins.session(event.session_id) == url:
+            return
+        if not await self.holds(url, event.session_id):
+            log.info("an event names %s, which does not hold its session: no pin", url)
             return
         await self.pins.pin_session(event.session_id, url, source="webhook")
         self.metrics.webhook_pins.labels(url).inc()

@@ -18,7 +18,8 @@ Keys, under ``<key_prefix>webhooks:``:
 ``leases``         hash    lane -> token of the worker delivering its head
 ``pending``        zset    id -> receive time: the backlog, oldest first
 ``dead``           zset    id -> when it was dead-lettered
-``seen:<digest>``  string  id of an event received within the dedup window
+``replay:<sig>``   string  id of the event kept for a signature, while its timestamp holds
+``last:<lane>``    string  identity and id of the lane's last kept event (repeat window)
 ``wake``           pubsub  published on each new event, so idle workers start at once
 =================  ======  ==============================================================
 
@@ -35,20 +36,31 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-# KEYS: seen, event, lane list, lanes, pending. ARGV: id, now, dedup window in ms (0: none),
-# lane, wake channel, then the event hash as field/value pairs.
-# Returns nil for a new event, or the id of the one it repeats.
+# KEYS: replay, last, event, lane list, lanes, pending. ARGV: id, now, replay mark's life in
+# ms (0: no mark), repeat window in ms (0: no repeats), the event's identity, lane, wake
+# channel, then the event hash as field/value pairs.
+# ``replay`` (its signature's key) names the event kept for those signed bytes; ``last`` is
+# the identity and id of the lane's last kept event, for the repeat window. Returns false
+# for a new event, else {'replay' or 'repeat', id of the event it repeats}.
 RECEIVE = """
 if ARGV[3] ~= '0' then
-  local first = redis.call('get', KEYS[1])
-  if first then return first end
-  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  local kept = redis.call('get', KEYS[1])
+  if kept then return {'replay', kept} end
 end
-redis.call('hset', KEYS[2], unpack(ARGV, 6))
-redis.call('rpush', KEYS[3], ARGV[1])
-redis.call('zadd', KEYS[4], 'NX', ARGV[2], ARGV[4])
-redis.call('zadd', KEYS[5], ARGV[2], ARGV[1])
-redis.call('publish', ARGV[5], 1)
+local id = ARGV[1]
+if ARGV[4] ~= '0' then
+  local last = redis.call('get', KEYS[2])
+  local n = #ARGV[5]
+  if last and string.sub(last, 1, n) == ARGV[5] then id = string.sub(last, n + 2) end
+end
+if ARGV[3] ~= '0' then redis.call('set', KEYS[1], id, 'PX', ARGV[3]) end
+if id ~= ARGV[1] then return {'repeat', id} end
+if ARGV[4] ~= '0' then redis.call('set', KEYS[2], ARGV[5] .. ' ' .. id, 'PX', ARGV[4]) end
+redis.call('hset', KEYS[3], unpack(ARGV, 8))
+redis.call('rpush', KEYS[4], id)
+redis.call('zadd', KEYS[5], 'NX', ARGV[2], ARGV[6])
+redis.call('zadd', KEYS[6], ARGV[2], id)
+redis.call('publish', ARGV[7], 1)
 return false
 """
 
@@ -151,8 +163,11 @@ class OutboxKeys:
     def event(self, event_id: str) -> str:
         return f"{self.base}event:{event_id}"
 
-    def seen(self, digest: str) -> str:
-        return f"{self.base}seen:{digest}"
+    def replay(self, signature: str) -> str:
+        return f"{self.base}replay:{signature}"
+
+    def last(self, lane: str) -> str:
+        return f"{self.base}last:{lane}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +180,29 @@ class Incoming:
     content_type: str
     name: str  # the event's name, "" when it has none
     lane: str
+    signature: str = ""  # X-HMAC-Signature as verified; "" for none (no replay check)
+    sender: str = ""  # the instance it is from, normalised (decisions.webhooks.sender)
 
     @property
-    def digest(self) -> str:
-        """Same instance, path and body: the same event sent again."""
+    def identity(self) -> str:
+        """The same bytes from the same instance: what an instance's own retry repeats.
+
+        Neither the path nor ``X-Instance-Url`` as spelled is signed, so they are left out:
+        only the normalised sender tells one instance's event from another's.
+        """
         h = hashlib.sha256()
-        for part in (self.instance.encode(), self.path.encode(), self.body):
+        for part in (self.sender.encode(), self.body):
             h.update(len(part).to_bytes(8, "big"))
             h.update(part)
         return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An event not kept, and the one it repeats."""
+
+    kind: str  # "replay": the same signed bytes; "repeat": a retry within the repeat window
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +260,16 @@ class Outbox:
 
     # --- the gateway's side ----------------------------------------------------------------
 
-    async def receive(self, incoming: Incoming, now: float, dedup_window: float) -> str | None:
-        """Store a new event at the end of its lane; returns the id of the event it repeats."""
+    async def receive(
+        self, incoming: Incoming, now: float, dedup_window: float, replay_ttl: float = 0.0
+    ) -> Duplicate | None:
+        """Store a new event at the end of its lane, unless it repeats one; then that one.
+
+        A replay is the signature of an event kept or dropped within ``replay_ttl``, whatever
+        else came with it. A repeat has the identity of the last event kept in its lane,
+        less than ``dedup_window`` ago: any other event kept in the lane since then, from
+        any instance, makes it a new event. ``0`` turns either check off.
+        """
         k, event_id, lane = self.keys, str(uuid.uuid4()), incoming.lane
         fields = {
             "path": incoming.path,
@@ -245,18 +282,28 @@ class Outbox:
             "since": repr(now),
             "attempts": 0,
         }
-        first = await self._receive(
-            keys=[k.seen(incoming.digest), k.event(event_id), k.lane(lane), k.lanes, k.pending],
+        replay_ms = max(1, int(replay_ttl * 1000)) if incoming.signature and replay_ttl > 0 else 0
+        found = await self._receive(
+            keys=[
+                k.replay(incoming.signature),
+                k.last(lane),
+                k.event(event_id),
+                k.lane(lane),
+                k.lanes,
+                k.pending,
+            ],
             args=[
                 event_id,
                 repr(now),
+                replay_ms,
                 int(dedup_window * 1000),
+                incoming.identity,
                 lane,
                 k.wake,
                 *(x for pair in fields.items() for x in pair),
             ],
         )
-        return None if first is None else first.decode()
+        return None if found is None else Duplicate(_text(found[0]), _text(found[1]))
 
     # --- the workers' side -----------------------------------------------------------------
 
