@@ -256,9 +256,7 @@ class Proxy:
         if call.api_key is None or self.rediscovery.known_absent(session_id):
             return None
         complete = not self.router.down()
-        search = await self.rediscovery.find(
-            session_id, self.router.live(), call.api_key, complete
-        )
+        search = await self.rediscovery.find(session_id, self.router.live(), call.api_key, complete)
         return search.holder
 
     async def _place(self, call: Call, session_id: str) -> Answer:
