@@ -10,42 +10,66 @@ for several queues and several jobs in one round trip, in priority order.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from workers.jobs import Job, decode, pushed_at
 
+# Lua: the session a job's sends are paced by, or nil: ``data.session_id`` (a string or an
+# integer).
+PACE_SESSION = """
+local function pace_session(decoded)
+  local data = decoded['data']
+  if type(data) ~= 'table' then return nil end
+  local session = data['session_id']
+  if type(session) == 'string' and session ~= '' then return session end
+  if type(session) == 'number' and session == math.floor(session) then
+    return string.format('%.0f', session)
+  end
+  return nil
+end
+"""
+
 # KEYS: per queue, in priority order: queue, reserved, delayed, notify.
 # ARGV: now, reservation expiry (now + retry_after), most jobs to take, batch (most jobs
-# migrated or paced per queue and call), pace key prefix, then per queue its pacing
-# interval in ms (0: not paced).
+# migrated or paced per queue and call), pace key prefix, pacing tolerance in ms, then per
+# queue its pacing interval in ms (0: not paced).
 # Per queue: move due delayed jobs and expired reservations back onto the list (as
 # migrateExpiredJobs, one notify element each), then pop as LuaScripts::pop does: attempts + 1,
 # the re-encoded job into :reserved, one notify element popped. A payload cjson cannot
 # take is reserved unchanged and flagged 0 so the worker fails it instead of losing it
 # (Laravel's own pop script would raise after the LPOP and drop it).
-# Pacing: on a paced queue, a job of a session (data.session_id) that has no slot yet is
-# handed the session's next free slot (slot = max(now, next); next = slot + interval, on
-# Redis' clock, one key per session for every paced queue). Due now, it runs; later, it
-# goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged, and
-# runs without asking again when it comes back (the reserved copy drops ``paceSlot``). So a
-# job is popped at most twice for pacing, and a session's jobs leave in the order taken.
+# Pacing, all of it on Redis' clock (TIME), so hosts whose clocks disagree still space sends:
+# on a paced queue, a job of a session (see pace_session) popped with a pool slot free runs
+# if the session may send now; else it is handed the session's next free slot (slot =
+# max(now, next); next = slot + interval, one key per session for every paced queue) and
+# goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged.
+# Back from :delayed it runs on its slot (within the tolerance) without asking again; back
+# early (a host whose clock runs ahead migrated it) it waits again for the same slot; back
+# late (the pool was busy at its slot) it asks for a new slot, since the jobs that kept their
+# slots meanwhile would otherwise send right after it. A late job that held the session's
+# last slot handed out runs now. The reserved copy drops ``paceSlot``. So a job is popped at
+# most twice for pacing while the pool keeps up, and a session's jobs leave in the order
+# taken unless one came back late. :delayed is migrated on Redis' clock for the same reason.
 # The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
 # Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
 # counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
-# batch stopped the call early (1/0), then the earliest due time left in the :delayed sets
-# (false when none or when jobs were taken).
-RESERVE = """
+# batch stopped the call early (1/0), then how many seconds (Redis' clock) until the earliest
+# due time left in the :delayed sets (false when none or when jobs were taken).
+RESERVE = (
+    """
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 local now, expiry = tonumber(ARGV[1]), ARGV[2]
 local want, batch, pace_prefix = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local tolerance = tonumber(ARGV[6])
 local clock = redis.call('time')
 local clock_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local clock_s = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local out = {}
-local function migrate(from, to, notify)
-  local due = redis.call('zrangebyscore', from, '-inf', now, 'limit', 0, batch)
+local function migrate(from, to, notify, upto)
+  local due = redis.call('zrangebyscore', from, '-inf', upto, 'limit', 0, batch)
   if #due > 0 then
     redis.call('zremrangebyrank', from, 0, #due - 1)
     for i = 1, #due, 100 do
@@ -66,33 +90,37 @@ local function encode(decoded)
   if ok then return encoded end
   return nil
 end
-local function session_of(decoded)
-  local data = decoded['data']
-  if type(data) ~= 'table' then return nil end
-  local session = data['session_id']
-  if type(session) == 'string' and session ~= '' then return session end
-  if type(session) == 'number' and session == math.floor(session) then
-    return string.format('%.0f', session)
-  end
-  return nil
+"""
+    + PACE_SESSION
+    + """
+-- Hand out the session's slot at or after ``from`` (ms): next = slot + interval.
+local function take_slot(key, from, interval)
+  local slot = math.max(clock_ms, from)
+  redis.call('set', key, string.format('%.0f', slot + interval), 'PX', slot + interval - clock_ms)
+  return slot
 end
--- The slot of a job that must wait, in ms on Redis' clock; nil when it may run now.
+-- The slot a job must wait for, in ms on Redis' clock; nil when it may run now.
 local function wait_slot(decoded, interval)
-  if interval <= 0 or decoded['paceSlot'] ~= nil then return nil end
-  local session = session_of(decoded)
+  if interval <= 0 then return nil end
+  local session = pace_session(decoded)
   if not session then return nil end
   local key = pace_prefix .. session
-  local slot = math.max(clock_ms, tonumber(redis.call('get', key)) or 0)
-  redis.call('set', key, string.format('%.0f', slot + interval), 'PX', slot + interval - clock_ms)
+  local next_free = tonumber(redis.call('get', key)) or 0
+  local held = tonumber(decoded['paceSlot'])
+  local slack = math.min(tolerance, interval / 2)
+  if held and held > clock_ms + slack then return held end  -- early: the same slot again
+  if held and held >= clock_ms - slack then return nil end  -- on time
+  if held and next_free <= held + interval then next_free = held end  -- late, last slot: now
+  local slot = take_slot(key, next_free, interval)
   if slot <= clock_ms then return nil end
   return slot
 end
-local taken, handled, more = 0, 0, 0
+local taken, more = 0, 0
 for k = 1, #KEYS, 4 do
   local queue, reserved, delayed, notify = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local index, interval = (k + 3) / 4, tonumber(ARGV[5 + (k + 3) / 4])
-  migrate(delayed, queue, notify)
-  migrate(reserved, queue, notify)
+  local index, interval = (k + 3) / 4, tonumber(ARGV[6 + (k + 3) / 4])
+  migrate(delayed, queue, notify, clock_s)
+  migrate(reserved, queue, notify, now)
   local paced = 0
   while taken < want do
     if paced >= batch then more = 1 break end
@@ -111,7 +139,7 @@ for k = 1, #KEYS, 4 do
       end
     end
     if slot then
-      redis.call('zadd', delayed, now + (slot - clock_ms) / 1000, waiting)
+      redis.call('zadd', delayed, slot / 1000, waiting)
       paced = paced + 1
       out[#out + 1] = index
       out[#out + 1] = false
@@ -138,14 +166,15 @@ local earliest = false
 if taken == 0 and more == 0 then
   for k = 3, #KEYS, 4 do
     local head = redis.call('zrange', KEYS[k], 0, 0, 'withscores')
-    if head[2] and (not earliest or tonumber(head[2]) < tonumber(earliest)) then
-      earliest = head[2]
+    if head[2] and (not earliest or tonumber(head[2]) < earliest) then
+      earliest = tonumber(head[2])
     end
   end
 end
-out[#out + 1] = earliest
+out[#out + 1] = earliest and tostring(earliest - clock_s)
 return out
 """
+)
 
 # LuaScripts::push: the job onto the list and one element onto :notify (Laravel's pushRaw).
 PUSH = """
@@ -154,25 +183,41 @@ redis.call('rpush', KEYS[2], 1)
 return 1
 """
 
-# LuaScripts::release: ARGV[1] leaves :reserved and enters :delayed with score ARGV[2]. A
+# Lua: ``due``, Redis' time (s) plus ARGV[2] seconds: :delayed is migrated on Redis' clock.
+DUE = """
+local clock = redis.call('time')
+local due = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[2])
+"""
+
+# LuaScripts::release: ARGV[1] leaves :reserved and enters :delayed, due in ARGV[2] seconds. A
 # reservation that expired meanwhile belongs to whoever took the job again: releasing it
 # too would leave two copies of the job. One notify element wakes an idle pool, which then
 # learns the new due time and wakes for it (Laravel's release does not notify).
-RELEASE = """
+RELEASE = (
+    DUE
+    + """
 if redis.call('zrem', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
+redis.call('zadd', KEYS[1], due, ARGV[1])
 redis.call('rpush', KEYS[3], 1)
 return 1
 """
+)
 
-# Laravel's laterRaw (a ZADD to :delayed), plus a notify element as for RELEASE.
-LATER = """
-redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
+# Laravel's laterRaw (a ZADD to :delayed, due in ARGV[2] seconds), plus a notify element as
+# for RELEASE.
+LATER = (
+    DUE
+    + """
+redis.call('zadd', KEYS[1], due, ARGV[1])
 redis.call('rpush', KEYS[2], 1)
 return 1
 """
+)
 
 MIGRATION_BATCH = 1000
+# How far from its slot a paced job may start and still count as on time (ms; at most half
+# the interval): a job back later than this asks for a new slot.
+PACE_TOLERANCE_MS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +277,8 @@ class Take:
     jobs: list[Job]
     paced: list[str]  # the queue of each job sent to :delayed to wait for its slot
     more: bool  # stopped at the batch limit with jobs left: take again at once
-    next_due: float | None  # nothing taken: when the earliest delayed job is due
+    next_due: float | None  # nothing taken: when the earliest delayed job is due (this
+    # host's clock; reckoned from Redis', on which :delayed is migrated)
 
 
 class Queues:
@@ -246,15 +292,18 @@ class Queues:
         *,
         key_prefix: str = "",
         intervals: Mapping[str, float] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
+        self.clock = clock  # this host's: reservations only; pacing and :delayed use Redis'
+
         self.prefix = prefix
         self.keys = [QueueKeys(prefix, name) for name in names]
         self._reserve_keys = [
             key for q in self.keys for key in (q.list, q.reserved, q.delayed, q.notify)
         ]
         intervals = intervals or {}
-        self._pacing = [pace_prefix(key_prefix)] + [
+        self._pacing = [pace_prefix(key_prefix), PACE_TOLERANCE_MS] + [
             max(0, round(float(intervals.get(name, 0)) * 1000)) for name in names
         ]
         self._notify_keys = [q.notify for q in self.keys]
@@ -268,7 +317,7 @@ class Queues:
 
     async def reserve(self, count: int, retry_after: float) -> Take:
         """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after."""
-        now = time.time()
+        now = self.clock()
         flat = await self._reserve(
             keys=self._reserve_keys,
             args=[repr(now), repr(now + retry_after), count, MIGRATION_BATCH, *self._pacing],
@@ -283,7 +332,8 @@ class Queues:
                 jobs.append(
                     Job.reserved(queue, entries[i + 1], entries[i + 2] == 1, entries[i + 3])
                 )
-        return Take(jobs, paced, more == 1, None if due is None else float(due))
+        next_due = None if due is None else self.clock() + float(due)
+        return Take(jobs, paced, more == 1, next_due)
 
     async def wait(self, timeout: float) -> None:
         """Block until a job is pushed to any of the queues, or ``timeout`` seconds pass."""
@@ -297,16 +347,14 @@ class Queues:
     async def later(self, queue: str, payload: bytes, delay: float) -> None:
         """Laravel's ``laterRaw``: into ``:delayed``, due in ``delay`` seconds."""
         keys = self.of(queue)
-        await self._later(
-            keys=[keys.delayed, keys.notify], args=[payload, repr(time.time() + delay)]
-        )
+        await self._later(keys=[keys.delayed, keys.notify], args=[payload, repr(delay)])
 
     async def release(self, job: Job, delay: float) -> None:
         """Move a reserved job to ``:delayed``, due in ``delay`` seconds, in one step."""
         keys = self.of(job.queue)
         await self._release(
             keys=[keys.delayed, keys.reserved, keys.notify],
-            args=[job.raw, repr(time.time() + delay)],
+            args=[job.raw, repr(delay)],
         )
 
     async def delete(self, job: Job) -> None:
