@@ -32,10 +32,33 @@ local function pace_session(decoded)
 end
 """
 
+# Lua: whether a job runs in PHP, as :func:`workers.php.is_php_job` and the pool decide: its
+# name is ``Class@method`` and no Python handler (the set ``python``) has that name.
+RUNS_IN_PHP = r"""
+local function php_name(name)
+  local class, method = string.match(name, '^\\?([^@]+)@([^@]+)$')
+  if not class or not string.find(method, '^[%a_][%w_]*$') then return false end
+  for part in string.gmatch(class .. '\\', '([^\\]*)\\') do
+    if not string.find(part, '^[%a_][%w_]*$') then return false end
+  end
+  return true
+end
+local function runs_in_php(decoded)
+  local name = decoded['job']
+  return type(name) == 'string' and not python[name] and php_name(name)
+end
+"""
+
 # KEYS: per queue, in priority order: queue, reserved, delayed, notify.
 # ARGV: now, reservation expiry (now + retry_after), most jobs to take, batch (most jobs
-# migrated or paced per queue and call), pace key prefix, pacing tolerance in ms, then per
-# queue its pacing interval in ms (0: not paced).
+# migrated, paced or left per queue and call), pace key prefix, pacing tolerance in ms, how
+# many PHP jobs may be taken (-1: no limit), then per queue its pacing interval in ms (0: not
+# paced), then the names of the Python handlers (they win over PHP).
+# PHP jobs: only as many are taken as the pool has PHP processes free; the others stay in
+# their queue, in their place, unpaced (their notify elements are taken: the pool wakes itself
+# when a process frees), while later jobs that run in Python are taken past them. So a job
+# waiting for a PHP process holds no pool slot and no pace slot, and PHP jobs start in queue
+# priority order, FIFO within a queue.
 # Per queue: move due delayed jobs and expired reservations back onto the list (as
 # migrateExpiredJobs, one notify element each), then pop as LuaScripts::pop does: attempts + 1,
 # the re-encoded job into :reserved, one notify element popped. A payload cjson cannot
@@ -56,14 +79,17 @@ end
 # The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
 # Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
 # counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
-# batch stopped the call early (1/0), then how many seconds (Redis' clock) until the earliest
+# batch stopped the call early (1/0), how many PHP jobs were left for want of a PHP process,
+# then how many seconds (Redis' clock) until the earliest
 # due time left in the :delayed sets (false when none or when jobs were taken).
 RESERVE = (
     """
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 local now, expiry = tonumber(ARGV[1]), ARGV[2]
 local want, batch, pace_prefix = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local tolerance = tonumber(ARGV[6])
+local tolerance, php_free = tonumber(ARGV[6]), tonumber(ARGV[7])
+local python = {}
+for i = 8 + #KEYS / 4, #ARGV do python[ARGV[i]] = true end
 local clock = redis.call('time')
 local clock_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local clock_s = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -92,6 +118,7 @@ local function encode(decoded)
 end
 """
     + PACE_SESSION
+    + RUNS_IN_PHP
     + """
 -- Hand out the session's slot at or after ``from`` (ms): next = slot + interval.
 local function take_slot(key, from, interval)
@@ -115,30 +142,33 @@ local function wait_slot(decoded, interval)
   if slot <= clock_ms then return nil end
   return slot
 end
-local taken, more = 0, 0
+local taken, more, php_left = 0, 0, 0
 for k = 1, #KEYS, 4 do
   local queue, reserved, delayed, notify = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local index, interval = (k + 3) / 4, tonumber(ARGV[6 + (k + 3) / 4])
+  local index, interval = (k + 3) / 4, tonumber(ARGV[7 + (k + 3) / 4])
   migrate(delayed, queue, notify, clock_s)
   migrate(reserved, queue, notify, now)
-  local paced = 0
-  while taken < want do
+  local paced, left = 0, {}
+  while taken < want and #left < batch do
     if paced >= batch then more = 1 break end
     local job = redis.call('lpop', queue)
     if not job then break end
     redis.call('lpop', notify)
     local decoded = decode(job)
-    local slot = decoded and wait_slot(decoded, interval)
-    local counted, waiting = nil, nil
-    if slot then
-      decoded['paceSlot'] = slot
-      waiting = encode(decoded)
-      if not waiting then
-        decoded['paceSlot'] = nil
-        slot = nil
+    local php = decoded and php_free >= 0 and runs_in_php(decoded)
+    local leave, slot, waiting = php and php_free == 0, nil, nil
+    if leave then
+      left[#left + 1] = job  -- no PHP process free: it stays in its place, unpaced
+    else
+      slot = decoded and wait_slot(decoded, interval)
+      if slot then
+        decoded['paceSlot'] = slot
+        waiting = encode(decoded)
       end
     end
-    if slot then
+    if leave then
+      -- put back below, in order
+    elseif waiting then
       redis.call('zadd', delayed, slot / 1000, waiting)
       paced = paced + 1
       out[#out + 1] = index
@@ -146,6 +176,7 @@ for k = 1, #KEYS, 4 do
       out[#out + 1] = 2
       out[#out + 1] = false
     else
+      local counted = nil
       if decoded then
         decoded['paceSlot'] = nil
         decoded['attempts'] = (tonumber(decoded['attempts']) or 0) + 1
@@ -157,11 +188,15 @@ for k = 1, #KEYS, 4 do
       out[#out + 1] = counted and 1 or 0
       out[#out + 1] = job
       taken = taken + 1
+      if php then php_free = php_free - 1 end
     end
   end
+  for i = #left, 1, -1 do redis.call('lpush', queue, left[i]) end
+  php_left = php_left + #left
   if taken >= want or more == 1 then break end
 end
 out[#out + 1] = more
+out[#out + 1] = php_left
 local earliest = false
 if taken == 0 and more == 0 then
   for k = 3, #KEYS, 4 do
@@ -279,6 +314,7 @@ class Take:
     more: bool  # stopped at the batch limit with jobs left: take again at once
     next_due: float | None  # nothing taken: when the earliest delayed job is due (this
     # host's clock; reckoned from Redis', on which :delayed is migrated)
+    php_left: int = 0  # PHP jobs left in their queues: no PHP process was free
 
 
 class Queues:
@@ -293,6 +329,7 @@ class Queues:
         key_prefix: str = "",
         intervals: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
+        python_jobs: Iterable[str] = (),
     ) -> None:
         self.redis = redis
         self.clock = clock  # this host's: reservations only; pacing and :delayed use Redis'
@@ -306,6 +343,7 @@ class Queues:
         self._pacing = [pace_prefix(key_prefix), PACE_TOLERANCE_MS] + [
             max(0, round(float(intervals.get(name, 0)) * 1000)) for name in names
         ]
+        self._python_jobs = sorted(python_jobs)
         self._notify_keys = [q.notify for q in self.keys]
         self._reserve = redis.register_script(RESERVE)
         self._push = redis.register_script(PUSH)
@@ -315,14 +353,25 @@ class Queues:
     def of(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
 
-    async def reserve(self, count: int, retry_after: float) -> Take:
-        """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after."""
+    async def reserve(self, count: int, retry_after: float, php_free: int = -1) -> Take:
+        """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after;
+        of the jobs that run in PHP at most ``php_free`` (-1: no limit)."""
         now = self.clock()
+        pacing, intervals = self._pacing[:2], self._pacing[2:]
         flat = await self._reserve(
             keys=self._reserve_keys,
-            args=[repr(now), repr(now + retry_after), count, MIGRATION_BATCH, *self._pacing],
+            args=[
+                repr(now),
+                repr(now + retry_after),
+                count,
+                MIGRATION_BATCH,
+                *pacing,
+                php_free,
+                *intervals,
+                *self._python_jobs,
+            ],
         )
-        *entries, more, due = flat
+        *entries, more, php_left, due = flat
         jobs, paced = [], []
         for i in range(0, len(entries), 4):
             queue = self.keys[int(entries[i]) - 1].name
@@ -333,7 +382,7 @@ class Queues:
                     Job.reserved(queue, entries[i + 1], entries[i + 2] == 1, entries[i + 3])
                 )
         next_due = None if due is None else self.clock() + float(due)
-        return Take(jobs, paced, more == 1, next_due)
+        return Take(jobs, paced, more == 1, next_due, php_left)
 
     async def wait(self, timeout: float) -> None:
         """Block until a job is pushed to any of the queues, or ``timeout`` seconds pass."""

@@ -222,3 +222,29 @@ def test_run_refuses_to_start_without_php_or_the_app(php_harness: Harness) -> No
 )
 def test_which_job_names_are_php_classes(name: str, php: bool) -> None:
     assert is_php_job(name) is php
+
+
+async def test_php_jobs_waiting_for_a_process_hold_no_slot_and_start_in_priority_order(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    """One PHP process, held by a job: three PHP jobs on ``low``, then one on ``high`` and a
+    Python job on ``high`` arrive. The Python job runs at once (3 of 4 slots are free), the
+    waiting PHP jobs stay in their queues, unreserved, and ``high``'s PHP job goes first."""
+    h = php_harness
+    log = h.key("log")
+    config = h.config(queues=("high", "low"), concurrency=4)
+    async with h.pool(config):
+        laravel.dispatch("Holds", "low", "hold")
+        await eventually(laravel.runs, timeout=30, what="the runner held")
+        for n in range(3):
+            laravel.dispatch("WriteRow", "low", f"low {n}")
+        laravel.dispatch("WriteRow", "high", "high")
+        await h.push("high", "record", {"log": log})
+        await eventually(h.log, what="the Python job, with the PHP process still held")
+        assert [r["note"] for r in await laravel.runs()] == ["hold"]
+        reserved = [await h.redis.zcard(h.keys(q).reserved) for q in ("high", "low")]
+        waiting = [await h.redis.llen(h.keys(q).list) for q in ("high", "low")]
+        assert (reserved, waiting) == ([0, 1], [1, 3])  # only the held job is reserved
+        await h.redis.rpush(h.key("gate"), 1)
+        rows = await eventually(laravel.runs, lambda r: len(r) == 5, timeout=30, what="all")
+    assert [r["note"] for r in rows] == ["hold", "high", "low 0", "low 1", "low 2"]

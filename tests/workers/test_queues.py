@@ -10,6 +10,7 @@ import pytest
 
 from tests.workers.conftest import Harness
 from workers.jobs import Job
+from workers.php import is_php_job
 from workers.queues import Queues, pace_prefix
 
 LARAVEL_PAYLOAD = (
@@ -226,3 +227,30 @@ async def test_a_take_paces_at_most_a_batch_and_says_there_is_more(harness: Harn
     assert (len(first.jobs), len(first.paced), first.more) == (0, 1000, True)
     assert (len(second.jobs), len(second.paced), second.more) == (0, 2, False)
     assert second.next_due is not None
+
+
+async def test_without_a_free_php_process_php_jobs_stay_in_place_and_python_ones_are_taken(
+    harness: Harness,
+) -> None:
+    names = [
+        "Illuminate\\Queue\\CallQueuedHandler@call",
+        "whatsapp.send_message",
+        "\\App\\Jobs\\Legacy@fire",
+        "App\\Jobs\\X@handle; rm -rf /",
+        "App\\\\Jobs\\X@handle",
+        "record@handle",  # a Python handler's name: Python wins
+        "SendEmail@handle",
+    ]
+    for n, name in enumerate(names):
+        await harness.push("q", name, {"n": n})
+    queues = Queues(harness.redis, harness.prefix, ["q"], python_jobs=["record@handle"])
+
+    take = await queues.reserve(10, retry_after=90, php_free=0)
+
+    in_php = [n for n, name in enumerate(names) if is_php_job(name) and name != "record@handle"]
+    assert [j.data["n"] for j in take.jobs] == [n for n in range(7) if n not in in_php]
+    assert take.php_left == len(in_php) == 3
+    left = await harness.redis.lrange(harness.keys("q").list, 0, -1)
+    assert [json.loads(raw)["data"]["n"] for raw in left] == in_php  # in their places
+    one = await queues.reserve(10, retry_after=90, php_free=1)
+    assert [j.data["n"] for j in one.jobs] == in_php[:1] and one.php_left == 2
