@@ -540,7 +540,7 @@ class Pool:
         return Outcome(job, "failed", exception=exception)
 
     async def _call(
-        self, handler: Handler, job: Job, timeout: float
+        self, handler: Handler, job: Job, timeout: float | None
     ) -> tuple[Exception | None, bool]:
         """Run the handler under its timeout; returns (its exception, whether it timed out)."""
         assert self._http is not None

@@ -13,6 +13,7 @@ import pytest
 from tests.laravel.conftest import Laravel
 from tests.workers.conftest import HANDLERS, Harness, eventually
 from workers.php import is_php_job
+from workers.retry import Policy
 from workers.worker import Pool
 
 
@@ -248,3 +249,16 @@ async def test_php_jobs_waiting_for_a_process_hold_no_slot_and_start_in_priority
         await h.redis.rpush(h.key("gate"), 1)
         rows = await eventually(laravel.runs, lambda r: len(r) == 5, timeout=30, what="all")
     assert [r["note"] for r in rows] == ["hold", "high", "low 0", "low 1", "low 2"]
+
+
+async def test_a_php_job_with_timeout_0_runs_past_the_pools_timeout(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    laravel.dispatch("NoTimeout", "q", "long")  # 1.5 s, past --timeout 0.5 and retry_after 0.8
+    config = h.config(queues=("q",), policy=Policy(tries=1, timeout=0.5), retry_after=0.8)
+    async with h.pool(config):
+        rows = await eventually(laravel.runs, timeout=30, what="the job's row")
+        await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
+    assert [(r["note"], r["attempt"]) for r in rows] == [("long", 1)]
+    assert await h.failed() == []

@@ -9,6 +9,7 @@ import time
 
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import JobContext
+from workers.retry import Policy
 from workers.worker import Pool
 
 QUEUES = ("messaging", "campaign-stats", "whatsapp-urgent", "whatsapp-high", "whatsapp-normal")
@@ -209,3 +210,21 @@ async def test_tries_0_in_the_settings_means_no_limit(harness: Harness) -> None:
     result = harness.run_cli("check-config")
     assert result.returncode == 2
     assert "workers.tries: -1 must be 0 (no limit) or more" in result.stderr
+
+
+async def test_a_job_timeout_of_0_means_no_timeout_as_in_laravel(harness: Harness) -> None:
+    """``timeout: 0`` outlives the pool's --timeout (0.3 s) and its reservation (0.5 s)."""
+    k = {name: harness.key(name) for name in ("started", "done", "runs")}
+    await harness.push("q", "work", {"n": 1, "seconds": 1.2, **k}, timeout=0)
+    config = harness.config(
+        queues=("q",), policy=Policy(tries=1, timeout=0.3), retry_after=0.5, idle_wait=0.1
+    )
+    async with harness.pool(config):
+        await eventually(lambda: harness.redis.sismember(k["done"], 1), what="done")
+        await eventually(lambda: harness.redis.zcard(harness.keys("q").reserved), _none)
+    assert await harness.redis.hget(k["runs"], 1) == b"1"
+    assert await harness.failed() == []
+
+
+def _none(n: int) -> bool:
+    return n == 0
