@@ -120,6 +120,23 @@ end
     + PACE_SESSION
     + RUNS_IN_PHP
     + """
+-- A member not yet in :reserved: identical payloads popped (three empty strings) are each
+-- kept and settled on their own. Only a repeat changes: a JSON job gets ``reservedCopy``
+-- (dropped on its next pop), anything else a suffix; a normal job, whose uuid makes it
+-- unique, stays exactly the payload, as Laravel's pop leaves it.
+local function unique_member(reserved, member, decoded, job)
+  local n = 0
+  while redis.call('zscore', reserved, member) do
+    n = n + 1
+    if decoded then
+      decoded['reservedCopy'] = n
+      member = encode(decoded)
+    else
+      member = job .. '\\n#' .. n
+    end
+  end
+  return member
+end
 -- Hand out the session's slot at or after ``from`` (ms): next = slot + interval.
 local function take_slot(key, from, interval)
   local slot = math.max(clock_ms, from)
@@ -155,6 +172,7 @@ for k = 1, #KEYS, 4 do
     if not job then break end
     redis.call('lpop', notify)
     local decoded = decode(job)
+    if decoded then decoded['reservedCopy'] = nil end
     local php = decoded and php_free >= 0 and runs_in_php(decoded)
     local leave, slot, waiting = php and php_free == 0, nil, nil
     if leave then
@@ -182,9 +200,10 @@ for k = 1, #KEYS, 4 do
         decoded['attempts'] = (tonumber(decoded['attempts']) or 0) + 1
         counted = encode(decoded)
       end
-      redis.call('zadd', reserved, expiry, counted or job)
+      local member = unique_member(reserved, counted or job, counted and decoded, job)
+      redis.call('zadd', reserved, expiry, member)
       out[#out + 1] = index
-      out[#out + 1] = counted or job
+      out[#out + 1] = member
       out[#out + 1] = counted and 1 or 0
       out[#out + 1] = job
       taken = taken + 1
