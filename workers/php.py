@@ -37,8 +37,9 @@ log = logging.getLogger("workers.php")
 
 RUNNER = Path(__file__).resolve().parent.parent / "deploy" / "laravel" / "runner.php"
 
-# Laravel's job name: a PHP class (namespaced) and a method, ``Class@method``.
-PHP_JOB = re.compile(r"^\\?[A-Za-z_]\w*(\\[A-Za-z_]\w*)*@[A-Za-z_]\w*$", re.ASCII)
+# Laravel's job name: a PHP class (namespaced) and a method, ``Class@method``, or a class
+# alone (an old-style ``Queue::push('App\\Jobs\\Legacy', $data)``: Laravel calls its fire()).
+PHP_JOB = re.compile(r"^\\?[A-Za-z_]\w*(\\[A-Za-z_]\w*)*(@[A-Za-z_]\w*)?$", re.ASCII)
 
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 60.0  # seconds a runner may take to boot the app

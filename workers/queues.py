@@ -33,10 +33,11 @@ end
 """
 
 # Lua: whether a job runs in PHP, as :func:`workers.php.is_php_job` and the pool decide: its
-# name is ``Class@method`` and no Python handler (the set ``python``) has that name.
+# name is ``Class@method`` or ``Class`` and no Python handler (the set ``python``) has it.
 RUNS_IN_PHP = r"""
 local function php_name(name)
   local class, method = string.match(name, '^\\?([^@]+)@([^@]+)$')
+  if not class then class, method = string.match(name, '^\\?([^@]+)$'), 'fire' end
   if not class or not string.find(method, '^[%a_][%w_]*$') then return false end
   for part in string.gmatch(class .. '\\', '([^\\]*)\\') do
     if not string.find(part, '^[%a_][%w_]*$') then return false end

@@ -216,7 +216,8 @@ def test_run_refuses_to_start_without_php_or_the_app(php_harness: Harness) -> No
         ("SendEmail@handle", True),
         ("whatsapp.send_message", False),
         ("http.post", False),
-        ("App\\Jobs\\NoMethod", False),  # Laravel would call fire(); only Class@method is PHP's
+        ("App\\Jobs\\Legacy", True),  # an old-style string job: Laravel calls fire()
+        ("App\\Jobs\\Legacy@", False),
         ("App\\Jobs\\X@handle; rm -rf /", False),
         ("", False),
     ],
@@ -261,4 +262,16 @@ async def test_a_php_job_with_timeout_0_runs_past_the_pools_timeout(
         rows = await eventually(laravel.runs, timeout=30, what="the job's row")
         await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
     assert [(r["note"], r["attempt"]) for r in rows] == [("long", 1)]
+    assert await h.failed() == []
+
+
+async def test_an_old_style_string_job_runs_its_fire_method_as_queue_work_does(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    laravel.push("App\\Jobs\\Legacy", {"note": "old style"}, "q")  # no @method
+    async with h.pool(h.config(queues=("q",))):
+        rows = await eventually(laravel.runs, timeout=30, what="fire() ran")
+        await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
+    assert [(r["event"], r["note"], r["attempt"]) for r in rows] == [("fired", "old style", 1)]
     assert await h.failed() == []

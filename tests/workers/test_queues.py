@@ -240,6 +240,8 @@ async def test_without_a_free_php_process_php_jobs_stay_in_place_and_python_ones
         "App\\\\Jobs\\X@handle",
         "record@handle",  # a Python handler's name: Python wins
         "SendEmail@handle",
+        "App\\Jobs\\Legacy",  # an old-style string job: PHP calls its fire()
+        "App\\Jobs\\Legacy@",
     ]
     for n, name in enumerate(names):
         await harness.push("q", name, {"n": n})
@@ -248,9 +250,9 @@ async def test_without_a_free_php_process_php_jobs_stay_in_place_and_python_ones
     take = await queues.reserve(10, retry_after=90, php_free=0)
 
     in_php = [n for n, name in enumerate(names) if is_php_job(name) and name != "record@handle"]
-    assert [j.data["n"] for j in take.jobs] == [n for n in range(7) if n not in in_php]
-    assert take.php_left == len(in_php) == 3
+    assert [j.data["n"] for j in take.jobs] == [n for n in range(9) if n not in in_php]
+    assert take.php_left == len(in_php) == 4
     left = await harness.redis.lrange(harness.keys("q").list, 0, -1)
     assert [json.loads(raw)["data"]["n"] for raw in left] == in_php  # in their places
     one = await queues.reserve(10, retry_after=90, php_free=1)
-    assert [j.data["n"] for j in one.jobs] == in_php[:1] and one.php_left == 2
+    assert [j.data["n"] for j in one.jobs] == in_php[:1] and one.php_left == 3
