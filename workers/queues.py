@@ -18,8 +18,22 @@ import redis.asyncio as aioredis
 from workers.jobs import Job, decode, pushed_at
 
 # Lua: the session a job's sends are paced by, or nil: ``data.session_id`` (a string or an
-# integer).
+# integer), else, for a job Laravel's dispatch() made, the first public ``sessionId`` or
+# ``session_id`` property in the serialized command (PHP writes a public property as
+# ``s:9:"sessionId";s:2:"s1";``, or ``i:7;`` for an integer), read without PHP.
 PACE_SESSION = """
+local function command_session(command)
+  for _, name in ipairs({'sessionId', 'session_id'}) do
+    local key = 's:' .. #name .. ':"' .. name .. '";'
+    local _, stop, length = string.find(command, key .. 's:(%d+):"', 1)
+    if stop and tonumber(length) > 0 then
+      return string.sub(command, stop + 1, stop + tonumber(length))
+    end
+    local number = string.match(command, key .. 'i:(%-?%d+);')
+    if number then return number end
+  end
+  return nil
+end
 local function pace_session(decoded)
   local data = decoded['data']
   if type(data) ~= 'table' then return nil end
@@ -28,6 +42,7 @@ local function pace_session(decoded)
   if type(session) == 'number' and session == math.floor(session) then
     return string.format('%.0f', session)
   end
+  if type(data['command']) == 'string' then return command_session(data['command']) end
   return nil
 end
 """

@@ -13,6 +13,7 @@ import pytest
 from tests.laravel.conftest import Laravel
 from tests.workers.conftest import HANDLERS, Harness, eventually
 from workers.php import is_php_job
+from workers.queues import Queues, pace_prefix
 from workers.retry import Policy
 from workers.worker import Pool
 
@@ -275,3 +276,22 @@ async def test_an_old_style_string_job_runs_its_fire_method_as_queue_work_does(
         await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
     assert [(r["event"], r["note"], r["attempt"]) for r in rows] == [("fired", "old style", 1)]
     assert await h.failed() == []
+
+
+async def test_a_dispatched_send_is_paced_by_its_public_session_id(laravel: Laravel) -> None:
+    """The pacer reads ``public string $sessionId`` from the PHP-serialized command: S1's
+    second send waits for its slot, S2's goes at once."""
+    h = laravel.harness
+    for note, session in (("first", "S1"), ("second", "S1"), ("other", "S2")):
+        laravel.dispatch("SendsMessage", "camp", note, session)
+    queues = Queues(h.redis, h.prefix, ["camp"], key_prefix=h.prefix, intervals={"camp": 30})
+
+    take = await queues.reserve(10, retry_after=90)
+
+    assert 's:9:"sessionId";s:2:"S1";' in take.jobs[0].data["command"]
+    assert [j.data["command"].count('"S2"') for j in take.jobs] == [0, 1]
+    assert take.paced == ["camp"]
+    [waiting] = await h.redis.zrange(h.keys("camp").delayed, 0, -1)
+    assert 's:6:"second"' in json.loads(waiting)["data"]["command"]
+    for session in ("S1", "S2"):
+        assert await h.redis.exists(f"{pace_prefix(h.prefix)}{session}")
