@@ -86,12 +86,13 @@ end
 # max(now, next); next = slot + interval, one key per session for every paced queue) and
 # goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged.
 # Back from :delayed it runs on its slot (within the tolerance) without asking again; back
-# early (a host whose clock runs ahead migrated it) it waits again for the same slot; back
-# late (the pool was busy at its slot) it asks for a new slot, since the jobs that kept their
-# slots meanwhile would otherwise send right after it. A late job that held the session's
-# last slot handed out runs now. The reserved copy drops ``paceSlot``. So a job is popped at
-# most twice for pacing while the pool keeps up, and a session's jobs leave in the order
-# taken unless one came back late. :delayed is migrated on Redis' clock for the same reason.
+# early (a `queue:work` next to the pool migrates on its own host's clock) it waits again for
+# the same slot; back late (the pool was busy at its slot) it asks for a new slot, since the
+# jobs that kept their slots meanwhile would otherwise send right after it. A late job that
+# held the session's last slot handed out runs now. The reserved copy drops ``paceSlot``. So
+# a job is popped at most twice for pacing while the pool keeps up, and a session's jobs
+# leave in the order taken unless one came back late. :delayed is migrated on Redis' clock
+# for the same reason.
 # The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
 # Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
 # counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
