@@ -1,8 +1,10 @@
 """The pool: one fetcher fills free slots, each job runs as its own task.
 
 Before every take the fetcher asks Redis once (:data:`workers.queues.RESERVE`) for as many
-jobs as there are free slots, earlier queues first; when nothing waits it blocks on all the
-notify lists at once, or sleeps until the earliest delayed job is due. A job leaves
+jobs as there are free slots, earlier queues first, and of PHP jobs only as many as PHP
+processes are free; when nothing waits it blocks on all the notify lists at once (and, with
+PHP jobs left waiting, for a process to free), or sleeps until the earliest delayed job is
+due. A job leaves
 ``:reserved`` only after its handler finished and its fate (done, released for a retry, or
 recorded as failed) is written, so a killed process loses nothing: its reservations expire
 and the jobs run again.
