@@ -40,7 +40,7 @@ class Job:
     def reserved(cls, queue: str, raw: bytes, counted: bool, popped: bytes | None = None) -> Job:
         """Wrap a popped entry; ``counted`` is false when cjson could not take its attempt."""
         try:
-            payload = decode(raw)
+            payload = decode(raw if counted else popped or raw)  # raw may carry a suffix
         except PayloadError as exc:
             return cls(queue, raw, None, str(exc), popped)
         if not counted:
@@ -87,8 +87,9 @@ class Job:
         return f"{self.key}:{sequence}"
 
 
-# Payload keys that an attempt, a release or pacing changes: not part of a job's identity.
-VOLATILE = frozenset({"attempts", "paceSlot"})
+# Payload keys that an attempt, a release, pacing or a repeat in :reserved changes: not part
+# of a job's identity.
+VOLATILE = frozenset({"attempts", "paceSlot", "reservedCopy"})
 
 
 def decode(raw: bytes | str) -> dict[str, Any]:

@@ -37,8 +37,9 @@ log = logging.getLogger("workers.php")
 
 RUNNER = Path(__file__).resolve().parent.parent / "deploy" / "laravel" / "runner.php"
 
-# Laravel's job name: a PHP class (namespaced) and a method, ``Class@method``.
-PHP_JOB = re.compile(r"^\\?[A-Za-z_]\w*(\\[A-Za-z_]\w*)*@[A-Za-z_]\w*$", re.ASCII)
+# Laravel's job name: a PHP class (namespaced) and a method, ``Class@method``, or a class
+# alone (an old-style ``Queue::push('App\\Jobs\\Legacy', $data)``: Laravel calls its fire()).
+PHP_JOB = re.compile(r"^\\?[A-Za-z_]\w*(\\[A-Za-z_]\w*)*(@[A-Za-z_]\w*)?$", re.ASCII)
 
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 60.0  # seconds a runner may take to boot the app
@@ -220,10 +221,20 @@ class PhpWorkers:
         self._error: str | None = None  # why the last start failed, until one succeeds
         self._tasks: set[asyncio.Task[None]] = set()
         self._runners: set[Runner] = set()
+        self._leased = 0  # runners held by jobs
+        self.freed = asyncio.Event()  # a runner became idle: PHP jobs left waiting may start
         self._closing = False
 
     def runs(self, job: Job) -> bool:
         return is_php_job(job.name)
+
+    def free(self, php_jobs: int) -> int:
+        """How many more PHP jobs to take, the pool holding ``php_jobs`` already: one per idle
+        runner not promised to one of them, so no job waits for a runner holding a pool
+        slot. -1 (no limit) when none can start, so their jobs fail over with backoff."""
+        if self._unavailable:
+            return -1
+        return max(0, len(self._idle) + self._leased - php_jobs)
 
     def start(self) -> None:
         for _ in range(self.config.workers):
@@ -305,6 +316,7 @@ class PhpWorkers:
             await self._ready.wait_for(lambda: self._idle or self._unavailable)
             if not self._idle:
                 raise RunnerUnavailable(self._error)
+            self._leased += 1
             return self._idle.pop()
 
     @property
@@ -313,12 +325,17 @@ class PhpWorkers:
         return self._error is not None and not any(r.usable for r in self._runners)
 
     async def _release(self, runner: Runner) -> None:
+        self._leased -= 1
         if runner.usable:
-            async with self._ready:
-                self._idle.append(runner)
-                self._ready.notify()
+            await self._idle_again(runner)
         else:
             self._background(self._replace(runner))
+
+    async def _idle_again(self, runner: Runner) -> None:
+        async with self._ready:
+            self._idle.append(runner)
+            self._ready.notify()
+        self.freed.set()
 
     async def _replace(self, runner: Runner) -> None:
         self._runners.discard(runner)
@@ -341,12 +358,11 @@ class PhpWorkers:
                 async with self._ready:
                     self._error = str(exc)
                     self._ready.notify_all()
+                self.freed.set()  # the jobs left waiting are taken, to fail over
             await asyncio.sleep(RESTART_DELAYS[min(attempt, len(RESTART_DELAYS) - 1)])
             attempt += 1
-        async with self._ready:
-            self._error = None
-            self._idle.append(runner)
-            self._ready.notify()
+        self._error = None
+        await self._idle_again(runner)
         self._background(self._watch(runner))
 
     async def _watch(self, runner: Runner) -> None:

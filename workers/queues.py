@@ -10,42 +10,109 @@ for several queues and several jobs in one round trip, in priority order.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from workers.jobs import Job, decode, pushed_at
 
+# Lua: the session a job's sends are paced by, or nil: ``data.session_id`` (a string or an
+# integer), else, for a job Laravel's dispatch() made, the first public ``sessionId`` or
+# ``session_id`` property in the serialized command (PHP writes a public property as
+# ``s:9:"sessionId";s:2:"s1";``, or ``i:7;`` for an integer), read without PHP.
+PACE_SESSION = """
+local function command_session(command)
+  for _, name in ipairs({'sessionId', 'session_id'}) do
+    local key = 's:' .. #name .. ':"' .. name .. '";'
+    local _, stop, length = string.find(command, key .. 's:(%d+):"', 1)
+    if stop and tonumber(length) > 0 then
+      return string.sub(command, stop + 1, stop + tonumber(length))
+    end
+    local number = string.match(command, key .. 'i:(%-?%d+);')
+    if number then return number end
+  end
+  return nil
+end
+local function pace_session(decoded)
+  local data = decoded['data']
+  if type(data) ~= 'table' then return nil end
+  local session = data['session_id']
+  if type(session) == 'string' and session ~= '' then return session end
+  if type(session) == 'number' and session == math.floor(session) then
+    return string.format('%.0f', session)
+  end
+  if type(data['command']) == 'string' then return command_session(data['command']) end
+  return nil
+end
+"""
+
+# Lua: whether a job runs in PHP, as :func:`workers.php.is_php_job` and the pool decide: its
+# name is ``Class@method`` or ``Class`` and no Python handler (the set ``python``) has it.
+RUNS_IN_PHP = r"""
+local function php_name(name)
+  local class, method = string.match(name, '^\\?([^@]+)@([^@]+)$')
+  if not class then class, method = string.match(name, '^\\?([^@]+)$'), 'fire' end
+  if not class or not string.find(method, '^[%a_][%w_]*$') then return false end
+  for part in string.gmatch(class .. '\\', '([^\\]*)\\') do
+    if not string.find(part, '^[%a_][%w_]*$') then return false end
+  end
+  return true
+end
+local function runs_in_php(decoded)
+  local name = decoded['job']
+  return type(name) == 'string' and not python[name] and php_name(name)
+end
+"""
+
 # KEYS: per queue, in priority order: queue, reserved, delayed, notify.
 # ARGV: now, reservation expiry (now + retry_after), most jobs to take, batch (most jobs
-# migrated or paced per queue and call), pace key prefix, then per queue its pacing
-# interval in ms (0: not paced).
+# migrated, paced or left per queue and call), pace key prefix, pacing tolerance in ms, how
+# many PHP jobs may be taken (-1: no limit), then per queue its pacing interval in ms (0: not
+# paced), then the names of the Python handlers (they win over PHP).
+# PHP jobs: only as many are taken as the pool has PHP processes free; the others stay in
+# their queue, in their place, unpaced (their notify elements are taken: the pool wakes itself
+# when a process frees), while later jobs that run in Python are taken past them. So a job
+# waiting for a PHP process holds no pool slot and no pace slot, and PHP jobs start in queue
+# priority order, FIFO within a queue.
 # Per queue: move due delayed jobs and expired reservations back onto the list (as
 # migrateExpiredJobs, one notify element each), then pop as LuaScripts::pop does: attempts + 1,
 # the re-encoded job into :reserved, one notify element popped. A payload cjson cannot
 # take is reserved unchanged and flagged 0 so the worker fails it instead of losing it
 # (Laravel's own pop script would raise after the LPOP and drop it).
-# Pacing: on a paced queue, a job of a session (data.session_id) that has no slot yet is
-# handed the session's next free slot (slot = max(now, next); next = slot + interval, on
-# Redis' clock, one key per session for every paced queue). Due now, it runs; later, it
-# goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged, and
-# runs without asking again when it comes back (the reserved copy drops ``paceSlot``). So a
-# job is popped at most twice for pacing, and a session's jobs leave in the order taken.
+# Pacing, all of it on Redis' clock (TIME), so hosts whose clocks disagree still space sends:
+# on a paced queue, a job of a session (see pace_session) popped with a pool slot free runs
+# if the session may send now; else it is handed the session's next free slot (slot =
+# max(now, next); next = slot + interval, one key per session for every paced queue) and
+# goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged.
+# Back from :delayed it runs on its slot (within the tolerance) without asking again; back
+# early (a `queue:work` next to the pool migrates on its own host's clock) it waits again for
+# the same slot; back late (the pool was busy at its slot) it asks for a new slot, since the
+# jobs that kept their slots meanwhile would otherwise send right after it. A late job that
+# held the session's last slot handed out runs now. The reserved copy drops ``paceSlot``. So
+# a job is popped at most twice for pacing while the pool keeps up, and a session's jobs
+# leave in the order taken unless one came back late. :delayed is migrated on Redis' clock
+# for the same reason.
 # The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
 # Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
 # counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
-# batch stopped the call early (1/0), then the earliest due time left in the :delayed sets
-# (false when none or when jobs were taken).
-RESERVE = """
+# batch stopped the call early (1/0), how many PHP jobs were left for want of a PHP process,
+# then how many seconds (Redis' clock) until the earliest
+# due time left in the :delayed sets (false when none or when jobs were taken).
+RESERVE = (
+    """
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 local now, expiry = tonumber(ARGV[1]), ARGV[2]
 local want, batch, pace_prefix = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local tolerance, php_free = tonumber(ARGV[6]), tonumber(ARGV[7])
+local python = {}
+for i = 8 + #KEYS / 4, #ARGV do python[ARGV[i]] = true end
 local clock = redis.call('time')
 local clock_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local clock_s = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local out = {}
-local function migrate(from, to, notify)
-  local due = redis.call('zrangebyscore', from, '-inf', now, 'limit', 0, batch)
+local function migrate(from, to, notify, upto)
+  local due = redis.call('zrangebyscore', from, '-inf', upto, 'limit', 0, batch)
   if #due > 0 then
     redis.call('zremrangebyrank', from, 0, #due - 1)
     for i = 1, #due, 100 do
@@ -66,86 +133,119 @@ local function encode(decoded)
   if ok then return encoded end
   return nil
 end
-local function session_of(decoded)
-  local data = decoded['data']
-  if type(data) ~= 'table' then return nil end
-  local session = data['session_id']
-  if type(session) == 'string' and session ~= '' then return session end
-  if type(session) == 'number' and session == math.floor(session) then
-    return string.format('%.0f', session)
+"""
+    + PACE_SESSION
+    + RUNS_IN_PHP
+    + """
+-- A member not yet in :reserved: identical payloads popped (three empty strings) are each
+-- kept and settled on their own. Only a repeat changes: a JSON job gets ``reservedCopy``
+-- (dropped on its next pop), anything else a suffix; a normal job, whose uuid makes it
+-- unique, stays exactly the payload, as Laravel's pop leaves it.
+local function unique_member(reserved, member, decoded, job)
+  local n = 0
+  while redis.call('zscore', reserved, member) do
+    n = n + 1
+    if decoded then
+      decoded['reservedCopy'] = n
+      member = encode(decoded)
+    else
+      member = job .. '\\n#' .. n
+    end
   end
-  return nil
+  return member
 end
--- The slot of a job that must wait, in ms on Redis' clock; nil when it may run now.
+-- Hand out the session's slot at or after ``from`` (ms): next = slot + interval.
+local function take_slot(key, from, interval)
+  local slot = math.max(clock_ms, from)
+  redis.call('set', key, string.format('%.0f', slot + interval), 'PX', slot + interval - clock_ms)
+  return slot
+end
+-- The slot a job must wait for, in ms on Redis' clock; nil when it may run now.
 local function wait_slot(decoded, interval)
-  if interval <= 0 or decoded['paceSlot'] ~= nil then return nil end
-  local session = session_of(decoded)
+  if interval <= 0 then return nil end
+  local session = pace_session(decoded)
   if not session then return nil end
   local key = pace_prefix .. session
-  local slot = math.max(clock_ms, tonumber(redis.call('get', key)) or 0)
-  redis.call('set', key, string.format('%.0f', slot + interval), 'PX', slot + interval - clock_ms)
+  local next_free = tonumber(redis.call('get', key)) or 0
+  local held = tonumber(decoded['paceSlot'])
+  local slack = math.min(tolerance, interval / 2)
+  if held and held > clock_ms + slack then return held end  -- early: the same slot again
+  if held and held >= clock_ms - slack then return nil end  -- on time
+  if held and next_free <= held + interval then next_free = held end  -- late, last slot: now
+  local slot = take_slot(key, next_free, interval)
   if slot <= clock_ms then return nil end
   return slot
 end
-local taken, handled, more = 0, 0, 0
+local taken, more, php_left = 0, 0, 0
 for k = 1, #KEYS, 4 do
   local queue, reserved, delayed, notify = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local index, interval = (k + 3) / 4, tonumber(ARGV[5 + (k + 3) / 4])
-  migrate(delayed, queue, notify)
-  migrate(reserved, queue, notify)
-  local paced = 0
-  while taken < want do
+  local index, interval = (k + 3) / 4, tonumber(ARGV[7 + (k + 3) / 4])
+  migrate(delayed, queue, notify, clock_s)
+  migrate(reserved, queue, notify, now)
+  local paced, left = 0, {}
+  while taken < want and #left < batch do
     if paced >= batch then more = 1 break end
     local job = redis.call('lpop', queue)
     if not job then break end
     redis.call('lpop', notify)
     local decoded = decode(job)
-    local slot = decoded and wait_slot(decoded, interval)
-    local counted, waiting = nil, nil
-    if slot then
-      decoded['paceSlot'] = slot
-      waiting = encode(decoded)
-      if not waiting then
-        decoded['paceSlot'] = nil
-        slot = nil
+    if decoded then decoded['reservedCopy'] = nil end
+    local php = decoded and php_free >= 0 and runs_in_php(decoded)
+    local leave, slot, waiting = php and php_free == 0, nil, nil
+    if leave then
+      left[#left + 1] = job  -- no PHP process free: it stays in its place, unpaced
+    else
+      slot = decoded and wait_slot(decoded, interval)
+      if slot then
+        decoded['paceSlot'] = slot
+        waiting = encode(decoded)
       end
     end
-    if slot then
-      redis.call('zadd', delayed, now + (slot - clock_ms) / 1000, waiting)
+    if leave then
+      -- put back below, in order
+    elseif waiting then
+      redis.call('zadd', delayed, slot / 1000, waiting)
       paced = paced + 1
       out[#out + 1] = index
       out[#out + 1] = false
       out[#out + 1] = 2
       out[#out + 1] = false
     else
+      local counted = nil
       if decoded then
         decoded['paceSlot'] = nil
         decoded['attempts'] = (tonumber(decoded['attempts']) or 0) + 1
         counted = encode(decoded)
       end
-      redis.call('zadd', reserved, expiry, counted or job)
+      local member = unique_member(reserved, counted or job, counted and decoded, job)
+      redis.call('zadd', reserved, expiry, member)
       out[#out + 1] = index
-      out[#out + 1] = counted or job
+      out[#out + 1] = member
       out[#out + 1] = counted and 1 or 0
       out[#out + 1] = job
       taken = taken + 1
+      if php then php_free = php_free - 1 end
     end
   end
+  for i = #left, 1, -1 do redis.call('lpush', queue, left[i]) end
+  php_left = php_left + #left
   if taken >= want or more == 1 then break end
 end
 out[#out + 1] = more
+out[#out + 1] = php_left
 local earliest = false
 if taken == 0 and more == 0 then
   for k = 3, #KEYS, 4 do
     local head = redis.call('zrange', KEYS[k], 0, 0, 'withscores')
-    if head[2] and (not earliest or tonumber(head[2]) < tonumber(earliest)) then
-      earliest = head[2]
+    if head[2] and (not earliest or tonumber(head[2]) < earliest) then
+      earliest = tonumber(head[2])
     end
   end
 end
-out[#out + 1] = earliest
+out[#out + 1] = earliest and tostring(earliest - clock_s)
 return out
 """
+)
 
 # LuaScripts::push: the job onto the list and one element onto :notify (Laravel's pushRaw).
 PUSH = """
@@ -154,25 +254,41 @@ redis.call('rpush', KEYS[2], 1)
 return 1
 """
 
-# LuaScripts::release: ARGV[1] leaves :reserved and enters :delayed with score ARGV[2]. A
+# Lua: ``due``, Redis' time (s) plus ARGV[2] seconds: :delayed is migrated on Redis' clock.
+DUE = """
+local clock = redis.call('time')
+local due = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[2])
+"""
+
+# LuaScripts::release: ARGV[1] leaves :reserved and enters :delayed, due in ARGV[2] seconds. A
 # reservation that expired meanwhile belongs to whoever took the job again: releasing it
 # too would leave two copies of the job. One notify element wakes an idle pool, which then
 # learns the new due time and wakes for it (Laravel's release does not notify).
-RELEASE = """
+RELEASE = (
+    DUE
+    + """
 if redis.call('zrem', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
+redis.call('zadd', KEYS[1], due, ARGV[1])
 redis.call('rpush', KEYS[3], 1)
 return 1
 """
+)
 
-# Laravel's laterRaw (a ZADD to :delayed), plus a notify element as for RELEASE.
-LATER = """
-redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
+# Laravel's laterRaw (a ZADD to :delayed, due in ARGV[2] seconds), plus a notify element as
+# for RELEASE.
+LATER = (
+    DUE
+    + """
+redis.call('zadd', KEYS[1], due, ARGV[1])
 redis.call('rpush', KEYS[2], 1)
 return 1
 """
+)
 
 MIGRATION_BATCH = 1000
+# How far from its slot a paced job may start and still count as on time (ms; at most half
+# the interval): a job back later than this asks for a new slot.
+PACE_TOLERANCE_MS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +348,9 @@ class Take:
     jobs: list[Job]
     paced: list[str]  # the queue of each job sent to :delayed to wait for its slot
     more: bool  # stopped at the batch limit with jobs left: take again at once
-    next_due: float | None  # nothing taken: when the earliest delayed job is due
+    next_due: float | None  # nothing taken: when the earliest delayed job is due (this
+    # host's clock; reckoned from Redis', on which :delayed is migrated)
+    php_left: int = 0  # PHP jobs left in their queues: no PHP process was free
 
 
 class Queues:
@@ -246,17 +364,22 @@ class Queues:
         *,
         key_prefix: str = "",
         intervals: Mapping[str, float] | None = None,
+        clock: Callable[[], float] = time.time,
+        python_jobs: Iterable[str] = (),
     ) -> None:
         self.redis = redis
+        self.clock = clock  # this host's: reservations only; pacing and :delayed use Redis'
+
         self.prefix = prefix
         self.keys = [QueueKeys(prefix, name) for name in names]
         self._reserve_keys = [
             key for q in self.keys for key in (q.list, q.reserved, q.delayed, q.notify)
         ]
         intervals = intervals or {}
-        self._pacing = [pace_prefix(key_prefix)] + [
+        self._pacing = [pace_prefix(key_prefix), PACE_TOLERANCE_MS] + [
             max(0, round(float(intervals.get(name, 0)) * 1000)) for name in names
         ]
+        self._python_jobs = sorted(python_jobs)
         self._notify_keys = [q.notify for q in self.keys]
         self._reserve = redis.register_script(RESERVE)
         self._push = redis.register_script(PUSH)
@@ -266,14 +389,25 @@ class Queues:
     def of(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
 
-    async def reserve(self, count: int, retry_after: float) -> Take:
-        """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after."""
-        now = time.time()
+    async def reserve(self, count: int, retry_after: float, php_free: int = -1) -> Take:
+        """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after;
+        of the jobs that run in PHP at most ``php_free`` (-1: no limit)."""
+        now = self.clock()
+        pacing, intervals = self._pacing[:2], self._pacing[2:]
         flat = await self._reserve(
             keys=self._reserve_keys,
-            args=[repr(now), repr(now + retry_after), count, MIGRATION_BATCH, *self._pacing],
+            args=[
+                repr(now),
+                repr(now + retry_after),
+                count,
+                MIGRATION_BATCH,
+                *pacing,
+                php_free,
+                *intervals,
+                *self._python_jobs,
+            ],
         )
-        *entries, more, due = flat
+        *entries, more, php_left, due = flat
         jobs, paced = [], []
         for i in range(0, len(entries), 4):
             queue = self.keys[int(entries[i]) - 1].name
@@ -283,7 +417,8 @@ class Queues:
                 jobs.append(
                     Job.reserved(queue, entries[i + 1], entries[i + 2] == 1, entries[i + 3])
                 )
-        return Take(jobs, paced, more == 1, None if due is None else float(due))
+        next_due = None if due is None else self.clock() + float(due)
+        return Take(jobs, paced, more == 1, next_due, php_left)
 
     async def wait(self, timeout: float) -> None:
         """Block until a job is pushed to any of the queues, or ``timeout`` seconds pass."""
@@ -297,16 +432,14 @@ class Queues:
     async def later(self, queue: str, payload: bytes, delay: float) -> None:
         """Laravel's ``laterRaw``: into ``:delayed``, due in ``delay`` seconds."""
         keys = self.of(queue)
-        await self._later(
-            keys=[keys.delayed, keys.notify], args=[payload, repr(time.time() + delay)]
-        )
+        await self._later(keys=[keys.delayed, keys.notify], args=[payload, repr(delay)])
 
     async def release(self, job: Job, delay: float) -> None:
         """Move a reserved job to ``:delayed``, due in ``delay`` seconds, in one step."""
         keys = self.of(job.queue)
         await self._release(
             keys=[keys.delayed, keys.reserved, keys.notify],
-            args=[job.raw, repr(time.time() + delay)],
+            args=[job.raw, repr(delay)],
         )
 
     async def delete(self, job: Job) -> None:

@@ -54,10 +54,12 @@ def tries_for(payload: dict[str, Any], policy: Policy) -> int:
     return policy.tries
 
 
-def timeout_for(payload: dict[str, Any], policy: Policy) -> float:
+def timeout_for(payload: dict[str, Any], policy: Policy) -> float | None:
+    """Seconds an attempt may run; None for none: a job's ``timeout`` of 0, as Laravel's
+    worker reads ``$timeout = 0`` (its alarm is never set)."""
     value = payload.get("timeout")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value) or None
     return policy.timeout
 
 

@@ -1,8 +1,10 @@
 """The pool: one fetcher fills free slots, each job runs as its own task.
 
 Before every take the fetcher asks Redis once (:data:`workers.queues.RESERVE`) for as many
-jobs as there are free slots, earlier queues first; when nothing waits it blocks on all the
-notify lists at once, or sleeps until the earliest delayed job is due. A job leaves
+jobs as there are free slots, earlier queues first, and of PHP jobs only as many as PHP
+processes are free; when nothing waits it blocks on all the notify lists at once (and, with
+PHP jobs left waiting, for a process to free), or sleeps until the earliest delayed job is
+due. A job leaves
 ``:reserved`` only after its handler finished and its fate (done, released for a retry, or
 recorded as failed) is written, so a killed process loses nothing: its reservations expire
 and the jobs run again.
@@ -47,7 +49,7 @@ from workers.handlers import (
 from workers.jobs import Job
 from workers.metrics import Metrics
 from workers.php import PhpConfig, PhpWorkers, Released, RunnerFailed, RunnerLost
-from workers.queues import Queues
+from workers.queues import Queues, Take
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
 from workers.settings import WorkerSettings
 
@@ -165,12 +167,14 @@ class Pool:
         self.config = config
         self.redis = redis
         self.mysql = mysql
+        self.handlers: dict[str, Handler] = registry(config.handlers)
         self.queues = Queues(
             redis,
             config.redis_prefix,
             config.queues,
             key_prefix=config.key_prefix,
             intervals=config.min_send_interval,
+            python_jobs=self.handlers,
         )
         self.failed = failed_store(
             redis,
@@ -180,9 +184,9 @@ class Pool:
             timezone=config.timezone,
         )
         self.php = PhpWorkers(config.php, config.policy) if config.php else None
-        self.handlers: dict[str, Handler] = registry(config.handlers)
         self.metrics = metrics or Metrics()
         self._tasks: dict[asyncio.Task[None], Job] = {}
+        self._php_jobs = 0  # of those tasks, the jobs that run in PHP
         self._kept: deque[Outcome] = deque()  # finished, not yet written: the store was away
         self._away: tuple[str, float] | None = None  # which store stopped answering, when
         self._pending = asyncio.Event()  # a failure was left waiting for MySQL
@@ -228,14 +232,14 @@ class Pool:
                 continue
             try:
                 await self._apply_kept()
-                take = await self.queues.reserve(free, self.config.retry_after)
+                take = await self._take(free)
                 self._store_back()
                 for queue in take.paced:
                     self.metrics.jobs.labels(queue, "paced").inc()
                 for job in take.jobs:
                     self._start(job)
                 if not take.jobs and not take.more:
-                    await self._or_stop(self._idle(take.next_due))
+                    await self._or_stop(self._idle(take.next_due, take.php_left > 0))
             except STORE_ERRORS as exc:
                 self._store_away(exc)
                 await self._or_stop(asyncio.sleep(STORE_RETRY))
@@ -244,8 +248,17 @@ class Pool:
                 log.exception("could not take jobs; trying again in 1 s")
                 await self._or_stop(asyncio.sleep(1))
 
-    async def _idle(self, due: float | None) -> None:
-        """Wait for a push, or until the earliest delayed job is due, whichever comes first.
+    async def _take(self, free: int) -> Take:
+        """Reserve up to ``free`` jobs; PHP jobs only as many as PHP processes are free."""
+        if self.php is None:
+            return await self.queues.reserve(free, self.config.retry_after)
+        self.php.freed.clear()  # from here on, a freed process wakes an idle fetcher
+        php_free = self.php.free(self._php_jobs)
+        return await self.queues.reserve(free, self.config.retry_after, php_free)
+
+    async def _idle(self, due: float | None, php_waiting: bool = False) -> None:
+        """Wait for a push, until the earliest delayed job is due, or (PHP jobs were left
+        waiting) until a PHP process frees, whichever comes first.
 
         Redis ends a blocking wait only on its own timer tick (every 100 ms at its default
         ``hz``), so the last stretch before a due time is slept here, to the millisecond.
@@ -257,26 +270,28 @@ class Pool:
                 await asyncio.sleep(max(0.0, left) + 0.001)
                 return
             wait = min(wait, left - REDIS_TICK)
-        await self.queues.wait(wait)
+        if php_waiting and self.php is not None:
+            await _first(self.queues.wait(wait), self.php.freed.wait())
+        else:
+            await self.queues.wait(wait)
 
     async def _or_stop(self, aw: Awaitable[object]) -> None:
         """Await ``aw`` unless stop() comes first (then ``aw`` is cancelled)."""
-        work = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
-        for task in (work, stop):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
+        await _first(aw, self._stop.wait())
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._process(job))
         self._tasks[task] = job
+        self._php_jobs += self._in_php(job)
         self.metrics.in_flight.inc()
         task.add_done_callback(self._finished)
 
+    def _in_php(self, job: Job) -> bool:
+        return self.php is not None and job.name not in self.handlers and self.php.runs(job)
+
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+        job = self._tasks.pop(task, None)
+        self._php_jobs -= job is not None and self._in_php(job)
         self.metrics.in_flight.dec()
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
@@ -527,7 +542,7 @@ class Pool:
         return Outcome(job, "failed", exception=exception)
 
     async def _call(
-        self, handler: Handler, job: Job, timeout: float
+        self, handler: Handler, job: Job, timeout: float | None
     ) -> tuple[Exception | None, bool]:
         """Run the handler under its timeout; returns (its exception, whether it timed out)."""
         assert self._http is not None
@@ -549,6 +564,17 @@ class Pool:
         finally:
             self.metrics.duration.labels(job.queue).observe(time.monotonic() - started)
         return None, False
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Await whichever of ``aws`` finishes first; the others are cancelled."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _cause(error: BaseException) -> str:

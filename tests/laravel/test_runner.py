@@ -13,6 +13,8 @@ import pytest
 from tests.laravel.conftest import Laravel
 from tests.workers.conftest import HANDLERS, Harness, eventually
 from workers.php import is_php_job
+from workers.queues import Queues, pace_prefix
+from workers.retry import Policy
 from workers.worker import Pool
 
 
@@ -215,10 +217,81 @@ def test_run_refuses_to_start_without_php_or_the_app(php_harness: Harness) -> No
         ("SendEmail@handle", True),
         ("whatsapp.send_message", False),
         ("http.post", False),
-        ("App\\Jobs\\NoMethod", False),  # Laravel would call fire(); only Class@method is PHP's
+        ("App\\Jobs\\Legacy", True),  # an old-style string job: Laravel calls fire()
+        ("App\\Jobs\\Legacy@", False),
         ("App\\Jobs\\X@handle; rm -rf /", False),
         ("", False),
     ],
 )
 def test_which_job_names_are_php_classes(name: str, php: bool) -> None:
     assert is_php_job(name) is php
+
+
+async def test_php_jobs_waiting_for_a_process_hold_no_slot_and_start_in_priority_order(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    """One PHP process, held by a job: three PHP jobs on ``low``, then one on ``high`` and a
+    Python job on ``high`` arrive. The Python job runs at once (3 of 4 slots are free), the
+    waiting PHP jobs stay in their queues, unreserved, and ``high``'s PHP job goes first."""
+    h = php_harness
+    log = h.key("log")
+    config = h.config(queues=("high", "low"), concurrency=4)
+    async with h.pool(config):
+        laravel.dispatch("Holds", "low", "hold")
+        await eventually(laravel.runs, timeout=30, what="the runner held")
+        for n in range(3):
+            laravel.dispatch("WriteRow", "low", f"low {n}")
+        laravel.dispatch("WriteRow", "high", "high")
+        await h.push("high", "record", {"log": log})
+        await eventually(h.log, what="the Python job, with the PHP process still held")
+        assert [r["note"] for r in await laravel.runs()] == ["hold"]
+        reserved = [await h.redis.zcard(h.keys(q).reserved) for q in ("high", "low")]
+        waiting = [await h.redis.llen(h.keys(q).list) for q in ("high", "low")]
+        assert (reserved, waiting) == ([0, 1], [1, 3])  # only the held job is reserved
+        await h.redis.rpush(h.key("gate"), 1)
+        rows = await eventually(laravel.runs, lambda r: len(r) == 5, timeout=30, what="all")
+    assert [r["note"] for r in rows] == ["hold", "high", "low 0", "low 1", "low 2"]
+
+
+async def test_a_php_job_with_timeout_0_runs_past_the_pools_timeout(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    laravel.dispatch("NoTimeout", "q", "long")  # 1.5 s, past --timeout 0.5 and retry_after 0.8
+    config = h.config(queues=("q",), policy=Policy(tries=1, timeout=0.5), retry_after=0.8)
+    async with h.pool(config):
+        rows = await eventually(laravel.runs, timeout=30, what="the job's row")
+        await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
+    assert [(r["note"], r["attempt"]) for r in rows] == [("long", 1)]
+    assert await h.failed() == []
+
+
+async def test_an_old_style_string_job_runs_its_fire_method_as_queue_work_does(
+    laravel: Laravel, php_harness: Harness
+) -> None:
+    h = php_harness
+    laravel.push("App\\Jobs\\Legacy", {"note": "old style"}, "q")  # no @method
+    async with h.pool(h.config(queues=("q",))):
+        rows = await eventually(laravel.runs, timeout=30, what="fire() ran")
+        await eventually(lambda: h.redis.zcard(h.keys("q").reserved), lambda n: n == 0)
+    assert [(r["event"], r["note"], r["attempt"]) for r in rows] == [("fired", "old style", 1)]
+    assert await h.failed() == []
+
+
+async def test_a_dispatched_send_is_paced_by_its_public_session_id(laravel: Laravel) -> None:
+    """The pacer reads ``public string $sessionId`` from the PHP-serialized command: S1's
+    second send waits for its slot, S2's goes at once."""
+    h = laravel.harness
+    for note, session in (("first", "S1"), ("second", "S1"), ("other", "S2")):
+        laravel.dispatch("SendsMessage", "camp", note, session)
+    queues = Queues(h.redis, h.prefix, ["camp"], key_prefix=h.prefix, intervals={"camp": 30})
+
+    take = await queues.reserve(10, retry_after=90)
+
+    assert 's:9:"sessionId";s:2:"S1";' in take.jobs[0].data["command"]
+    assert [j.data["command"].count('"S2"') for j in take.jobs] == [0, 1]
+    assert take.paced == ["camp"]
+    [waiting] = await h.redis.zrange(h.keys("camp").delayed, 0, -1)
+    assert 's:6:"second"' in json.loads(waiting)["data"]["command"]
+    for session in ("S1", "S2"):
+        assert await h.redis.exists(f"{pace_prefix(h.prefix)}{session}")

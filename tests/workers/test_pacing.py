@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import statistics
 import time
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from tests.conftest import serve
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import JobContext
 from workers.jobs import encode, new_payload
-from workers.worker import Pool
+from workers.queues import Queues
+from workers.worker import Pool, PoolConfig
 
 # Longer than any test here: a job on time was woken for, not found by a blocking wait's end.
 IDLE_WAIT = 30.0
@@ -116,3 +123,93 @@ async def test_an_idle_pool_starts_a_delayed_job_on_time(harness: Harness, kind:
 
 def _zero(n: int) -> bool:
     return n == 0
+
+
+class Receiver:
+    """A loopback HTTP server standing in for the gateway: notes when each send arrives."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, dict[str, Any]]] = []
+        self.url = ""
+
+    async def start(self, teardown: contextlib.AsyncExitStack) -> None:
+        async def receive(request: web.Request) -> web.Response:
+            self.arrivals.append((time.monotonic(), await request.json()))
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_post("/send", receive)
+        runner, base = await serve(app)
+        teardown.push_async_callback(runner.cleanup)
+        self.url = f"{base}/send"
+
+    def gaps(self, session: str) -> list[float]:
+        times = [t for t, body in self.arrivals if body["session_id"] == session]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+
+async def post(job: JobContext) -> None:
+    """Handler ``post``: the send, as an HTTP request to ``data.url``."""
+    async with job.http.post(job.data["url"], json=job.data) as resp:
+        resp.raise_for_status()
+
+
+async def test_paced_jobs_that_come_back_late_ask_for_new_slots(
+    harness: Harness, teardown: contextlib.AsyncExitStack
+) -> None:
+    """A's second and third sends hold slots 0.4 s and 0.8 s out, but the pool is busy with
+    urgent work until 1.2 s: back late, they must not go out back to back."""
+    receiver = Receiver()
+    await receiver.start(teardown)
+    blockers = {name: harness.key(name) for name in ("started", "done", "runs")}
+    config = harness.config(
+        queues=("urgent", "camp"), concurrency=2, min_send_interval={"camp": 0.4}
+    )
+    async with harness.pool(config) as pool:
+        pool.handlers["post"] = post
+        for n in range(3):
+            await harness.push("camp", "post", {"session_id": "A", "n": n, "url": receiver.url})
+        await eventually(lambda: harness.redis.zcard(harness.keys("camp").delayed), _two)
+        for n in range(2):
+            await harness.push("urgent", "work", {"n": n, "seconds": 1.2, **blockers})
+        await eventually(lambda: harness.redis.scard(blockers["started"]), _two)
+        await eventually(lambda: len(receiver.arrivals), lambda n: n == 3, what="3 sends")
+    assert min(receiver.gaps("A")) >= 0.4 - 0.05, receiver.gaps("A")
+
+
+async def test_pacing_holds_between_hosts_whose_clocks_disagree(
+    harness: Harness, teardown: contextlib.AsyncExitStack
+) -> None:
+    """Two pools, one 2.5 s ahead of the other: a session's sends stay 1 s apart whoever
+    paces them and whoever migrates them back."""
+    receiver = Receiver()
+    await receiver.start(teardown)
+    config = harness.config(queues=("camp",), concurrency=2, min_send_interval={"camp": 1.0})
+    ahead, behind = (skewed_pool(harness, config, skew) for skew in (2.5, 0.0))
+    for pool in (ahead, behind):
+        pool.handlers["post"] = post
+        task = asyncio.create_task(pool.run())
+        teardown.push_async_callback(asyncio.wait_for, task, 10)
+        teardown.callback(pool.stop)
+    for n in range(4):
+        await harness.push("camp", "post", {"session_id": "A", "n": n, "url": receiver.url})
+    await eventually(lambda: len(receiver.arrivals), lambda n: n == 4, what="4 sends")
+    assert min(receiver.gaps("A")) >= 1.0 - 0.05, receiver.gaps("A")
+
+
+def skewed_pool(harness: Harness, config: PoolConfig, skew: float) -> Pool:
+    """A pool whose host clock is ``skew`` seconds ahead of this one's."""
+    pool = Pool(config, harness.redis)
+    pool.queues = Queues(
+        harness.redis,
+        config.redis_prefix,
+        config.queues,
+        key_prefix=config.key_prefix,
+        intervals=config.min_send_interval,
+        clock=lambda: time.time() + skew,
+    )
+    return pool
+
+
+def _two(n: int) -> bool:
+    return n == 2

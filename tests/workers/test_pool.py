@@ -9,6 +9,9 @@ import time
 
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import JobContext
+from workers.jobs import encode, new_payload
+from workers.queues import Queues
+from workers.retry import Policy
 from workers.worker import Pool
 
 QUEUES = ("messaging", "campaign-stats", "whatsapp-urgent", "whatsapp-high", "whatsapp-normal")
@@ -209,3 +212,57 @@ async def test_tries_0_in_the_settings_means_no_limit(harness: Harness) -> None:
     result = harness.run_cli("check-config")
     assert result.returncode == 2
     assert "workers.tries: -1 must be 0 (no limit) or more" in result.stderr
+
+
+async def test_a_job_timeout_of_0_means_no_timeout_as_in_laravel(harness: Harness) -> None:
+    """``timeout: 0`` outlives the pool's --timeout (0.3 s) and its reservation (0.5 s)."""
+    k = {name: harness.key(name) for name in ("started", "done", "runs")}
+    await harness.push("q", "work", {"n": 1, "seconds": 1.2, **k}, timeout=0)
+    config = harness.config(
+        queues=("q",), policy=Policy(tries=1, timeout=0.3), retry_after=0.5, idle_wait=0.1
+    )
+    async with harness.pool(config):
+        await eventually(lambda: harness.redis.sismember(k["done"], 1), what="done")
+        await eventually(lambda: harness.redis.zcard(harness.keys("q").reserved), _none)
+    assert await harness.redis.hget(k["runs"], 1) == b"1"
+    assert await harness.failed() == []
+
+
+def _none(n: int) -> bool:
+    return n == 0
+
+
+async def test_identical_junk_payloads_are_each_failed_on_their_own(
+    mysql_harness: Harness,
+) -> None:
+    h = mysql_harness
+    for _ in range(3):
+        await h.push_garbage("q", b"")
+    async with h.pool(h.config(queues=("q",))):
+        rows = await eventually(h.mysql_rows, lambda r: len(r) == 3, what="3 failed_jobs rows")
+        await eventually(lambda: h.redis.zcard(h.keys("q").reserved), _none)
+    assert [r["payload"] for r in rows] == ["", "", ""]
+    assert all("InvalidPayload" in r["exception"] for r in rows)
+    assert await h.redis.llen(h.keys("q").list) == 0
+
+
+async def test_identical_job_payloads_each_run_and_settle(harness: Harness) -> None:
+    """The same payload pushed three times (a producer's retry loop): three runs, and each
+    copy's reservation is its own (the first keeps the payload as it is, as Laravel's)."""
+    log = harness.key("log")
+    payload = encode(new_payload("record", {"log": log}))
+    for _ in range(3):
+        await harness.push_raw("q", payload)
+    queues = Queues(harness.redis, harness.prefix, ["q"])
+    jobs = (await queues.reserve(3, retry_after=90)).jobs
+    assert len({j.raw for j in jobs}) == 3
+    assert [j.payload.get("reservedCopy") for j in jobs if j.payload] == [None, 1, 2]
+    assert all(j.body == payload for j in jobs)  # what PHP runs and failed_jobs keeps
+    assert await harness.redis.zcard(harness.keys("q").reserved) == 3
+    for job in jobs:
+        await queues.release(job, 0)
+    async with harness.pool(harness.config(queues=("q",))):
+        await eventually(harness.log, lambda e: len(e) == 3, what="3 runs")
+        await eventually(lambda: harness.redis.zcard(harness.keys("q").reserved), _none)
+    assert await harness.redis.zcard(harness.keys("q").delayed) == 0
+    assert await harness.failed() == []

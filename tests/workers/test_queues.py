@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
+import pytest
+
 from tests.workers.conftest import Harness
+from workers.jobs import Job
+from workers.php import is_php_job
 from workers.queues import Queues, pace_prefix
 
 LARAVEL_PAYLOAD = (
@@ -67,7 +72,8 @@ async def test_due_delayed_and_expired_reserved_jobs_come_back(harness: Harness)
     # nothing left to take: the take says when the delayed one is due
     empty = await queues.reserve(10, retry_after=90)
     assert (empty.jobs, empty.more) == ([], False)
-    assert empty.next_due == (await harness.redis.zrange(keys.delayed, 0, 0, withscores=True))[0][1]
+    [(_, due)] = await harness.redis.zrange(keys.delayed, 0, 0, withscores=True)
+    assert empty.next_due == pytest.approx(due, abs=0.05)  # reckoned from Redis' clock
 
 
 async def test_release_moves_to_delayed_and_wakes_an_idle_pool(harness: Harness) -> None:
@@ -164,12 +170,31 @@ async def test_pacing_hands_each_waiting_job_its_own_consecutive_slot(harness: H
     assert abs(due[4] - due[1]) < 0.05  # B has its own slots
     assert await harness.redis.llen(keys.notify) == 0  # every pop took its notify element
 
-    # due, they run without asking again; the reserved copy no longer carries the slot
+    # back before their slot (a clock ahead migrated them early), they wait for it again
     await harness.redis.zadd(keys.delayed, {m: i for i, (m, _) in enumerate(delayed)})
-    again = await queues.reserve(10, retry_after=90)
-    assert again.paced == []
-    assert [j.data["n"] for j in again.jobs] == [p["data"]["n"] for p, _ in waiting]
-    assert all("paceSlot" not in j.payload and j.attempts == 1 for j in again.jobs)
+    early = await queues.reserve(10, retry_after=90)
+    assert (early.jobs, early.paced) == ([], ["camp"] * 3)
+    back = await harness.redis.zrange(keys.delayed, 0, -1, withscores=True)
+    assert sorted((json.loads(m)["data"]["n"], d) for m, d in back) == sorted(
+        (p["data"]["n"], d) for p, d in waiting
+    )
+
+    # on their slots, they run without asking again; the reserved copy drops the slot
+    again: list[Job] = []
+    while len(again) < 3:
+        again += await _on_slot(queues, harness, keys.delayed)
+    assert [j.data["n"] for j in again] == [p["data"]["n"] for p, _ in waiting]
+    assert all("paceSlot" not in j.payload and j.attempts == 1 for j in again)
+
+
+async def _on_slot(queues: Queues, harness: Harness, delayed: str) -> list[Job]:
+    """Wait until the earliest delayed job is due on Redis' clock, then take it."""
+    [(_, due)] = await harness.redis.zrange(delayed, 0, 0, withscores=True)
+    seconds, micros = await harness.redis.time()
+    await asyncio.sleep(max(0.0, due - (seconds + micros / 1e6)))
+    take = await queues.reserve(10, retry_after=90)
+    assert take.paced == []
+    return take.jobs
 
 
 async def test_one_session_is_paced_across_every_paced_queue(harness: Harness) -> None:
@@ -202,3 +227,32 @@ async def test_a_take_paces_at_most_a_batch_and_says_there_is_more(harness: Harn
     assert (len(first.jobs), len(first.paced), first.more) == (0, 1000, True)
     assert (len(second.jobs), len(second.paced), second.more) == (0, 2, False)
     assert second.next_due is not None
+
+
+async def test_without_a_free_php_process_php_jobs_stay_in_place_and_python_ones_are_taken(
+    harness: Harness,
+) -> None:
+    names = [
+        "Illuminate\\Queue\\CallQueuedHandler@call",
+        "whatsapp.send_message",
+        "\\App\\Jobs\\Legacy@fire",
+        "App\\Jobs\\X@handle; rm -rf /",
+        "App\\\\Jobs\\X@handle",
+        "record@handle",  # a Python handler's name: Python wins
+        "SendEmail@handle",
+        "App\\Jobs\\Legacy",  # an old-style string job: PHP calls its fire()
+        "App\\Jobs\\Legacy@",
+    ]
+    for n, name in enumerate(names):
+        await harness.push("q", name, {"n": n})
+    queues = Queues(harness.redis, harness.prefix, ["q"], python_jobs=["record@handle"])
+
+    take = await queues.reserve(10, retry_after=90, php_free=0)
+
+    in_php = [n for n, name in enumerate(names) if is_php_job(name) and name != "record@handle"]
+    assert [j.data["n"] for j in take.jobs] == [n for n in range(9) if n not in in_php]
+    assert take.php_left == len(in_php) == 4
+    left = await harness.redis.lrange(harness.keys("q").list, 0, -1)
+    assert [json.loads(raw)["data"]["n"] for raw in left] == in_php  # in their places
+    one = await queues.reserve(10, retry_after=90, php_free=1)
+    assert [j.data["n"] for j in one.jobs] == in_php[:1] and one.php_left == 3

@@ -51,6 +51,7 @@ def test_the_jobs_own_tries_and_timeout_win() -> None:
     assert timeout_for({}, POLICY) == 300
     assert timeout_for({"timeout": 2}, POLICY) == 2
     assert timeout_for({"timeout": None}, POLICY) == 300
+    assert timeout_for({"timeout": 0}, POLICY) is None  # Laravel: $timeout = 0 is none
 
 
 def test_after_error_retries_until_the_last_try() -> None:
