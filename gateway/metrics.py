@@ -161,7 +161,7 @@ class Metrics:
         self.webhooks_rejected = Counter(
             "gateway_webhooks_rejected",
             "Webhook events refused, by reason (missing_headers, bad_timestamp,"
-            " stale_timestamp, bad_signature, too_large, off, redis_down).",
+            " stale_timestamp, bad_signature, too_large, off, redis_down, not_replicated).",
             ["reason"],
             registry=r,
         )

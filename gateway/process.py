@@ -165,6 +165,7 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         pins=pins,
         metrics=metrics,
         holds=Holders(upstreams, s.laravel_api_token, s.health_timeout).holds,
+        min_replicas=s.redis_min_replicas,
     )
     clients = [pins.link.redis, pins.link.subscriber, webhook_redis]
     if database is not None:
@@ -193,7 +194,10 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
         webhooks=webhooks,
         fleet_health=fleet_health,
         idempotency=Idempotency(
-            IdempotencyStore(pins.link, s.idempotency_ttl, s.idempotency_max_body_bytes), metrics
+            IdempotencyStore(
+                pins.link, s.idempotency_ttl, s.idempotency_max_body_bytes, s.redis_min_replicas
+            ),
+            metrics,
         ),
         backend=BackendRelay(
             backend_url=s.backend_url.rstrip("/"),

@@ -32,6 +32,15 @@ class RedisUrlError(ValueError):
     """A ``redis+sentinel://`` URL that cannot be used; the message is one line."""
 
 
+class NotReplicated(Exception):
+    """Redis kept a write, but fewer replicas than asked (``redis_min_replicas``) confirmed
+    it in time (``WAIT``): a failover now could lose it."""
+
+    def __init__(self, acked: int) -> None:
+        super().__init__(f"{acked} replicas confirmed it")
+        self.acked = acked
+
+
 @dataclass(frozen=True, slots=True)
 class SentinelTarget:
     sentinels: tuple[tuple[str, int], ...]

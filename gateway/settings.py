@@ -106,6 +106,9 @@ class Settings:
     redis_prefix: str = "laravel_database_"
     redis_prefix_form: str = "_database_"  # Laravel's default prefix: slug(APP_NAME) + this
     redis_timeout: float = 0.5
+    # Replicas that must confirm an event (webhooks) or an idempotency key before it counts
+    # as kept; 0: the primary's word is enough (a failover can lose its last writes).
+    redis_min_replicas: int = 0
     mysql_dsn: str = ""
     laravel_api_token: str = ""
     admin_token: str = ""
@@ -422,6 +425,7 @@ def _check_gateway(s: Settings, need: Need) -> None:
             s.backend_url,
             "is not an http(s) base URL",
         )
+    need(s.redis_min_replicas >= 0, "redis_min_replicas", s.redis_min_replicas, "is < 0")
     need(s.webhook_dedup_window >= 0, "webhook_dedup_window", s.webhook_dedup_window, "is < 0")
     need(s.processes >= 1, "processes", s.processes, "must be at least 1 (or auto)")
     for name in (

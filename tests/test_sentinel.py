@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import redis
 
 from dev.ports import free_port
 from gateway.redis_url import RedisUrlError, sentinel_target
-from tests.conftest import API_KEY, eventually
+from tests.conftest import API_KEY, eventually, sample
 from tests.test_proxy import create
 from workers.connections import redis_client as worker_client
 
@@ -145,3 +146,39 @@ async def test_the_workers_client_writes_to_the_primary_sentinel_names(topology)
         assert topology.client(topology.primary).get("sentinel-probe") == b"1"
     finally:
         await client.aclose()
+
+
+async def test_with_min_replicas_nothing_is_acknowledged_that_a_failover_could_lose(
+    topology, simulators, gateways, http, redis_prefix
+):
+    from gateway.decisions.signature import signed_headers
+
+    sims = await simulators(1)
+    primary = f"redis://127.0.0.1:{topology.primary}/0"
+    gw = await gateways(
+        [sims[0].url], redis_url=primary, redis_min_replicas=1, hmac_secret="s3cret"
+    )
+    assert (await create(http, gw.url, "r-1")).status == 200
+
+    async def event(n: int) -> int:
+        body = json.dumps({"event": "message_received", "data": {"session_id": "r-1", "n": n}})
+        headers = {**signed_headers("s3cret", body.encode(), time.time())}
+        headers["Content-Type"] = "application/json"
+        url = f"{gw.url}/api/whatsapp/webhooks/webjs"
+        async with http.post(url, data=body, headers=headers) as r:
+            return r.status
+
+    assert await event(1) == 200
+    pending = f"{redis_prefix}wa-gateway:webhooks:pending"
+    assert topology.client(topology.replica).zcard(pending) == 1  # on the replica already
+
+    send = {"session_id": "r-1", "api_key": API_KEY, "recipient_phone": "1", "message": "x"}
+    topology.processes[1].kill()  # the only replica is gone
+    topology.processes[1].wait()
+    assert await event(2) == 503  # kept on the primary, but not acknowledged
+    async with http.post(
+        f"{gw.url}/api/messages/send", json=send, headers={"Idempotency-Key": "k:1"}
+    ) as r:
+        assert r.status == 503 and r.headers["X-Gateway-Outcome"] == "not-sent"
+    assert sims[0].calls("/api/messages/send") == []
+    assert sample(gw, "gateway_webhooks_rejected_total", reason="not_replicated") == 1

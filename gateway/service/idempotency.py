@@ -34,6 +34,7 @@ from gateway.decisions.idempotency import (
 from gateway.errors import OUTCOME_HEADER, json_error, unanswered
 from gateway.headers import INSTANCE_HEADER, REPLAYED_HEADER
 from gateway.metrics import Metrics
+from gateway.redis_url import NotReplicated
 from gateway.requests import Call
 from gateway.state.idempotency import Begun, IdempotencyStore, Kept
 from gateway.state.link import Unavailable
@@ -68,6 +69,11 @@ class Idempotency:
             self._count("unavailable")
             return unanswered(
                 503, "Idempotency-Key cannot be held now (Redis is unreachable)", "not-sent"
+            )
+        except NotReplicated:
+            self._count("unavailable")
+            return unanswered(
+                503, "Idempotency-Key cannot be held now (not on enough Redis replicas)", "not-sent"
             )
         if begun.token is None:
             return self._repeat(begun, fp)

@@ -38,6 +38,7 @@ from gateway.decisions.signature import (
 from gateway.decisions.webhooks import Event, match_instance, parse, sender
 from gateway.errors import json_error
 from gateway.metrics import Metrics
+from gateway.redis_url import NotReplicated
 from gateway.requests import ROUTE
 from gateway.state.outbox import Incoming, Outbox
 from gateway.state.store import PinStore
@@ -83,6 +84,7 @@ class Receiver:
     pins: PinStore
     metrics: Metrics
     holds: Callable[[str, str], Awaitable[bool]]  # (instance, session id): it holds it
+    min_replicas: int = 0  # answer 200 only once this many replicas have the event
 
     def _reject(self, reason: str, status: int, message: str) -> web.Response:
         self.metrics.webhooks_rejected.labels(reason).inc()
@@ -131,8 +133,20 @@ class Receiver:
             async with asyncio.timeout(self.timeout):
                 now = time.time()
                 repeats = await self.outbox.receive(
-                    incoming, now, self.dedup_window, replay_ttl(timestamp, now)
+                    incoming,
+                    now,
+                    self.dedup_window,
+                    replay_ttl(timestamp, now),
+                    replicas=self.min_replicas,
+                    wait=self.timeout / 2,
                 )
+        except NotReplicated as exc:
+            log.warning("a webhook event is not on enough replicas yet (%d)", exc.acked)
+            return self._reject(
+                "not_replicated",
+                503,
+                f"The event is not yet on {self.min_replicas} Redis replicas; send it again",
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not queue a webhook event (%s)", type(exc).__name__)
             await self._pin(event, incoming.instance)  # genuine, even if it cannot be kept

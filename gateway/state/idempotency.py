@@ -16,6 +16,7 @@ import orjson
 from gateway.answers import Relayed
 from gateway.decisions.idempotency import Held, State
 from gateway.headers import INSTANCE_HEADER
+from gateway.redis_url import NotReplicated
 from gateway.state.link import RedisLink
 
 # Take the key, or say how it is held. KEYS: the key. ARGV: fingerprint, token, ttl (ms).
@@ -88,8 +89,8 @@ class Begun:
 
 
 class IdempotencyStore:
-    def __init__(self, link: RedisLink, ttl: float, max_body: int) -> None:
-        self.link, self.max_body = link, max_body
+    def __init__(self, link: RedisLink, ttl: float, max_body: int, replicas: int = 0) -> None:
+        self.link, self.max_body, self.replicas = link, max_body, replicas
         self.ttl_ms = max(1, int(ttl * 1000))
         redis = link.redis
         self._begin = redis.register_script(BEGIN)
@@ -100,14 +101,27 @@ class IdempotencyStore:
         """Take the key for a first request, or say how it is held (raises ``Unavailable``)."""
         token = uuid.uuid4().hex
         keys = [self.link.keys.idempotency(scope)]
-        held = await self.link.run(
-            lambda: self._begin(keys=keys, args=[fingerprint, token, self.ttl_ms])
-        )
+        args = [fingerprint, token, self.ttl_ms]
+        if self.replicas:
+            held, acked = await self.link.run(lambda: self._begin_replicated(keys, args))
+            if held is None and acked < self.replicas:  # a failover could forget it
+                await self.free(scope, token)
+                raise NotReplicated(acked)
+        else:
+            held = await self.link.run(lambda: self._begin(keys=keys, args=args))
         if held is None:
             return Begun(token)
         state, fp, answer = held
         kept = Kept.decode(answer) if answer else None
         return Begun(None, Held(_text(state), _text(fp)), kept)
+
+    async def _begin_replicated(self, keys: list[str], args: list[object]) -> tuple[object, int]:
+        """The take, then ``WAIT`` on the same connection (half the Redis timeout)."""
+        async with self.link.redis.pipeline(transaction=False) as pipe:
+            await self._begin(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.replicas, max(1, int(self.link.timeout * 500)))
+            held, acked = await pipe.execute()
+        return held, int(acked)
 
     async def keep(self, scope: str, token: str, answer: Relayed) -> None:
         """Keep an instance's answer for every repeat of the key."""

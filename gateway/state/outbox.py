@@ -33,8 +33,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+
+from gateway.redis_url import NotReplicated
 
 # KEYS: replay, last, event, lane list, lanes, pending. ARGV: id, now, replay mark's life in
 # ms (0: no mark), repeat window in ms (0: no repeats), the event's identity, lane, wake
@@ -261,7 +264,13 @@ class Outbox:
     # --- the gateway's side ----------------------------------------------------------------
 
     async def receive(
-        self, incoming: Incoming, now: float, dedup_window: float, replay_ttl: float = 0.0
+        self,
+        incoming: Incoming,
+        now: float,
+        dedup_window: float,
+        replay_ttl: float = 0.0,
+        replicas: int = 0,
+        wait: float = 0.0,
     ) -> Duplicate | None:
         """Store a new event at the end of its lane, unless it repeats one; then that one.
 
@@ -283,7 +292,9 @@ class Outbox:
             "attempts": 0,
         }
         replay_ms = max(1, int(replay_ttl * 1000)) if incoming.signature and replay_ttl > 0 else 0
-        found = await self._receive(
+        found = await self._replicated(
+            replicas,
+            wait,
             keys=[
                 k.replay(incoming.signature),
                 k.last(lane),
@@ -304,6 +315,19 @@ class Outbox:
             ],
         )
         return None if found is None else Duplicate(_text(found[0]), _text(found[1]))
+
+    async def _replicated(self, replicas: int, wait: float, **call: Any) -> Any:
+        """The receive script's answer, once ``replicas`` replicas have its writes (``WAIT``
+        on the same connection, so it covers them); raises ``NotReplicated`` after ``wait``."""
+        if replicas <= 0:
+            return await self._receive(**call)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._receive(client=pipe, **call)
+            pipe.execute_command("WAIT", replicas, max(1, int(wait * 1000)))
+            found, acked = await pipe.execute()
+        if int(acked) < replicas:
+            raise NotReplicated(int(acked))
+        return found
 
     # --- the workers' side -----------------------------------------------------------------
 
