@@ -17,11 +17,13 @@ function init(args)
   for sid in io.lines(file) do
     count = count + 1
     if kind == "status" then
-      requests[count] = wrk.format("GET", "/api/sessions/" .. sid .. "/status?api_key=" .. key)
+      requests[count] = wrk.format(
+        "GET", "/api/sessions/" .. sid .. "/status?api_key=" .. key, { ["X-Bench"] = "1" })
     else
       local body = '{"session_id":"' .. sid .. '","api_key":"' .. key
         .. '","recipient_phone":"6281100000000","message":"bench"}'
-      local headers = { ["Content-Type"] = "application/json", ["X-Session-Id"] = sid }
+      local headers = {
+        ["Content-Type"] = "application/json", ["X-Session-Id"] = sid, ["X-Bench"] = "1" }
       requests[count] = keyed and { headers = headers, body = body }
         or wrk.format("POST", "/api/messages/send", headers, body)
     end
