@@ -111,3 +111,69 @@ async def test_workers_killed_mid_send_deliver_every_message_exactly_once(
     assert sim.sessions[sid].messages_sent == total
     assert await harness.failed() == []
     assert sample(gw, "gateway_idempotency_total", result="replayed")  # the killed ones' reruns
+
+
+async def test_a_gateway_killed_mid_send_sends_nothing_twice_and_loses_no_job(
+    harness: Harness, simulators, redis_prefix, http: aiohttp.ClientSession
+) -> None:  # type: ignore[no-untyped-def]
+    """The gateway itself dies with sends in flight, and comes back. A job whose send it had
+    taken is refused on its rerun (409, unknown outcome) and failed for a person to check;
+    every other job is delivered once; none is lost."""
+    from dev.ports import free_port
+    from tests.conftest import REDIS_URL, wait_healthy
+    from tests.spawned import Spawned, clean_env
+
+    [sim] = await simulators(1, latency=0.3)
+    port = free_port()
+    env = clean_env(
+        WHATSAPP_INSTANCES=sim.url,
+        REDIS_URL=REDIS_URL,
+        REDIS_PREFIX=redis_prefix,
+        LARAVEL_API_TOKEN=API_KEY,
+        GATEWAY_PORT=str(port),
+        GATEWAY_HEALTH_INTERVAL="60",
+        GATEWAY_RECONCILE_INTERVAL="60",
+    )
+    url = f"http://127.0.0.1:{port}"
+    gateway = await Spawned.start("gateway", env=env)
+    sid = SEND["session_id"]
+    try:
+        await wait_healthy(http, url)
+        async with http.post(f"{url}/api/sessions", json={"session_id": sid, "api_key": API_KEY}):
+            pass
+        harness.env["LARAVEL_API_TOKEN"] = API_KEY
+        harness.workers["gateway_url"] = url
+        total = 32
+        for n in range(total):
+            await harness.push("q", "whatsapp.send_message", {**SEND, "message": f"g-{n}"})
+        # a send that could not connect while the gateway was down is tried again a second on
+        args = ("--queue", "q", "--concurrency", "4", "--metrics-port", "0", "--tries", "30")
+        worker = harness.spawn(*args, "--timeout", "2", "--retry-after", "3", "--backoff", "1")
+
+        def delivered() -> Counter[str]:
+            return Counter(json.loads(s.body)["message"] for s in sim.calls("/api/messages/send"))
+
+        await eventually(lambda: len(delivered()), lambda n: n >= 8, what="sends under way")
+        gateway.signal(signal.SIGKILL)
+        await gateway.stop()
+        gateway = await Spawned.start("gateway", env=env)
+        await wait_healthy(http, url)
+        keys = harness.keys("q")
+
+        async def settled() -> bool:
+            waiting = await harness.redis.llen(keys.list) + await harness.redis.zcard(keys.reserved)
+            return waiting + await harness.redis.zcard(keys.delayed) == 0
+
+        await eventually(settled, timeout=40, what="every job settled")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0, harness.output(worker)
+    finally:
+        await gateway.stop()
+    counts = delivered()
+    assert max(counts.values()) == 1, [m for m, c in counts.items() if c > 1]
+    failed = await harness.failed()
+    failed_messages = {json.loads(f["payload"])["data"]["message"] for f in failed}
+    assert failed, "the gateway died with no send in flight: nothing was tested"
+    assert all(UNKNOWN_OUTCOME in f["exception"] for f in failed), [f["exception"] for f in failed]
+    done = set(counts) - failed_messages
+    assert done | failed_messages == {f"g-{n}" for n in range(total)}  # none lost
