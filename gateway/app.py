@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import hdrs, http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
@@ -182,6 +183,28 @@ class _Connection(RequestHandler):
     it costs one DEBUG line naming the kind of fault, never the request's bytes. A 5xx (a
     handler's own failure) keeps aiohttp's answer and its traceback: that one is a bug.
     """
+
+    _eof = False  # the caller sent its last byte
+
+    def eof_received(self) -> bool:
+        """Half-closed: answer every request read whole, then close (aiohttp's own closes
+        at once, so a request being acted on would lose its answer)."""
+        self._eof = True
+        queued = self._messages
+        if queued and not queued[-1][1].is_eof():
+            queued.pop()  # its body can never arrive whole: never started, never answered
+        current = self._current_request
+        if current is not None and not current.content.is_eof():
+            self.force_close()  # the body being read can never arrive whole either
+        elif not queued and (self._waiter is not None or self._request_count == 0):
+            self.force_close()  # waiting for a request, or none asked: nothing to answer
+        return True  # keep the write side open for the answers
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
+        answered = await super()._handle_request(*args, **kwargs)
+        if self._eof and not self._messages:
+            self.close()  # that was the last request: close once it is out
+        return answered
 
     def handle_error(
         self,

@@ -486,7 +486,7 @@ class Entry(asyncio.Protocol):
             handler.data_received(self.buffer)
             self.buffer = b""
         if self._eof:
-            handler.close()  # answer what it has, then close, as the caller is done
+            handler.eof_received()  # answer what it has, then close, as the caller is done
 
     # --- closing ----------------------------------------------------------------------------
 
