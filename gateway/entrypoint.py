@@ -38,11 +38,9 @@ PIPELINED = 16  # requests read ahead of their answers before reading pauses
 KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
 # Headers picked out while parsing: the instance API reads these on every request.
 KNOWN = frozenset({b"host", b"content-type", b"x-request-id", b"idempotency-key"})
-# Requests with one of these are aiohttp's: it decodes chunks and compressed bodies, says
-# 100 Continue, upgrades, and refuses the old WebSocket handshake.
-AIOHTTPS = frozenset(
-    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
-)
+# Requests with one of these are aiohttp's: it decodes chunks, says 100 Continue, upgrades,
+# and refuses the old WebSocket handshake. (A compressed body is read as it came, by both.)
+AIOHTTPS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1"})
 # Headers aiohttp refuses to see twice in one request (a 400).
 SINGLETONS = frozenset(
     {
