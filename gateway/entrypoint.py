@@ -287,11 +287,11 @@ class Entry(asyncio.Protocol):
                 end = data.find(b"\r\n\r\n", pos + self._scanned)
                 if end < 0:
                     self._scanned = max(0, size - pos - 3)  # a head sent byte by byte
-                    if size - pos > self.server.max_head:
-                        self._hand_over()  # a long head: aiohttp's to take or refuse
+                    if size - pos > self.server.max_head or _bare_lf(data, pos, size):
+                        self._hand_over()  # a long head, or bare LFs: aiohttp refuses them
                     break
                 self._scanned = 0
-                if end + 4 - pos > self.server.max_head:
+                if end + 4 - pos > self.server.max_head or _bare_lf(data, pos, end):
                     self._hand_over()
                     break
                 self._url, self._headers, self._body = b"", [], []
@@ -509,6 +509,12 @@ class Entry(asyncio.Protocol):
             except Exception:
                 pass  # the worker logged its own failure
         self.close()
+
+
+def _bare_lf(data: bytes, start: int, end: int) -> bool:
+    """Whether a line of a head ends in LF alone: llhttp (in aiohttp too) refuses it with a
+    400, so it is handed over rather than waited on as a head without its end."""
+    return data.count(b"\n", start, end) != data.count(b"\r\n", start, end)
 
 
 def _body(response: web.StreamResponse) -> bytes:

@@ -296,3 +296,28 @@ async def test_a_compressed_body_is_routed_by_a_decoded_copy_and_forwarded_as_it
     headers = {"Content-Type": "application/octet-stream", "Content-Encoding": "br"}
     reply = await raw_http(gw.url, "/api/sessions/gz-1/metadata", "PUT", headers, b"\x00\xff")
     assert reply.status == 200 and seen[-1].body == b"\x00\xff"
+
+
+async def test_bare_lf_line_ends_get_a_400_at_once_from_both_parsers(simulators, gateways):
+    """llhttp refuses a line ended by LF alone, and so does aiohttp; the entry point hands
+    such a head over at once instead of waiting for a CRLF CRLF that never comes."""
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    before = len(sims[0].seen)
+    plain = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for raw in [
+        b"GET /health HTTP/1.1\nHost: x\n\n",
+        b"GET /health HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\n",
+        b"GET /health HTTP/1.1\nHost: x\r\n\r\n",
+        b"POST /api/messages/send HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}",
+    ]:
+        for opening in (b"", plain):  # alone, and behind one the entry point answers
+            head, body = await _send_raw(gw.url, opening + raw)  # fails on a 5 s wait
+            if opening:
+                assert head.startswith(b"HTTP/1.1 200"), head
+                head, _, body = body.partition(b"HTTP/1.")[2].partition(b"\r\n\r\n")
+                head = b"HTTP/1." + head
+            assert head.split()[1] == b"400", (raw, head)
+            assert json.loads(body)["error"].startswith("bad request"), body
+    assert [s.path_qs for s in sims[0].seen[before:]] == ["/health"] * len(sims[0].seen[before:])
