@@ -53,10 +53,16 @@ def as_response(answer: Answer) -> web.StreamResponse:
 
 async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
     with gw.inflight:  # a reload closes the gateway it replaced only after this
+        declared = request.headers.get(hdrs.CONTENT_LENGTH)
+        limit = gw.settings.max_body_bytes
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+            refused = json_error(413, f"Request body is over {limit} bytes")  # from the head
+            refused.force_close()
+            return refused
         try:
             coding = request.headers.get(hdrs.CONTENT_ENCODING)
             if coding is not None and codings(coding) and _json(request):
-                call = await _read_encoded(request, coding, gw.settings.max_body_bytes)
+                call = await _read_encoded(request, coding, limit)
             else:
                 call = await read_call(request)
         except BadRequest as exc:
@@ -231,6 +237,8 @@ class _Connection(RequestHandler):
     """
 
     _eof = False  # the caller sent its last byte
+    _started = 0  # requests whose handling began
+    _handling = False
 
     def eof_received(self) -> bool:
         """Half-closed: answer every request read whole, then close (aiohttp's own closes
@@ -242,12 +250,17 @@ class _Connection(RequestHandler):
         current = self._current_request
         if current is not None and not current.content.is_eof():
             self.force_close()  # the body being read can never arrive whole either
-        elif not queued and (self._waiter is not None or self._request_count == 0):
-            self.force_close()  # waiting for a request, or none asked: nothing to answer
+        elif not queued and not self._handling and self._started == self._request_count:
+            self.force_close()  # every request answered (lingering on a body): close now
         return True  # keep the write side open for the answers
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
-        answered = await super()._handle_request(*args, **kwargs)
+        self._started += 1
+        self._handling = True
+        try:
+            answered = await super()._handle_request(*args, **kwargs)
+        finally:
+            self._handling = False
         if self._eof and not self._messages:
             self.close()  # that was the last request: close once it is out
         return answered

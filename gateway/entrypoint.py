@@ -36,6 +36,7 @@ log = logging.getLogger("gateway.http")
 
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
 KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
+LINGER = 10.0  # aiohttp's lingering_time: how long the body of a refused request is dropped
 # Headers picked out while parsing: the instance API reads these on every request.
 KNOWN = frozenset({b"host", b"content-type", b"x-request-id", b"idempotency-key"})
 # Requests with one of these are aiohttp's: it decodes chunks, says 100 Continue, upgrades,
@@ -224,6 +225,7 @@ class Entry(asyncio.Protocol):
         self._body_left = 0
         self._in_body = False
         self._hot = False
+        self._oversized = False  # declares a body over the limit: refused from its head
         self._complete = False
         self._known: dict[bytes, bytes] = {}
 
@@ -304,6 +306,8 @@ class Entry(asyncio.Protocol):
                     self._hand_over()  # from this head on, as the caller sent it
                     break
                 pos = end + 4
+                if self._oversized:  # answered from its head; its body is never read
+                    self._keep_alive, self._complete = False, True
                 self._in_body = not self._complete
             else:
                 take = min(size - pos, self._body_left)
@@ -355,13 +359,13 @@ class Entry(asyncio.Protocol):
             len(self._headers) <= self.server.max_headers
             and method in HOT_METHODS
             and version in ("1.1", "1.0")
-            and self._body_left <= self.server.max_body
             and path[:1] == b"/"
             and path[:2] != b"//"
             and b"%" not in path
             and b"#" not in self._url
             and self.server.hot(path.decode("ascii", "replace"))
         )
+        self._oversized = self._hot and self._body_left > self.server.max_body
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -429,7 +433,9 @@ class Entry(asyncio.Protocol):
                 if self._paused and resume and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
-            if self._done or self._eof:
+            if self._oversized and not (self._eof or self._lost):
+                self._linger()
+            elif self._done or self._eof:
                 self.close()
             else:
                 self.active_at = self.loop.time()
@@ -487,6 +493,17 @@ class Entry(asyncio.Protocol):
             handler.eof_received()  # answer what it has, then close, as the caller is done
 
     # --- closing ----------------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """After refusing a body from its head: end the answer with a FIN, then drop what
+        the caller still sends until it closes (or ``LINGER`` passes), so the refusal is
+        not lost to a reset as it would be by closing with the body unread."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER, self.close)
 
     def close(self) -> None:
         self._done = True

@@ -483,3 +483,26 @@ async def test_a_half_closed_caller_gets_every_answer_aiohttp_acts_on(teardown, 
         assert answer.status == 200 and json.loads(answer.body)["sent"] == "/info", opening
         assert await raw.closed()
         assert len(stand.forwarded()) == before + 1
+
+
+async def test_a_declared_body_over_the_limit_is_refused_from_its_head(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url], max_body_bytes=1024)
+    head = (
+        b"POST /api/messages/send HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n\r\n"
+    )
+    before = len(sims[0].seen)
+    for opening in (b"", get("/metrics")):  # read by the entry point, then by aiohttp
+        raw = await Raw.to(gw.url)
+        raw.send(opening + head + b"x" * 1000)  # the rest of the body is never sent
+        if opening:
+            assert (await raw.answer()).status == 200
+        refused = await raw.answer()
+        assert refused.status == 413 and json.loads(refused.body)["success"] is False
+        assert refused.headers["connection"].lower() == "close"
+        if not opening:
+            raw.send(b"x" * 100_000)  # dropped, not read as a request, while it lingers
+            assert await raw.closed()  # the end of the answer, at once
+        raw.close()
+    assert [s.path_qs for s in sims[0].seen[before:]] == ["/health"] * len(sims[0].seen[before:])
