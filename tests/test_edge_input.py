@@ -321,3 +321,17 @@ async def test_bare_lf_line_ends_get_a_400_at_once_from_both_parsers(simulators,
             assert head.split()[1] == b"400", (raw, head)
             assert json.loads(body)["error"].startswith("bad request"), body
     assert [s.path_qs for s in sims[0].seen[before:]] == ["/health"] * len(sims[0].seen[before:])
+
+
+async def test_an_api_key_that_is_not_a_string_is_no_key(simulators, gateways, http, caplog):
+    """The gateway searches for a session with the caller's key; an object there is none."""
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    for key in ({"a": 1}, ["k"], 5, True):
+        for path in ("/api/sessions/x/restore", "/api/sessions/x/reconnect"):
+            async with http.post(f"{gw.url}{path}", json={"api_key": key}) as r:
+                assert 400 <= r.status < 500, (key, path, r.status, await r.text())
+            params = {"api_key": API_KEY}
+            async with http.post(f"{gw.url}{path}", params=params, json={"api_key": key}) as r:
+                assert 400 <= r.status < 500, (key, path, r.status, await r.text())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
