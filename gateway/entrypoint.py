@@ -35,6 +35,7 @@ from gateway.answers import Answer, Relayed
 log = logging.getLogger("gateway.http")
 
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
+READ_AHEAD = 1 << 20  # bytes of bodies read ahead of the answer under way before it pauses
 KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
 LINGER = 10.0  # aiohttp's lingering_time: how long the body of a refused request is dropped
 # Headers picked out while parsing: the instance API reads these on every request.
@@ -277,6 +278,20 @@ class Entry(asyncio.Protocol):
         elif not self._in_body:
             self.active_at = self.loop.time()  # a request begins: it has keep-alive to arrive
         self._read_requests(data)
+        if self.answering and not self._paused and self.held_ahead > READ_AHEAD:
+            self._paused = True  # the rest waits in the socket until answers catch up
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    @property
+    def held_ahead(self) -> int:
+        """Bytes held for requests not yet being answered: those waiting their turn, the
+        body being read, and what is not parsed yet. Reading pauses past ``READ_AHEAD``
+        while an answer is under way, as aiohttp's flow control does."""
+        waiting = sum(len(r._body) for r in self.answering if r is not None)
+        if self.worker is not None and self.answering and self.answering[0] is not None:
+            waiting -= len(self.answering[0]._body)  # the one under way
+        return waiting + sum(map(len, self._body)) + len(self.buffer)
 
     # --- reading: one whole request at a time -----------------------------------------------
 
@@ -429,7 +444,11 @@ class Entry(asyncio.Protocol):
                     self.close()
                     return
                 self.answering.popleft()
-                resume = len(self.answering) < PIPELINED // 2 and not self._handing
+                resume = (
+                    len(self.answering) < PIPELINED // 2
+                    and not self._handing
+                    and (not self.answering or self.held_ahead <= READ_AHEAD)
+                )
                 if self._paused and resume and self.transport:
                     self._paused = False
                     self.transport.resume_reading()

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
-from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings
-from tests.support import reset, stand_in
+from gateway.entrypoint import READ_AHEAD
+from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings, serve
+from tests.support import HEALTHY, reset, stand_in
 
 
 @dataclass
@@ -506,3 +507,58 @@ async def test_a_declared_body_over_the_limit_is_refused_from_its_head(simulator
             assert await raw.closed()  # the end of the answer, at once
         raw.close()
     assert [s.path_qs for s in sims[0].seen[before:]] == ["/health"] * len(sims[0].seen[before:])
+
+
+async def test_a_connection_reads_ahead_about_one_budget_of_bodies_not_sixteen(teardown, gateways):
+    """15 pipelined 3 MB bodies behind a slow request: the gateway holds about READ_AHEAD
+    of them (the rest waits in the socket), then answers all 16 in order."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.method == "GET":
+            entered.set()
+            await release.wait()
+        return web.json_response({"success": True, "size": len(body)})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(HEALTHY)
+
+    app = web.Application(client_max_size=8 << 20)  # takes the bodies whole
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/{tail:.*}", slow)
+    runner, url = await serve(app)
+    teardown.push_async_callback(runner.cleanup)
+    gw = await gateways([url], max_body_bytes=4 << 20)
+    size = 3 << 20
+    post_head = (
+        b"POST /info HTTP/1.1\r\nHost: gw\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: %d\r\n\r\n" % size
+    )
+    raw = await Raw.to(gw.url)
+    raw.send(get("/info"))
+    await asyncio.wait_for(entered.wait(), 5)
+    (entry,) = gw.runner.server.entries  # type: ignore[union-attr]
+
+    async def flood() -> None:
+        for _ in range(15):
+            raw.send(post_head + b"x" * size)
+            await raw.writer.drain()
+
+    flooding = asyncio.create_task(flood())
+    peak = 0
+
+    async def paused() -> bool:
+        nonlocal peak
+        peak = max(peak, entry.held_ahead)
+        return entry._paused
+
+    await eventually(paused)
+    peak = max(peak, entry.held_ahead)
+    assert peak <= READ_AHEAD + (256 << 10), peak  # one budget and one read at most
+    assert not flooding.done()  # the caller's writes wait in the socket
+    release.set()
+    answers = [await raw.answer() for _ in range(16)]
+    await flooding
+    assert [json.loads(a.body)["size"] for a in answers] == [0] + [size] * 15
+    raw.close()
