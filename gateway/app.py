@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import hdrs, http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.api import add_admin_routes
 from gateway.answers import Answer, Relayed
+from gateway.decisions.encoding import Undecodable, codings, decoded
 from gateway.decisions.idempotency import keyed
 from gateway.entrypoint import EntryRequest, EntryServer
 from gateway.errors import json_error
@@ -19,7 +21,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from gateway.middlewares import observe, observed
 from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
 from gateway.reload import RELOADS, Reloads, reload_ctx
-from gateway.requests import ROUTE, BadRequest, Incoming, read_call
+from gateway.requests import BODY_METHODS, ROUTE, BadRequest, Call, Incoming, read_call
 from gateway.service.backend import PREFIX as BACKEND_PREFIX
 from gateway.service.fanout import list_sessions
 from gateway.settings import Settings
@@ -52,10 +54,22 @@ def as_response(answer: Answer) -> web.StreamResponse:
 
 async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
     with gw.inflight:  # a reload closes the gateway it replaced only after this
+        declared = request.headers.get(hdrs.CONTENT_LENGTH)
+        limit = gw.settings.max_body_bytes
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
+            refused = json_error(413, f"Request body is over {limit} bytes")  # from the head
+            refused.force_close()
+            return refused
         try:
-            call = await read_call(request)
+            coding = request.headers.get(hdrs.CONTENT_ENCODING)
+            if coding is not None and codings(coding) and _json(request):
+                call = await _read_encoded(request, coding, limit)
+            else:
+                call = await read_call(request)
         except BadRequest as exc:
             return exc.response
+        except Undecodable as exc:
+            return json_error(exc.status, str(exc))
         if call.method == "GET" and call.route.template == "/api/sessions":
             return await list_sessions(call, gw.fleet, gw.upstreams)
         if call.method == "GET" and call.route.template == "/health":
@@ -66,6 +80,44 @@ async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
             if key is not None:
                 return await gw.idempotency.handle(call, key, gw.proxy.handle)
         return await gw.proxy.handle(call)
+
+
+def _json(request: Incoming) -> bool:
+    ctype = request.content_type
+    return request.method in BODY_METHODS and (
+        ctype == "application/json" or ctype.endswith("+json")
+    )
+
+
+async def _read_encoded(request: Incoming, coding: str, limit: int) -> Call:
+    """A call whose compressed JSON body is read from a decoded copy and forwarded as it
+    came, ``Content-Encoding`` kept (the server never decodes bodies itself)."""
+    body = await request.read()
+    call = await read_call(_DecodedCopy(request, decoded(body, coding, limit)))
+    call.body = body
+    return call
+
+
+class _DecodedCopy:
+    """A request whose ``read`` gives a decoded copy of its body; the rest is the request's."""
+
+    def __init__(self, request: Incoming, copy: bytes) -> None:
+        self._request, self._copy = request, copy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    async def read(self) -> bytes:
+        return self._copy
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._request[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._request[key] = value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._request.get(key, default)
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
@@ -174,7 +226,8 @@ class GatewayRunner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             fallback=_connection,
             max_body=self.app[SETTINGS].max_body_bytes,
-            **made._kwargs,
+            # Bodies as they came: the instance API forwards them so, Content-Encoding kept.
+            **{**made._kwargs, "auto_decompress": False},
         )
 
 
@@ -191,6 +244,35 @@ class _Connection(RequestHandler):
     it costs one DEBUG line naming the kind of fault, never the request's bytes. A 5xx (a
     handler's own failure) keeps aiohttp's answer and its traceback: that one is a bug.
     """
+
+    _eof = False  # the caller sent its last byte
+    _started = 0  # requests whose handling began
+    _handling = False
+
+    def eof_received(self) -> bool:
+        """Half-closed: answer every request read whole, then close (aiohttp's own closes
+        at once, so a request being acted on would lose its answer)."""
+        self._eof = True
+        queued = self._messages
+        if queued and not queued[-1][1].is_eof():
+            queued.pop()  # its body can never arrive whole: never started, never answered
+        current = self._current_request
+        if current is not None and not current.content.is_eof():
+            self.force_close()  # the body being read can never arrive whole either
+        elif not queued and not self._handling and self._started == self._request_count:
+            self.force_close()  # every request answered (lingering on a body): close now
+        return True  # keep the write side open for the answers
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
+        self._started += 1
+        self._handling = True
+        try:
+            answered = await super()._handle_request(*args, **kwargs)
+        finally:
+            self._handling = False
+        if self._eof and not self._messages:
+            self.close()  # that was the last request: close once it is out
+        return answered
 
     def handle_error(
         self,

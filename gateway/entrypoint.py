@@ -35,14 +35,14 @@ from gateway.answers import Answer, Relayed
 log = logging.getLogger("gateway.http")
 
 PIPELINED = 16  # requests read ahead of their answers before reading pauses
+READ_AHEAD = 1 << 20  # bytes of bodies read ahead of the answer under way before it pauses
 KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
+LINGER = 10.0  # aiohttp's lingering_time: how long the body of a refused request is dropped
 # Headers picked out while parsing: the instance API reads these on every request.
 KNOWN = frozenset({b"host", b"content-type", b"x-request-id", b"idempotency-key"})
-# Requests with one of these are aiohttp's: it decodes chunks and compressed bodies, says
-# 100 Continue, upgrades, and refuses the old WebSocket handshake.
-AIOHTTPS = frozenset(
-    {b"transfer-encoding", b"content-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
-)
+# Requests with one of these are aiohttp's: it decodes chunks, says 100 Continue, upgrades,
+# and refuses the old WebSocket handshake. (A compressed body is read as it came, by both.)
+AIOHTTPS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1"})
 # Headers aiohttp refuses to see twice in one request (a 400).
 SINGLETONS = frozenset(
     {
@@ -226,6 +226,7 @@ class Entry(asyncio.Protocol):
         self._body_left = 0
         self._in_body = False
         self._hot = False
+        self._oversized = False  # declares a body over the limit: refused from its head
         self._complete = False
         self._known: dict[bytes, bytes] = {}
 
@@ -277,6 +278,20 @@ class Entry(asyncio.Protocol):
         elif not self._in_body:
             self.active_at = self.loop.time()  # a request begins: it has keep-alive to arrive
         self._read_requests(data)
+        if self.answering and not self._paused and self.held_ahead > READ_AHEAD:
+            self._paused = True  # the rest waits in the socket until answers catch up
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    @property
+    def held_ahead(self) -> int:
+        """Bytes held for requests not yet being answered: those waiting their turn, the
+        body being read, and what is not parsed yet. Reading pauses past ``READ_AHEAD``
+        while an answer is under way, as aiohttp's flow control does."""
+        waiting = sum(len(r._body) for r in self.answering if r is not None)
+        if self.worker is not None and self.answering and self.answering[0] is not None:
+            waiting -= len(self.answering[0]._body)  # the one under way
+        return waiting + sum(map(len, self._body)) + len(self.buffer)
 
     # --- reading: one whole request at a time -----------------------------------------------
 
@@ -289,11 +304,11 @@ class Entry(asyncio.Protocol):
                 end = data.find(b"\r\n\r\n", pos + self._scanned)
                 if end < 0:
                     self._scanned = max(0, size - pos - 3)  # a head sent byte by byte
-                    if size - pos > self.server.max_head:
-                        self._hand_over()  # a long head: aiohttp's to take or refuse
+                    if size - pos > self.server.max_head or _bare_lf(data, pos, size):
+                        self._hand_over()  # a long head, or bare LFs: aiohttp refuses them
                     break
                 self._scanned = 0
-                if end + 4 - pos > self.server.max_head:
+                if end + 4 - pos > self.server.max_head or _bare_lf(data, pos, end):
                     self._hand_over()
                     break
                 self._url, self._headers, self._body = b"", [], []
@@ -306,6 +321,8 @@ class Entry(asyncio.Protocol):
                     self._hand_over()  # from this head on, as the caller sent it
                     break
                 pos = end + 4
+                if self._oversized:  # answered from its head; its body is never read
+                    self._keep_alive, self._complete = False, True
                 self._in_body = not self._complete
             else:
                 take = min(size - pos, self._body_left)
@@ -357,13 +374,13 @@ class Entry(asyncio.Protocol):
             len(self._headers) <= self.server.max_headers
             and method in HOT_METHODS
             and version in ("1.1", "1.0")
-            and self._body_left <= self.server.max_body
             and path[:1] == b"/"
             and path[:2] != b"//"
             and b"%" not in path
             and b"#" not in self._url
             and self.server.hot(path.decode("ascii", "replace"))
         )
+        self._oversized = self._hot and self._body_left > self.server.max_body
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -427,11 +444,17 @@ class Entry(asyncio.Protocol):
                     self.close()
                     return
                 self.answering.popleft()
-                resume = len(self.answering) < PIPELINED // 2 and not self._handing
+                resume = (
+                    len(self.answering) < PIPELINED // 2
+                    and not self._handing
+                    and (not self.answering or self.held_ahead <= READ_AHEAD)
+                )
                 if self._paused and resume and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
-            if self._done or self._eof:
+            if self._oversized and not (self._eof or self._lost):
+                self._linger()
+            elif self._done or self._eof:
                 self.close()
             else:
                 self.active_at = self.loop.time()
@@ -486,9 +509,20 @@ class Entry(asyncio.Protocol):
             handler.data_received(self.buffer)
             self.buffer = b""
         if self._eof:
-            handler.close()  # answer what it has, then close, as the caller is done
+            handler.eof_received()  # answer what it has, then close, as the caller is done
 
     # --- closing ----------------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """After refusing a body from its head: end the answer with a FIN, then drop what
+        the caller still sends until it closes (or ``LINGER`` passes), so the refusal is
+        not lost to a reset as it would be by closing with the body unread."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER, self.close)
 
     def close(self) -> None:
         self._done = True
@@ -511,6 +545,12 @@ class Entry(asyncio.Protocol):
             except Exception:
                 pass  # the worker logged its own failure
         self.close()
+
+
+def _bare_lf(data: bytes, start: int, end: int) -> bool:
+    """Whether a line of a head ends in LF alone: llhttp (in aiohttp too) refuses it with a
+    400, so it is handed over rather than waited on as a head without its end."""
+    return data.count(b"\n", start, end) != data.count(b"\r\n", start, end)
 
 
 def _body(response: web.StreamResponse) -> bytes:

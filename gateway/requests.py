@@ -89,7 +89,7 @@ class Call:
         key = self.payload.get("api_key") if isinstance(self.payload, dict) else None
         if not isinstance(key, str) and self.query:
             key = URL.build(query_string=self.query, encoded=True).query.get("api_key")
-        return key or None
+        return key if isinstance(key, str) and key else None  # a non-string is no key
 
 
 class BadRequest(Exception):

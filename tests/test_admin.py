@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 
 from dev.ports import free_port
 from tests.conftest import API_KEY, RunningGateway, eventually, gateway_command, sample
+from tests.support import raw_http
 
 TOKEN = "admin-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -72,7 +74,7 @@ async def test_the_admin_api_is_off_without_a_token(simulators, gateways, http):
     assert sample(gw, "gateway_requests_total", **labels) == 1
 
 
-async def test_a_missing_or_wrong_token_is_refused(simulators, gateways, http):
+async def test_a_missing_or_wrong_token_is_refused(simulators, gateways, http, caplog):
     sims = await simulators(1)
     gw = await gateways([sims[0].url], admin_token=TOKEN)
     for headers in (
@@ -85,6 +87,15 @@ async def test_a_missing_or_wrong_token_is_refused(simulators, gateways, http):
             assert resp.status == 401, headers
             assert resp.headers["WWW-Authenticate"] == "Bearer"
             assert (await resp.json())["success"] is False
+    # bytes that are not UTF-8, or not ASCII, in the header: refused the same, quietly
+    caplog.set_level(logging.INFO)
+    for value in ("Bearer \xff", f"Bearer {TOKEN}\xff", "Bearer \xc3\xa9", "\xff"):
+        reply = await raw_http(
+            gw.url, "/gateway/instances/0/drain", "POST", {"Authorization": value}
+        )
+        assert reply.status == 401, value
+        assert reply.json()["success"] is False
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert gw.gw.pins.draining == set()
 
 
@@ -148,7 +159,7 @@ async def test_a_pin_moved_by_hand_routes_there(simulators, gateways, http, redi
     assert sample(gw, "gateway_rediscoveries_total", result="found") is None
 
 
-async def test_bad_admin_input_gets_a_clear_json_4xx(simulators, gateways, http):
+async def test_bad_admin_input_gets_a_clear_json_4xx(simulators, gateways, http, caplog):
     sims = await simulators(2)
     gw = await gateways([s.url for s in sims], admin_token=TOKEN)
     await create(http, gw, "b-1")
@@ -162,6 +173,9 @@ async def test_bad_admin_input_gets_a_clear_json_4xx(simulators, gateways, http)
         ("POST", "/gateway/instances/x/drain", {}, 400),
         ("POST", "/gateway/instances/2/drain", {}, 404),
         ("POST", "/gateway/instances/-1/undrain", {}, 400),
+        ("POST", "/gateway/instances/%C2%B2/drain", {}, 400),  # "²": a digit, not a number
+        ("POST", "/gateway/instances/%D9%A3/drain", {}, 400),  # "٣"
+        ("POST", "/gateway/instances/" + "9" * 5000 + "/drain", {}, 404),
         ("GET", "/gateway/reconcile", {}, 404),
         ("GET", "/gateway/nothing-here", {}, 404),
     ]
@@ -169,6 +183,7 @@ async def test_bad_admin_input_gets_a_clear_json_4xx(simulators, gateways, http)
         status, body = await admin(http, gw, method, path, **kwargs)
         assert (status, body["success"]) == (expected, False), (method, path, body)
         assert body["error"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert gw.gw.pins.sessions["b-1"] in (sims[0].url, sims[1].url)
     assert gw.gw.pins.draining == set()
 

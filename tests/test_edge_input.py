@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
+import zlib
 from typing import Any
 
-from tests.conftest import API_KEY
-from tests.support import ADMIN_TOKEN, pin, raw_http, stand_in
+from aiohttp import web
+
+from dev.ports import free_port
+from tests.conftest import API_KEY, Seen, recording
+from tests.support import ADMIN_TOKEN, HEALTHY, ok, pin, raw_http, stand_in
 
 
 async def test_absolute_and_authority_form_targets_are_refused(simulators, gateways, teardown):
@@ -228,3 +233,105 @@ async def test_what_aiohttp_cannot_parse_gets_a_json_400_and_no_traceback(
     assert len(lines) == 6 and all(r.levelno == logging.DEBUG for r in lines), lines
     assert all(r.exc_info is None for r in lines)
     assert b"secret" not in caplog.text.encode() and "xff" not in caplog.text
+
+
+async def _recording_instance(teardown) -> tuple[str, list[Seen]]:
+    """An instance that records bodies as they came (its server decodes nothing)."""
+    seen: list[Seen] = []
+    app = web.Application(middlewares=[recording(seen)])
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(HEALTHY)
+
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/{tail:.*}", ok)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    teardown.push_async_callback(runner.cleanup)
+    return f"http://127.0.0.1:{port}", seen
+
+
+async def test_a_compressed_body_is_routed_by_a_decoded_copy_and_forwarded_as_it_came(
+    gateways, http, teardown
+):
+    (first, _), (second, seen) = [await _recording_instance(teardown) for _ in range(2)]
+    gw = await gateways([first, second], admin_token=ADMIN_TOKEN, max_body_bytes=4096)
+    await pin(http, gw.url, "gz-1", second)
+    send = {"session_id": "gz-1", "api_key": API_KEY, "recipient_phone": "1", "message": "m"}
+    packed = gzip.compress(json.dumps(send).encode())
+    head = "POST /api/messages/send HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    head += "Content-Encoding: gzip\r\nConnection: close\r\n"
+    chunked = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed)
+    # read by the entry point, then by aiohttp (chunked)
+    for rest in (b"Content-Length: %d\r\n\r\n%s" % (len(packed), packed), chunked):
+        status_line, _ = await _send_raw(gw.url, head.encode() + rest)
+        assert status_line.split()[1] == b"200", status_line
+        forwarded = seen[-1]
+        assert forwarded.path_qs == "/api/messages/send"  # routed by the copy's session id
+        assert forwarded.body == packed and forwarded.headers["Content-Encoding"] == "gzip"
+    # what cannot be read is refused, and nothing is sent
+    before = len(seen)
+    bomb = gzip.compress(json.dumps({**send, "message": "x" * 10_000}).encode())
+    for coding, body, status in [
+        ("gzip", bomb, 413),
+        ("gzip", packed[:-4], 400),
+        ("gzip", b"not gzip", 400),
+        ("br", packed, 415),
+    ]:
+        headers = {"Content-Type": "application/json", "Content-Encoding": coding}
+        reply = await raw_http(gw.url, "/api/messages/send", "POST", headers, body)
+        assert reply.status == status and reply.json()["success"] is False, (coding, reply)
+    assert len(seen) == before
+    # a deflate body, zlib-wrapped or raw, and a binary one that is never read
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for body in (
+        zlib.compress(json.dumps(send).encode()),
+        raw_deflate.compress(json.dumps(send).encode()) + raw_deflate.flush(),
+    ):
+        headers = {"Content-Type": "application/json", "Content-Encoding": "deflate"}
+        reply = await raw_http(gw.url, "/api/messages/send", "POST", headers, body)
+        assert reply.status == 200 and seen[-1].body == body
+    headers = {"Content-Type": "application/octet-stream", "Content-Encoding": "br"}
+    reply = await raw_http(gw.url, "/api/sessions/gz-1/metadata", "PUT", headers, b"\x00\xff")
+    assert reply.status == 200 and seen[-1].body == b"\x00\xff"
+
+
+async def test_bare_lf_line_ends_get_a_400_at_once_from_both_parsers(simulators, gateways):
+    """llhttp refuses a line ended by LF alone, and so does aiohttp; the entry point hands
+    such a head over at once instead of waiting for a CRLF CRLF that never comes."""
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url])
+    before = len(sims[0].seen)
+    plain = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    for raw in [
+        b"GET /health HTTP/1.1\nHost: x\n\n",
+        b"GET /health HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\n",
+        b"GET /health HTTP/1.1\nHost: x\r\n\r\n",
+        b"POST /api/messages/send HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}",
+    ]:
+        for opening in (b"", plain):  # alone, and behind one the entry point answers
+            head, body = await _send_raw(gw.url, opening + raw)  # fails on a 5 s wait
+            if opening:
+                assert head.startswith(b"HTTP/1.1 200"), head
+                head, _, body = body.partition(b"HTTP/1.")[2].partition(b"\r\n\r\n")
+                head = b"HTTP/1." + head
+            assert head.split()[1] == b"400", (raw, head)
+            assert json.loads(body)["error"].startswith("bad request"), body
+    assert [s.path_qs for s in sims[0].seen[before:]] == ["/health"] * len(sims[0].seen[before:])
+
+
+async def test_an_api_key_that_is_not_a_string_is_no_key(simulators, gateways, http, caplog):
+    """The gateway searches for a session with the caller's key; an object there is none."""
+    sims = await simulators(2)
+    gw = await gateways([s.url for s in sims])
+    for key in ({"a": 1}, ["k"], 5, True):
+        for path in ("/api/sessions/x/restore", "/api/sessions/x/reconnect"):
+            async with http.post(f"{gw.url}{path}", json={"api_key": key}) as r:
+                assert 400 <= r.status < 500, (key, path, r.status, await r.text())
+            params = {"api_key": API_KEY}
+            async with http.post(f"{gw.url}{path}", params=params, json={"api_key": key}) as r:
+                assert 400 <= r.status < 500, (key, path, r.status, await r.text())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
-from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings
-from tests.support import reset, stand_in
+from gateway.entrypoint import READ_AHEAD
+from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings, serve
+from tests.support import HEALTHY, reset, stand_in
 
 
 @dataclass
@@ -392,10 +393,9 @@ async def test_a_caller_that_half_closes_after_a_handed_over_request_is_closed(
     raw.send(get("/health") + get("/metrics"))
     raw.writer.write_eof()
     assert (await raw.answer()).status == 200  # the entry point's own answer
-    # Then the connection ends (aiohttp may or may not answer /metrics to a caller that
-    # half-closed: it closes on reading the end); what it must not do is stay open.
+    # Then aiohttp answers /metrics too, and the connection ends.
     rest = await asyncio.wait_for(raw.reader.read(), 5)
-    assert rest == b"" or rest.startswith(b"HTTP/1.1 200")
+    assert rest.startswith(b"HTTP/1.1 200") and b"gateway_requests_total" in rest
 
 
 async def test_bytes_behind_a_hand_over_wait_in_the_socket_not_in_memory(teardown, gateways):
@@ -444,4 +444,121 @@ async def test_the_callers_first_request_id_is_the_one_kept(simulators, gateways
     raw = await Raw.to(gw.url)
     raw.send(get("/health", "X-Request-ID: first", "X-Request-ID: second"))
     assert (await raw.answer()).headers["x-request-id"] == "first"
+    raw.close()
+
+
+async def read_the_end(gw: RunningGateway) -> bool:
+    """Whether every connection aiohttp holds has read its caller's end (or is gone)."""
+    server = gw.runner.server
+    assert server is not None
+    held = server.connections
+    return bool(held) and all(getattr(handler, "_eof", False) for handler in held)
+
+
+async def test_a_half_closed_caller_gets_every_answer_aiohttp_acts_on(teardown, gateways):
+    """A send handed over to aiohttp (chunked), then the caller's end: the send goes out and
+    its answer comes back before the close, read by the entry point first or not at all."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()  # answered only after the caller's end reached the gateway
+        return web.json_response({"success": True, "sent": request.path})
+
+    stand = await stand_in(teardown, answer=slow)
+    gw = await gateways([stand.url])
+    chunked = (
+        b"POST /info HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
+    for opening in (b"", b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n"):
+        release.clear()
+        before = len(stand.forwarded())
+        raw = await Raw.to(gw.url)
+        raw.send(opening + chunked)
+        raw.writer.write_eof()
+        if opening:
+            assert (await raw.answer()).status == 200  # the entry point's own
+        await eventually(lambda: read_the_end(gw))
+        release.set()
+        answer = await raw.answer()
+        assert answer.status == 200 and json.loads(answer.body)["sent"] == "/info", opening
+        assert await raw.closed()
+        assert len(stand.forwarded()) == before + 1
+
+
+async def test_a_declared_body_over_the_limit_is_refused_from_its_head(simulators, gateways):
+    sims = await simulators(1)
+    gw = await gateways([sims[0].url], max_body_bytes=1024)
+    head = (
+        b"POST /api/messages/send HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n\r\n"
+    )
+    before = len(sims[0].seen)
+    for opening in (b"", get("/metrics")):  # read by the entry point, then by aiohttp
+        raw = await Raw.to(gw.url)
+        raw.send(opening + head + b"x" * 1000)  # the rest of the body is never sent
+        if opening:
+            assert (await raw.answer()).status == 200
+        refused = await raw.answer()
+        assert refused.status == 413 and json.loads(refused.body)["success"] is False
+        assert refused.headers["connection"].lower() == "close"
+        if not opening:
+            raw.send(b"x" * 100_000)  # dropped, not read as a request, while it lingers
+            assert await raw.closed()  # the end of the answer, at once
+        raw.close()
+    assert [s.path_qs for s in sims[0].seen[before:]] == ["/health"] * len(sims[0].seen[before:])
+
+
+async def test_a_connection_reads_ahead_about_one_budget_of_bodies_not_sixteen(teardown, gateways):
+    """15 pipelined 3 MB bodies behind a slow request: the gateway holds about READ_AHEAD
+    of them (the rest waits in the socket), then answers all 16 in order."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.method == "GET":
+            entered.set()
+            await release.wait()
+        return web.json_response({"success": True, "size": len(body)})
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(HEALTHY)
+
+    app = web.Application(client_max_size=8 << 20)  # takes the bodies whole
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/{tail:.*}", slow)
+    runner, url = await serve(app)
+    teardown.push_async_callback(runner.cleanup)
+    gw = await gateways([url], max_body_bytes=4 << 20)
+    size = 3 << 20
+    post_head = (
+        b"POST /info HTTP/1.1\r\nHost: gw\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: %d\r\n\r\n" % size
+    )
+    raw = await Raw.to(gw.url)
+    raw.send(get("/info"))
+    await asyncio.wait_for(entered.wait(), 5)
+    (entry,) = gw.runner.server.entries  # type: ignore[union-attr]
+
+    async def flood() -> None:
+        for _ in range(15):
+            raw.send(post_head + b"x" * size)
+            await raw.writer.drain()
+
+    flooding = asyncio.create_task(flood())
+    peak = 0
+
+    async def paused() -> bool:
+        nonlocal peak
+        peak = max(peak, entry.held_ahead)
+        return entry._paused
+
+    await eventually(paused)
+    peak = max(peak, entry.held_ahead)
+    assert peak <= READ_AHEAD + (256 << 10), peak  # one budget and one read at most
+    assert not flooding.done()  # the caller's writes wait in the socket
+    release.set()
+    answers = [await raw.answer() for _ in range(16)]
+    await flooding
+    assert [json.loads(a.body)["size"] for a in answers] == [0] + [size] * 15
     raw.close()

@@ -3,7 +3,10 @@ the gateway are in service within seconds of answering."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+from aiohttp import web
 
 from dev.ports import free_port
 from gateway.settings import Settings
@@ -80,3 +83,30 @@ async def test_health_right_after_a_create_or_delete_counts_it(simulators, gatew
     async with http.delete(f"{gw.url}/api/sessions/fresh-1", json={"api_key": API_KEY}) as r:
         assert r.status == 200
     assert await total() == 0
+
+
+async def test_health_checks_never_wait_behind_proxied_calls(gateways, http, teardown):
+    """Every connection of the capped pool busy with a slow call: the instance is still
+    checked at once, and stays up."""
+    entered, release = asyncio.Semaphore(0), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.release()
+        await release.wait()
+        return web.json_response({"success": True})
+
+    stand = await stand_in(teardown, answer=slow)
+    gw = await gateways([stand.url], max_connections_per_instance=4, health_timeout=1.0)
+    calls = [asyncio.create_task(http.get(f"{gw.url}/info?n={n}")) for n in range(5)]
+    try:
+        for _ in range(4):
+            await asyncio.wait_for(entered.acquire(), 5)  # all four connections in use
+        (instance,) = gw.gw.fleet.instances
+        for _ in range(3):  # more than health_fall checks in a row
+            assert await gw.gw.health.check(instance), "a busy instance was checked down"
+        assert instance.up and await instance_up(http, gw.url, stand.url)
+    finally:
+        release.set()
+        for response in await asyncio.gather(*calls):
+            assert response.status == 200
+            response.release()

@@ -38,7 +38,8 @@ class AdminError(Exception):
 def _authorized(request: web.Request, token: str) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
+        given.strip().encode("utf-8", "surrogateescape"),
+        token.encode(),  # any bytes sent
     )
 
 
@@ -75,9 +76,9 @@ def _iso(timestamp: float | None) -> str | None:
 
 def _instance(request: web.Request, gw: Gateway) -> Instance:
     raw = request.match_info["index"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # "²" and "٣" are digits to str, not to int
         raise AdminError(400, "The instance index must be a whole number (0-based)")
-    index = int(raw)
+    index = int(raw) if len(raw) < 19 else len(gw.fleet.instances)  # past any fleet
     if index >= len(gw.fleet.instances):
         raise AdminError(
             404, f"No instance {index}: {len(gw.fleet.instances)} are configured (0-based)"

@@ -80,7 +80,9 @@ class HealthChecker:
         error: str | None = None
         body: object = None
         try:
-            status, body = await self.upstreams.get_json(instance.url, "/health", {}, self.timeout)
+            status, body = await self.upstreams.get_json(
+                instance.url, "/health", {}, self.timeout, check=True
+            )
             if status != 200 or not isinstance(body, dict) or body.get("status") == "unhealthy":
                 error = f"/health answered {status}"
         except UpstreamError as exc:

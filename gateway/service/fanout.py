@@ -98,7 +98,9 @@ class FleetHealth:
 
     async def _ask(self, url: str) -> dict[str, Any] | None:
         try:
-            status, body = await self.upstreams.get_json(url, "/health", {}, self.timeout)
+            status, body = await self.upstreams.get_json(
+                url, "/health", {}, self.timeout, check=True
+            )
         except UpstreamError:
             return None
         healthy = status == 200 and isinstance(body, dict) and body.get("status") != "unhealthy"

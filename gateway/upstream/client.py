@@ -28,6 +28,7 @@ __all__ = ["Reply", "UpstreamError", "Upstreams"]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # What may follow the method in a request line: printable ASCII, no space.
 TARGET = re.compile(r"/[!-~]*")
+CHECK_CONNECTIONS = 2  # per instance, for health checks alone, besides the capped pool
 
 
 class UpstreamError(Exception):
@@ -49,6 +50,7 @@ class Instance:
     """Where one configured instance URL sends its requests."""
 
     pool: Pool
+    checks: Pool  # the health checks' own: they never wait behind proxied calls
     prefix: str  # the URL's own path, put before every forwarded path
     host: bytes  # the Host header line
 
@@ -57,9 +59,15 @@ def _instance(url: str, pool_options: dict[str, Any]) -> Instance:
     parts = urlsplit(url)
     tls = ssl.create_default_context() if parts.scheme == "https" else None
     port = parts.port or (443 if tls else 80)
-    pool = Pool(parts.hostname or "localhost", port, tls=tls, **pool_options)
+    host = parts.hostname or "localhost"
+    pool = Pool(host, port, tls=tls, **pool_options)
+    checks = Pool(
+        host, port, tls=tls, **{**pool_options, "limit": CHECK_CONNECTIONS, "on_wait": None}
+    )
     netloc = parts.netloc.rpartition("@")[2]
-    return Instance(pool, parts.path.rstrip("/"), b"Host: " + netloc.encode("idna") + b"\r\n")
+    return Instance(
+        pool, checks, parts.path.rstrip("/"), b"Host: " + netloc.encode("idna") + b"\r\n"
+    )
 
 
 class Upstreams:
@@ -104,7 +112,8 @@ class Upstreams:
         )
 
     async def close(self) -> None:
-        await asyncio.gather(*(i.pool.close() for i in self.instances.values()))
+        pools = [pool for i in self.instances.values() for pool in (i.pool, i.checks)]
+        await asyncio.gather(*(pool.close() for pool in pools))
 
     async def send(
         self,
@@ -114,12 +123,14 @@ class Upstreams:
         headers: bytes = b"",
         body: bytes = b"",
         timeout: float | None = None,
+        check: bool = False,
     ) -> Reply:
         """Send one request to ``url`` (its prefix + ``path_qs``) and read the whole answer.
 
         ``headers`` are header lines, each ending in CRLF (``Host`` and ``Content-Length``
         are the upstream's own). ``timeout`` bounds the whole call (default
         ``read_timeout``): the wait for a connection, connecting, writing and reading.
+        ``check``: a health check, sent on the instance's connections kept for them.
         """
         instance = self.instances[url]
         if not TARGET.fullmatch(path_qs):
@@ -137,16 +148,22 @@ class Upstreams:
         )
         deadline = self.loop.time() + (timeout if timeout is not None else self.read_timeout)
         try:
-            answer = await instance.pool.send(request, method.encode("ascii"), deadline)
+            pool = instance.checks if check else instance.pool
+            answer = await pool.send(request, method.encode("ascii"), deadline)
         except Failure as exc:
             self.metrics.upstream_errors.labels(url, exc.kind).inc()
             raise UpstreamError(url, exc.kind, exc.detail) from None
         return answer
 
     async def get_json(
-        self, url: str, path: str, params: Mapping[str, str], timeout: float
+        self,
+        url: str,
+        path: str,
+        params: Mapping[str, str],
+        timeout: float,
+        check: bool = False,
     ) -> tuple[int, Any]:
         """A gateway-initiated GET (health, status, lists): status and decoded body."""
         path_qs = f"{path}?{urlencode(params)}" if params else path
-        reply = await self.send(url, "GET", path_qs, timeout=timeout)
+        reply = await self.send(url, "GET", path_qs, timeout=timeout, check=check)
         return reply.status, reply.json()
