@@ -345,6 +345,8 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
         for e in await _entries(store):
             name = _job_name(e.payload)
             line = f"{e.id}  {e.failed_at}  {e.queue}  {name}  {_headline(e.exception)[:100]}"
+            if e.refused:
+                line += f"  (refused by the database, kept in Redis: {e.refused})"
             print(f"{line}  (waiting for the database)" if e.waiting else line)
         return 0
     if args.action == "show":
