@@ -36,7 +36,7 @@ import aiomysql
 import pymysql
 import redis.asyncio as aioredis
 
-from workers.jobs import Job, with_attempts, without_pace
+from workers.jobs import Job, PayloadError, decode, encode, without_pace
 from workers.queues import QueueKeys, Queues, failed_key, pending_key
 
 log = logging.getLogger("workers")
@@ -210,8 +210,9 @@ class FailedStore:
         """Move waiting entries into the database; how many were moved."""
         return 0
 
-    async def retry(self, job_id: str | None = None) -> list[str]:
-        """Push failed jobs of this connection (one id, or all) back with attempts reset to 0."""
+    async def retry(self, job_id: str | None = None, *, resend: bool = False) -> list[str]:
+        """Push failed jobs of this connection (one id, or all) back with attempts reset to 0;
+        ``resend``: as new jobs, with a fresh uuid, so their sends get new idempotency keys."""
         raise NotImplementedError
 
     async def forget(self, job_id: str) -> bool:
@@ -248,12 +249,12 @@ class RedisFailedStore(FailedStore):
     async def count(self) -> int:
         return await self.redis.llen(self.key)
 
-    async def retry(self, job_id: str | None = None) -> list[str]:
+    async def retry(self, job_id: str | None = None, *, resend: bool = False) -> list[str]:
         retried = []
         for raw, entry in await self._entries():
             if job_id is not None and entry.id != job_id:
                 continue
-            payload = _reset(entry.payload)
+            payload = _reset(entry.payload, resend=resend)
             if payload is None:
                 continue
             keys = QueueKeys(self.prefix, entry.queue)
@@ -405,19 +406,20 @@ class TableFailedStore(FailedStore):
     async def waiting(self) -> int:
         return await self.redis.llen(self.pending)
 
-    async def retry(self, job_id: str | None = None) -> list[str]:
-        retried = await self._retry_waiting(job_id)
+    async def retry(self, job_id: str | None = None, *, resend: bool = False) -> list[str]:
+        retried = await self._retry_waiting(job_id, resend)
         if job_id is None:
             ids = [row[0] for row in await self._fetch("SELECT uuid FROM failed_jobs ORDER BY id")]
         else:
             ids = [] if retried else [job_id]
-        return retried + [i for i in ids if await self._retry_one(i)]
+        return retried + [i for i in ids if await self._retry_one(i, resend)]
 
-    async def _retry_waiting(self, job_id: str | None) -> list[str]:
+    async def _retry_waiting(self, job_id: str | None, resend: bool) -> list[str]:
         """Push waiting entries back; a row a flusher already wrote for one goes with it."""
         retried = []
         for key, raw, entry in await self._pending():
-            payload = _reset(entry.payload) if job_id in (None, entry.id) else None
+            chosen = job_id in (None, entry.id)
+            payload = _reset(entry.payload, resend=resend) if chosen else None
             if payload is None or entry.connection != self.connection:
                 continue
             keys = QueueKeys(self.prefix, entry.queue)
@@ -427,7 +429,7 @@ class TableFailedStore(FailedStore):
                 await self._withdraw(entry.uuid)
         return retried
 
-    async def _retry_one(self, job_id: str) -> bool:
+    async def _retry_one(self, job_id: str, resend: bool) -> bool:
         """Claim the row by deleting it, and push only if this delete removed it: Laravel's
         ``queue:retry`` reads, pushes, then deletes, so a row gone here (another retry,
         Laravel's, a forget) is someone else's to push; and once deleted here, a retry
@@ -435,7 +437,8 @@ class TableFailedStore(FailedStore):
         rows = await self._fetch(
             "SELECT connection, queue, payload FROM failed_jobs WHERE uuid = %s", (job_id,)
         )
-        payload = _reset(rows[0][2]) if rows and rows[0][0] == self.connection else None
+        mine = rows and rows[0][0] == self.connection
+        payload = _reset(rows[0][2], resend=resend) if mine else None
         if payload is None:
             return False
         if not await self._execute("DELETE FROM failed_jobs WHERE uuid = %s", (job_id,)):
@@ -528,9 +531,22 @@ def _cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {cause}" if cause else type(error).__name__
 
 
-def _reset(payload: str) -> bytes | None:
-    """The payload with attempts 0, as ``queue:retry`` pushes it; None if it is not JSON."""
+def _reset(payload: str, *, resend: bool = False) -> bytes | None:
+    """The payload as ``queue:retry`` pushes it (attempts 0), without ``paceSlot``; None if
+    it is not a JSON object. Its uuid is kept, so a retried job whose send went out is
+    answered from the gateway's store; ``resend`` gives it a fresh one (and ``id``, when
+    that was the uuid), noting the old one as ``resentFrom``."""
     try:
-        return with_attempts(without_pace(payload.encode()), 0)
-    except ValueError:
+        job = decode(payload)
+    except PayloadError:
         return None  # retrying would only fail it again
+    job.pop("paceSlot", None)
+    job["attempts"] = 0
+    if resend:
+        old = job.get("uuid") or job.get("id")
+        fresh = str(uuid.uuid4())
+        if "id" in job and job["id"] == job.get("uuid"):
+            job["id"] = fresh
+        job["uuid"] = fresh
+        job["resentFrom"] = old
+    return encode(job)

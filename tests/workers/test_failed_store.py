@@ -138,3 +138,24 @@ async def test_two_concurrent_retries_push_one_copy(mysql_harness: Harness) -> N
                 " VALUES (%s, 'redis', 'q', %s, 'x')",
                 (entry.uuid, entry.payload),
             )
+
+
+@pytest.mark.parametrize("resend", [False, True], ids=["kept key", "resend"])
+async def test_failed_retry_resend_gives_the_job_a_fresh_key(
+    mysql_harness: Harness, resend: bool
+) -> None:
+    h = mysql_harness
+    job = decode(await h.push("q", "flaky", {"log": h.key("log")}, maxTries=1))
+    async with h.pool(h.config(queues=("q",))):
+        await eventually(h.failed)
+    flags = ["--resend"] if resend else []
+    result = h.run_cli("failed", "retry", job["uuid"], *flags)
+    assert result.returncode == 0, result.stderr
+    [queued] = [decode(r) for r in await h.redis.lrange(h.keys("q").list, 0, -1)]
+    assert await h.mysql_rows() == []
+    if resend:
+        assert queued["uuid"] != job["uuid"] and queued["id"] == queued["uuid"]
+        assert queued["resentFrom"] == job["uuid"]
+    else:
+        assert queued["uuid"] == queued["id"] == job["uuid"] and "resentFrom" not in queued
+    assert queued["data"] == job["data"] and queued["attempts"] == 0
