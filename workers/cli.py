@@ -113,6 +113,11 @@ def build_parser() -> Parser:
     retry = action.add_parser("retry", help="push failed jobs back onto their queue")
     retry.add_argument("id", nargs="?")
     retry.add_argument("--all", action="store_true")
+    retry.add_argument(
+        "--resend",
+        action="store_true",
+        help="send again for real: a fresh uuid, so the gateway does not answer from its store",
+    )
     action.add_parser("forget", help="delete one failed job").add_argument("id")
     action.add_parser("flush", help="delete all failed jobs")
     return parser
@@ -351,6 +356,8 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
         for e in await _entries(store):
             name = _job_name(e.payload)
             line = f"{e.id}  {e.failed_at}  {e.queue}  {name}  {_headline(e.exception)[:100]}"
+            if e.refused:
+                line += f"  (refused by the database, kept in Redis: {e.refused})"
             print(f"{line}  (waiting for the database)" if e.waiting else line)
         return 0
     if args.action == "show":
@@ -373,7 +380,7 @@ async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
             )
             return 1
         listed = [e.id for e in await _entries(store) if e.connection == store.connection]
-        retried = await store.retry(None if args.all else args.id)
+        retried = await store.retry(None if args.all else args.id, resend=args.resend)
         for job_id in retried:
             print(f"retried {job_id}")
         for job_id in listed if args.all else [args.id]:

@@ -116,6 +116,19 @@ def with_attempts(raw: bytes, attempts: int) -> bytes:
     return encode(payload)
 
 
+def without_pace(raw: bytes) -> bytes:
+    """The payload without its ``paceSlot``, so a failed job retried asks for pacing again;
+    byte for byte the same when it has none (or is not a JSON object)."""
+    try:
+        payload = decode(raw)
+    except PayloadError:
+        return raw
+    if "paceSlot" not in payload:
+        return raw
+    del payload["paceSlot"]
+    return encode(payload)
+
+
 def new_payload(name: str, data: dict[str, Any], **options: Any) -> dict[str, Any]:
     """A payload with the keys Laravel writes, plus ``pushedAt`` so waiting age is known.
 
