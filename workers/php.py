@@ -290,6 +290,7 @@ class PhpWorkers:
             header = {
                 "op": "fire",
                 "queue": job.queue,
+                "key": job.key,  # its HTTP requests' Idempotency-Key prefix (runner.php)
                 "tries": self.policy.tries,
                 "backoff": ",".join(f"{d:g}" for d in self.policy.backoff),
             }

@@ -119,6 +119,38 @@ $lostConnection = new class
     }
 };
 
+/**
+ * Laravel's HTTP client, with an Idempotency-Key on each request of a job that acts (not GET
+ * or HEAD): "<job key>:<n>", n counting from 1 in each attempt, so every attempt sends the same
+ * keys and the gateway sends each request at most once. A key the job set itself is kept.
+ */
+final class KeyedHttpFactory extends Illuminate\Http\Client\Factory
+{
+    private int $sent = 0;
+
+    public function __construct($dispatcher, private string $key)
+    {
+        parent::__construct($dispatcher);
+    }
+
+    protected function newPendingRequest()
+    {
+        return parent::newPendingRequest()->withMiddleware(function (callable $handler) {
+            return function ($request, array $options) use ($handler) {
+                $acts = ! in_array(strtoupper($request->getMethod()), ['GET', 'HEAD', 'OPTIONS'], true);
+                if ($acts && $this->key !== '') {
+                    $key = $this->key.':'.(++$this->sent);
+                    if (! $request->hasHeader('Idempotency-Key')) {
+                        $request = $request->withHeader('Idempotency-Key', $key);
+                    }
+                }
+
+                return $handler($request, $options);
+            };
+        });
+    }
+}
+
 $worker = $app->make('queue.worker');
 if ($app->bound('cache')) {
     try {
@@ -148,6 +180,12 @@ while (($line = fgets(STDIN)) !== false) {
     }
 
     $job = new GatewayJob($app, $raw, $connection, (string) ($request['queue'] ?? 'default'));
+    $events = $app->bound('events') ? $app['events'] : null;
+    $app->instance(
+        Illuminate\Http\Client\Factory::class,
+        new KeyedHttpFactory($events, (string) ($request['key'] ?? ''))
+    );
+    Illuminate\Support\Facades\Facade::clearResolvedInstance(Illuminate\Http\Client\Factory::class);
     $error = null;
     try {
         if (($request['op'] ?? '') === 'fail') {

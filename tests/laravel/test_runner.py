@@ -295,3 +295,35 @@ async def test_a_dispatched_send_is_paced_by_its_public_session_id(laravel: Lara
     assert 's:6:"second"' in json.loads(waiting)["data"]["command"]
     for session in ("S1", "S2"):
         assert await h.redis.exists(f"{pace_prefix(h.prefix)}{session}")
+
+
+async def test_a_php_jobs_sends_carry_the_same_idempotency_keys_on_every_attempt(
+    laravel: Laravel, php_harness: Harness, teardown
+) -> None:
+    from aiohttp import web
+
+    from tests.conftest import serve
+
+    seen: list[tuple[str, str | None, object]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        body = await request.json() if request.method == "POST" else None
+        seen.append((request.method, request.headers.get("Idempotency-Key"), body))
+        return web.json_response({"success": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner, url = await serve(app)
+    teardown.push_async_callback(runner.cleanup)
+    h = php_harness
+    laravel.dispatch("PostsTwice", "q", url)
+    async with h.pool(h.config(queues=("q",))):
+        [entry] = await eventually(h.failed, timeout=30, what="failed after two tries")
+    key = entry["uuid"]
+    one_attempt = [
+        ("GET", None, None),  # a read is not keyed, and does not count
+        ("POST", f"{key}:1", {"n": 1}),
+        ("POST", "own-key", {"n": 2}),  # the job's own key is kept (it still counts)
+        ("POST", f"{key}:3", {"n": 3}),
+    ]
+    assert seen == one_attempt * 2  # the second attempt sends the very same keys

@@ -6,6 +6,8 @@
  */
 
 require_once 'Illuminate/autoload.php';
+// Laravel's HTTP client needs Guzzle (Debian's php-guzzlehttp-guzzle; an app has it from Composer).
+require_once 'GuzzleHttp/autoload.php';
 
 spl_autoload_register(function (string $class): void {
     if (str_starts_with($class, 'App\\')) {
