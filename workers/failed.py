@@ -55,8 +55,18 @@ RETRY = """
 if redis.call('lrem', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
 redis.call('rpush', KEYS[2], ARGV[2])
 redis.call('rpush', KEYS[3], 1)
+if KEYS[4] then redis.call('set', KEYS[4], 1, 'EX', ARGV[3]) end
 return 1
 """
+
+# KEYS: pending (or refused) list, taken marker. ARGV: entry, marker TTL. A forget that
+# takes a waiting entry marks it taken, as a retry does (see TableFailedStore._flush_one).
+TAKE = """
+if redis.call('lrem', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
+redis.call('set', KEYS[2], 1, 'EX', ARGV[2])
+return 1
+"""
+TAKEN_TTL = 3600  # seconds a taken entry's marker lasts: far longer than a flusher's write
 
 
 def refused_key(prefix: str) -> str:
@@ -295,6 +305,7 @@ class TableFailedStore(FailedStore):
         self._spool = redis.register_script(RECORD)
         self._set_aside = redis.register_script(SET_ASIDE)
         self._retry_pending = redis.register_script(RETRY)
+        self._take = redis.register_script(TAKE)
         self._packet: int | None = None  # max_allowed_packet, read once
         self._refusals: set[str] = set()  # reasons already logged
 
@@ -339,7 +350,20 @@ class TableFailedStore(FailedStore):
             kept = replace(entry, refused=self._refusal(exc)).to_json()
             await self._set_aside(keys=[self.pending, self.refused_list], args=[raw, kept])
             return 0
-        return await self.redis.lrem(self.pending, 1, raw)
+        if await self.redis.lrem(self.pending, 1, raw):
+            return 1
+        if await self.redis.exists(self._taken(entry.uuid)):
+            # A retry or forget took the entry while its row was being written (and could
+            # not delete a row not yet there): the row must not outlive it.
+            await self._write(
+                "DELETE FROM failed_jobs WHERE uuid = %s AND payload = %s AND failed_at = %s",
+                (entry.uuid, entry.payload, entry.failed_at),
+            )
+        return 0
+
+    def _taken(self, job_uuid: str) -> str:
+        """The marker a retry or forget leaves on a waiting entry it took."""
+        return f"{self.pending}:taken:{job_uuid}"
 
     def _refusal(self, error: BaseException) -> str:
         """Why MySQL refused a row, logged once per kind, kept with the entry."""
@@ -424,7 +448,9 @@ class TableFailedStore(FailedStore):
                 continue
             keys = QueueKeys(self.prefix, entry.queue)
             args = [raw, payload]
-            if await self._retry_pending(keys=[key, keys.list, keys.notify], args=args):
+            marker = self._taken(entry.uuid)
+            script_keys = [key, keys.list, keys.notify, marker]
+            if await self._retry_pending(keys=script_keys, args=[*args, TAKEN_TTL]):
                 retried.append(entry.id)
                 await self._withdraw(entry.uuid)
         return retried
@@ -448,7 +474,9 @@ class TableFailedStore(FailedStore):
 
     async def forget(self, job_id: str) -> bool:
         held = [(key, raw) for key, raw, entry in await self._pending() if entry.id == job_id]
-        if sum([await self.redis.lrem(key, 0, raw) for key, raw in held]):
+        marker = self._taken(job_id)
+        taken = [await self._take(keys=[key, marker], args=[raw, TAKEN_TTL]) for key, raw in held]
+        if sum(taken):
             await self._withdraw(job_id)
             return True
         return await self._execute("DELETE FROM failed_jobs WHERE uuid = %s", (job_id,)) > 0

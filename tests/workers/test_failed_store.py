@@ -159,3 +159,46 @@ async def test_failed_retry_resend_gives_the_job_a_fresh_key(
     else:
         assert queued["uuid"] == queued["id"] == job["uuid"] and "resentFrom" not in queued
     assert queued["data"] == job["data"] and queued["attempts"] == 0
+
+
+class _HeldFlusher(TableFailedStore):
+    """A flusher whose INSERT waits at the database's door until ``gate`` opens: the
+    interleaving of a retry with a write in flight, made to happen every time."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.reached, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def _write(self, sql: str, args: tuple[object, ...]) -> int:
+        if sql.lstrip().upper().startswith("INSERT"):
+            self.reached.set()
+            await self.gate.wait()
+        return await super()._write(sql, args)
+
+
+@pytest.mark.parametrize("action", ["retry", "forget"])
+async def test_a_retry_or_forget_while_the_flusher_writes_the_row_leaves_one_outcome(
+    mysql_harness: Harness, action: str
+) -> None:
+    h = mysql_harness
+    entry = _entry(encode(new_payload("flaky", {})))
+    await h.redis.rpush(pending_key(h.prefix), entry.to_json())
+    mysql = await mysql_pool(h.mysql_dsn)
+    assert mysql is not None
+    try:
+        flusher = _HeldFlusher(h.redis, h.prefix, mysql, "redis", "UTC")
+        flushing = asyncio.create_task(flusher.write_pending())
+        await asyncio.wait_for(flusher.reached.wait(), 10)  # its row is about to be written
+        async for other in _store(h):
+            if action == "retry":
+                assert await other.retry(entry.uuid) == [entry.uuid]
+            else:
+                assert await other.forget(entry.uuid)
+        flusher.gate.set()  # the row goes in after the retry took the entry
+        await asyncio.wait_for(flushing, 10)
+    finally:
+        mysql.close()
+        await mysql.wait_closed()
+    assert await h.mysql_rows() == []  # no row outlives the entry the retry took
+    assert await h.redis.llen(pending_key(h.prefix)) == 0
+    assert await h.redis.llen(h.keys("q").list) == (1 if action == "retry" else 0)
