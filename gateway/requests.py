@@ -30,9 +30,18 @@ from gateway.headers import HOP_BY_HOP_RAW, RawHeaders, end_to_end, names_kept
 ROUTE = web.RequestKey("route", str)
 REQUEST_ID = web.RequestKey("request_id", str)
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Headers of the caller's that the gateway sets itself on the way to an instance.
+# Headers of the caller's that the gateway sets itself on the way to an instance. A caller's
+# X-Real-IP or Forwarded would let it name any address to the instance: X-Real-IP is the
+# gateway's word (the peer), and Forwarded is left out (X-Forwarded-* say the same).
 REPLACED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+        b"x-real-ip",
+        b"forwarded",
+    }
 )
 WORKSPACE_ID = re.compile(r"[0-9]{1,20}")
 SESSION_ID_RULE = "session_id must be 1-128 characters of A-Z a-z 0-9 _ . : @ - (not . or ..)"
@@ -134,11 +143,12 @@ def forwarded_headers(request: Incoming, request_id: str) -> bytes:
     forwarded_for = prior + b", " + peer if prior else peer
     lines.append(
         b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-        b"X-Request-ID: %s\r\n"
+        b"X-Real-IP: %s\r\nX-Request-ID: %s\r\n"
         % (
             forwarded_for,
             request.scheme.encode("ascii"),
             request.host.encode("utf-8", "surrogateescape"),
+            peer,
             request_id.encode("utf-8", "surrogateescape"),
         )
     )

@@ -168,7 +168,13 @@ async def test_forwarding_is_transparent(gateways, http):
     try:
         gw = await gateways([url])
         body = json.dumps({"session_id": "t-1", "message": "é"}).encode()
-        headers = {"Content-Type": "application/json", "X-Custom": "v", "Connection": "keep-alive"}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Custom": "v",
+            "Connection": "keep-alive",
+            "X-Real-IP": "203.0.113.9",  # a caller naming any address it likes
+            "Forwarded": "for=203.0.113.9",
+        }
         async with aiohttp.ClientSession(auto_decompress=False) as raw:
             await gw.gw.pins.pin_session("t-1", url, source="admin")
             async with raw.put(
@@ -187,6 +193,7 @@ async def test_forwarding_is_transparent(gateways, http):
         assert isinstance(fwd, dict)
         assert fwd["X-Custom"] == "v"
         assert fwd["X-Forwarded-For"] == "127.0.0.1"
+        assert fwd["X-Real-IP"] == "127.0.0.1" and "Forwarded" not in fwd
         assert fwd["X-Forwarded-Proto"] == "http"
         assert fwd["X-Forwarded-Host"] == gw.url.removeprefix("http://")
         assert fwd["X-Request-ID"] == request_id

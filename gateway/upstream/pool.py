@@ -149,6 +149,9 @@ class Connection(asyncio.Protocol):
     # --- parser callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():  # bytes past the answer: out of step, retired
+            self._keep_alive = False
         self._headers, self._body, self._headers_done = [], [], False
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -322,3 +322,20 @@ async def test_calls_in_flight_each_end_at_their_own_deadline(servers, pools):
         return pool._sweeper is None
 
     await eventually(no_sweep_left, timeout=1)
+
+
+async def test_an_answer_followed_by_the_start_of_another_retires_its_connection(servers, pools):
+    """Bytes past the answer, in the same segment, are an instance out of step: the
+    connection is never reused, so a later request cannot get the stray bytes' answer."""
+    stray = ok(b'{"first":true}') + b"HTTP/1.1 200 OK\r\nContent-Len"
+
+    def script(got: Got) -> bytes:
+        return stray if got.connection == 1 else ok(b'{"fresh":true}')
+
+    server = await servers(script)
+    pool = pools(server.port)
+    first = await call(pool, "GET")
+    assert first.status == 200 and first.body == b'{"first":true}'
+    second = await call(pool, "GET")
+    assert second.status == 200 and second.body == b'{"fresh":true}'
+    assert [g.connection for g in server.got] == [1, 2]
