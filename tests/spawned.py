@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.conftest import ROOT, eventually
+from tests.conftest import API_KEY, REDIS_URL, ROOT, eventually
 from tests.supervised import LEAKY
 
 
@@ -25,6 +25,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The test's own environment: nothing of the developer's shell about the gateway."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY)}
     return env | extra
+
+
+def gateway_env(instances: list[str], prefix: str, **extra: str) -> dict[str, str]:
+    """A gateway process's environment: these instances, the test's Redis prefix, the test
+    key, and no periodic checks or reconciliation to race the test."""
+    return clean_env(
+        WHATSAPP_INSTANCES=",".join(instances),
+        REDIS_URL=REDIS_URL,
+        REDIS_PREFIX=prefix,
+        LARAVEL_API_TOKEN=API_KEY,
+        GATEWAY_HEALTH_INTERVAL="60",
+        GATEWAY_RECONCILE_INTERVAL="60",
+        **extra,
+    )
 
 
 @dataclass

@@ -23,8 +23,8 @@ from gateway.decisions.idempotency import (
     scope,
     settle,
 )
-from tests.conftest import API_KEY, REDIS_URL, eventually, sample, serve, wait_healthy
-from tests.spawned import Spawned, clean_env
+from tests.conftest import API_KEY, eventually, sample, serve, wait_healthy
+from tests.spawned import Spawned, gateway_env
 
 SEND = "/api/messages/send"
 
@@ -263,15 +263,7 @@ async def test_a_gateway_killed_mid_call_leaves_the_key_at_409(
 ):
     sims = await simulators(1, latency=0.5)
     port = free_port()
-    env = clean_env(
-        WHATSAPP_INSTANCES=sims[0].url,
-        REDIS_URL=REDIS_URL,
-        REDIS_PREFIX=redis_prefix,
-        LARAVEL_API_TOKEN=API_KEY,
-        GATEWAY_PORT=str(port),
-        GATEWAY_HEALTH_INTERVAL="60",
-        GATEWAY_RECONCILE_INTERVAL="60",
-    )
+    env = gateway_env([sims[0].url], redis_prefix, GATEWAY_PORT=str(port))
     doomed = await Spawned.start("gateway", env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from dev.ports import free_port
-from tests.conftest import API_KEY, REDIS_URL, ROOT, wait_healthy
-from tests.spawned import Spawned, clean_env
+from tests.conftest import API_KEY, ROOT, wait_healthy
+from tests.spawned import Spawned, gateway_env
 
 SITE = ROOT / "deploy" / "nginx" / "whatsapp-gateway.conf"
 
@@ -63,14 +63,7 @@ async def test_two_gateway_hosts_behind_nginx_share_every_session(
 ):
     sims = await simulators(2)
     ports = [free_port(), free_port()]
-    env = clean_env(
-        WHATSAPP_INSTANCES=",".join(s.url for s in sims),
-        REDIS_URL=REDIS_URL,
-        REDIS_PREFIX=redis_prefix,
-        LARAVEL_API_TOKEN=API_KEY,
-        GATEWAY_HEALTH_INTERVAL="60",
-        GATEWAY_RECONCILE_INTERVAL="60",
-    )
+    env = gateway_env([s.url for s in sims], redis_prefix)
     hosts = [await Spawned.start("gateway", env={**env, "GATEWAY_PORT": str(p)}) for p in ports]
     listen = free_port()
     proxy = await asyncio.create_subprocess_exec(

@@ -65,6 +65,18 @@ def _zero(n: int) -> bool:
     return n == 0
 
 
+def delivered(sim) -> Counter[str]:  # type: ignore[no-untyped-def]
+    """Each message text the instance was asked to send, and how many times."""
+    return Counter(json.loads(s.body)["message"] for s in sim.calls("/api/messages/send"))
+
+
+async def settled(harness: Harness, queue: str = "q") -> bool:
+    """Nothing of the queue waiting, delayed or reserved."""
+    keys = harness.keys(queue)
+    waiting = await harness.redis.llen(keys.list) + await harness.redis.zcard(keys.reserved)
+    return waiting + await harness.redis.zcard(keys.delayed) == 0
+
+
 async def test_workers_killed_mid_send_deliver_every_message_exactly_once(
     harness: Harness, simulators, gateways, http: aiohttp.ClientSession
 ) -> None:  # type: ignore[no-untyped-def]
@@ -84,28 +96,19 @@ async def test_workers_killed_mid_send_deliver_every_message_exactly_once(
     args = ("--queue", "q", "--concurrency", "8", "--metrics-port", "0")
     args += ("--timeout", "2", "--retry-after", "3", "--backoff", "0", "--tries", "5")
 
-    def delivered() -> Counter[str]:
-        return Counter(json.loads(s.body)["message"] for s in sim.calls("/api/messages/send"))
-
     for at_least in (8, 16):  # each worker dies with sends in flight
         worker = harness.spawn(*args)
-        await eventually(lambda: len(delivered()), lambda n, m=at_least: n >= m, what="sends")
+        await eventually(lambda: len(delivered(sim)), lambda n, m=at_least: n >= m, what="sends")
         await eventually(
             lambda: harness.redis.zcard(harness.keys("q").reserved), bool, what="mid-send"
         )
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     last = harness.spawn(*args)
-    keys = harness.keys("q")
-
-    async def settled() -> bool:
-        depth = await harness.redis.llen(keys.list) + await harness.redis.zcard(keys.reserved)
-        return depth + await harness.redis.zcard(keys.delayed) == 0
-
-    await eventually(settled, timeout=40, what="every job settled")
+    await eventually(lambda: settled(harness), timeout=40, what="every job settled")
     last.send_signal(signal.SIGTERM)
     assert last.wait(10) == 0, harness.output(last)
-    counts = delivered()
+    counts = delivered(sim)
     assert set(counts) == {f"m-{n}" for n in range(total)}
     assert max(counts.values()) == 1, [m for m, c in counts.items() if c > 1]
     assert sim.sessions[sid].messages_sent == total
@@ -120,20 +123,12 @@ async def test_a_gateway_killed_mid_send_sends_nothing_twice_and_loses_no_job(
     taken is refused on its rerun (409, unknown outcome) and failed for a person to check;
     every other job is delivered once; none is lost."""
     from dev.ports import free_port
-    from tests.conftest import REDIS_URL, wait_healthy
-    from tests.spawned import Spawned, clean_env
+    from tests.conftest import wait_healthy
+    from tests.spawned import Spawned, gateway_env
 
     [sim] = await simulators(1, latency=0.3)
     port = free_port()
-    env = clean_env(
-        WHATSAPP_INSTANCES=sim.url,
-        REDIS_URL=REDIS_URL,
-        REDIS_PREFIX=redis_prefix,
-        LARAVEL_API_TOKEN=API_KEY,
-        GATEWAY_PORT=str(port),
-        GATEWAY_HEALTH_INTERVAL="60",
-        GATEWAY_RECONCILE_INTERVAL="60",
-    )
+    env = gateway_env([sim.url], redis_prefix, GATEWAY_PORT=str(port))
     url = f"http://127.0.0.1:{port}"
     gateway = await Spawned.start("gateway", env=env)
     sid = SEND["session_id"]
@@ -150,26 +145,17 @@ async def test_a_gateway_killed_mid_send_sends_nothing_twice_and_loses_no_job(
         args = ("--queue", "q", "--concurrency", "4", "--metrics-port", "0", "--tries", "30")
         worker = harness.spawn(*args, "--timeout", "2", "--retry-after", "3", "--backoff", "1")
 
-        def delivered() -> Counter[str]:
-            return Counter(json.loads(s.body)["message"] for s in sim.calls("/api/messages/send"))
-
-        await eventually(lambda: len(delivered()), lambda n: n >= 8, what="sends under way")
+        await eventually(lambda: len(delivered(sim)), lambda n: n >= 8, what="sends under way")
         gateway.signal(signal.SIGKILL)
         await gateway.stop()
         gateway = await Spawned.start("gateway", env=env)
         await wait_healthy(http, url)
-        keys = harness.keys("q")
-
-        async def settled() -> bool:
-            waiting = await harness.redis.llen(keys.list) + await harness.redis.zcard(keys.reserved)
-            return waiting + await harness.redis.zcard(keys.delayed) == 0
-
-        await eventually(settled, timeout=40, what="every job settled")
+        await eventually(lambda: settled(harness), timeout=40, what="every job settled")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(10) == 0, harness.output(worker)
     finally:
         await gateway.stop()
-    counts = delivered()
+    counts = delivered(sim)
     assert max(counts.values()) == 1, [m for m, c in counts.items() if c > 1]
     failed = await harness.failed()
     failed_messages = {json.loads(f["payload"])["data"]["message"] for f in failed}
