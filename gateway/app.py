@@ -54,14 +54,15 @@ def as_response(answer: Answer) -> web.StreamResponse:
 
 async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
     with gw.inflight:  # a reload closes the gateway it replaced only after this
-        declared = request.headers.get(hdrs.CONTENT_LENGTH)
         limit = gw.settings.max_body_bytes
+        headers = request.headers  # (an entry request's is made on each access)
+        declared = headers.get(hdrs.CONTENT_LENGTH)
         if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             refused = json_error(413, f"Request body is over {limit} bytes")  # from the head
             refused.force_close()
             return refused
         try:
-            coding = request.headers.get(hdrs.CONTENT_ENCODING)
+            coding = headers.get(hdrs.CONTENT_ENCODING)
             if coding is not None and codings(coding) and _json(request):
                 call = await _read_encoded(request, coding, limit)
             else:
@@ -76,7 +77,7 @@ async def serve_instance_api(gw: Gateway, request: Incoming) -> Answer:
             primary = gw.follower.primary if gw.follower else None
             return await gw.fleet_health.answer(gw.pins.available, gw.started, primary)
         if keyed(call.method, call.route.template):
-            key = request.headers.get(IDEMPOTENCY_HEADER)
+            key = headers.get(IDEMPOTENCY_HEADER)
             if key is not None:
                 return await gw.idempotency.handle(call, key, gw.proxy.handle)
         return await gw.proxy.handle(call)

@@ -39,7 +39,16 @@ READ_AHEAD = 1 << 20  # bytes of bodies read ahead of the answer under way befor
 KEEPALIVE = 3630.0  # aiohttp's default: the same for a connection before and after a hand-over
 LINGER = 10.0  # aiohttp's lingering_time: how long the body of a refused request is dropped
 # Headers picked out while parsing: the instance API reads these on every request.
-KNOWN = frozenset({b"host", b"content-type", b"x-request-id", b"idempotency-key"})
+KNOWN = frozenset(
+    {
+        b"host",
+        b"content-type",
+        b"content-length",
+        b"content-encoding",
+        b"x-request-id",
+        b"idempotency-key",
+    }
+)
 # Requests with one of these are aiohttp's: it decodes chunks, says 100 Continue, upgrades,
 # and refuses the old WebSocket handshake. (A compressed body is read as it came, by both.)
 AIOHTTPS = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1"})
@@ -359,10 +368,11 @@ class Entry(asyncio.Protocol):
                 if lowered in once:
                     return  # aiohttp refuses a second one
                 once.add(lowered)
-            if lowered in KNOWN:
-                known.setdefault(lowered, value)  # the first, as aiohttp's get() gives
-            elif lowered == b"content-length":
+            if lowered == b"content-length":  # one only (a singleton)
                 self._body_left = int(value)  # llhttp checked it is one decimal number
+                known[lowered] = value
+            elif lowered in KNOWN:
+                known.setdefault(lowered, value)  # the first, as aiohttp's get() gives
             elif lowered in AIOHTTPS:
                 return
         version = parser.get_http_version()
