@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from dev.ports import free_port
@@ -35,14 +38,30 @@ async def backend(teardown, seen: list[web.Request], bodies: list[bytes]) -> str
     return url
 
 
-async def test_an_instances_restore_query_reaches_the_backend_and_its_answer_comes_back(
-    simulators, gateways, http, teardown
-):
+@dataclass
+class Relayed:
+    """A gateway with a recording backend behind it."""
+
+    gw: Any
+    sim: Any
+    seen: list[web.Request]
+    bodies: list[bytes]
+
+
+@pytest.fixture
+async def relayed(simulators, gateways, teardown) -> Relayed:  # type: ignore[no-untyped-def]
     seen: list[web.Request] = []
     bodies: list[bytes] = []
     url = await backend(teardown, seen, bodies)
     sims = await simulators(1)
     gw = await gateways([sims[0].url], backend_url=url, hmac_secret=SECRET)
+    return Relayed(gw, sims[0], seen, bodies)
+
+
+async def test_an_instances_restore_query_reaches_the_backend_and_its_answer_comes_back(
+    relayed, http
+):
+    gw, seen, sims = relayed.gw, relayed.seen, [relayed.sim]
     headers = {"X-API-Key": API_KEY, "User-Agent": UA}
     async with http.get(f"{gw.url}/api/whatsapp/accounts/active?limit=5", headers=headers) as r:
         assert r.status == 200 and r.headers["X-Backend"] == "yes"
@@ -56,14 +75,8 @@ async def test_an_instances_restore_query_reaches_the_backend_and_its_answer_com
     assert sample(gw, "gateway_backend_calls_total", result="forwarded") == 1
 
 
-async def test_a_signed_chat_sync_passes_byte_for_byte_and_gets_the_backends_status(
-    simulators, gateways, http, teardown
-):
-    seen: list[web.Request] = []
-    bodies: list[bytes] = []
-    url = await backend(teardown, seen, bodies)
-    sims = await simulators(1)
-    gw = await gateways([sims[0].url], backend_url=url, hmac_secret=SECRET)
+async def test_a_signed_chat_sync_passes_byte_for_byte_and_gets_the_backends_status(relayed, http):
+    gw, seen, bodies = relayed.gw, relayed.seen, relayed.bodies
     body = json.dumps({"session_id": "s1", "chats": []}, indent=1).encode()
     headers = {**signed_headers(SECRET, body, time.time()), "Content-Type": "application/json"}
     async with http.post(f"{gw.url}/api/whatsapp/chats/sync", data=body, headers=headers) as r:

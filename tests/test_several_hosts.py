@@ -21,6 +21,7 @@ import pytest
 from dev.ports import free_port
 from tests.conftest import API_KEY, ROOT, wait_healthy
 from tests.spawned import Spawned, gateway_env
+from tests.support import unavailable
 
 SITE = ROOT / "deploy" / "nginx" / "whatsapp-gateway.conf"
 
@@ -54,7 +55,7 @@ def nginx() -> str:
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if path is None:
-        pytest.skip("nginx not found: install Debian's nginx package (.ci/run does)")
+        unavailable("nginx not found: install Debian's nginx package (.ci/run does)")
     return path
 
 
