@@ -100,15 +100,6 @@ def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
     return Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
 
 
-async def primary(url: str) -> str | None:
-    """``host:port`` of the primary in use (Sentinel's word), None for a plain URL."""
-    target = sentinel_target(url)
-    if target is None:
-        return None
-    host, port = await _sentinel(target, {}).discover_master(target.service)
-    return f"{host}:{port}"
-
-
 class SwitchFollower:
     """Drops ``clients``' connections when Sentinel announces a new primary for the service."""
 
