@@ -70,7 +70,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from dev.ports import free_port
-from gateway.settings import DEFAULT_INSTANCES, Settings, SettingsError, load_settings
+from gateway.shared.settings import DEFAULT_INSTANCES, Settings, SettingsError, load_settings
 from workers.settings import WorkerSettings, load_worker_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.decisions.signature import INSTANCE_URL_HEADER, signed_headers
-from gateway.tasks import cancel_and_wait
+from gateway.shared.signature import INSTANCE_URL_HEADER, signed_headers
+from gateway.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("dev.simulator")
 

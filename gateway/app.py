@@ -24,7 +24,7 @@ from gateway.reload import RELOADS, Reloads, reload_ctx
 from gateway.requests import BODY_METHODS, ROUTE, BadRequest, Call, Incoming, read_call
 from gateway.service.backend import PREFIX as BACKEND_PREFIX
 from gateway.service.fanout import list_sessions
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 
 __all__ = ["GATEWAY", "Gateway", "GatewayRunner", "create_app"]
 

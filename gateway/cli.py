@@ -9,10 +9,11 @@ import functools
 import sys
 from collections.abc import Callable
 
-from gateway import logs
 from gateway.admin import cli as admin_cli
 from gateway.processes import ChildLink, Parent
-from gateway.settings import (
+from gateway.shared import logs
+from gateway.shared.laravel.prefixes import check_prefix
+from gateway.shared.settings import (
     LOG_FORMATS,
     Settings,
     SettingsError,
@@ -21,7 +22,6 @@ from gateway.settings import (
     parse_processes,
     print_settings,
 )
-from gateway.state.prefixes import check_prefix
 
 
 def _serve(settings: Settings, load: Callable[[], Settings]) -> int:

@@ -19,17 +19,17 @@ from gateway.locate.accounts import TableCheck
 from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
-from gateway.redis_url import SwitchFollower, redis_client
 from gateway.router import Router
 from gateway.service.backend import BackendRelay
 from gateway.service.fanout import FleetHealth
 from gateway.service.idempotency import Idempotency
 from gateway.service.proxy import Proxy
 from gateway.service.webhooks import Holders, Receiver
-from gateway.settings import Settings
+from gateway.shared.outbox import Outbox
+from gateway.shared.redis_url import SwitchFollower, redis_client
+from gateway.shared.settings import Settings
 from gateway.state.idempotency import IdempotencyStore
 from gateway.state.instances import Fleet
-from gateway.state.outbox import Outbox
 from gateway.state.pins import PinChange, PinListener
 from gateway.state.store import PinStore
 from gateway.upstream.client import Upstreams

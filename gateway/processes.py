@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 from prometheus_client import multiprocess
 
-from gateway import logs
 from gateway.metrics import MULTIPROC_DIR
 from gateway.reloadable import checked
-from gateway.settings import Settings
+from gateway.shared import logs
+from gateway.shared.settings import Settings
 
 log = logging.getLogger("gateway.processes")
 

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from gateway import logs
 from gateway.process import GATEWAY, Gateway, close_pools, start_gateway, stop_background
 from gateway.reloadable import checked
-from gateway.settings import Settings
+from gateway.shared import logs
+from gateway.shared.settings import Settings
 
 log = logging.getLogger("gateway.reload")
 

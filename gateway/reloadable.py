@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gateway.settings import Settings, SettingsError
+from gateway.shared.settings import Settings, SettingsError
 
 log = logging.getLogger("gateway.reload")
 

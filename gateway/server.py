@@ -17,10 +17,10 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
-from gateway.limits import raise_open_files
 from gateway.processes import ChildLink
 from gateway.reload import reload
-from gateway.settings import Settings
+from gateway.shared.limits import raise_open_files
+from gateway.shared.settings import Settings
 
 log = logging.getLogger("gateway")
 ACCEPTED_DRAIN = 0.5  # seconds between the last accept and closing idle connections

@@ -29,7 +29,7 @@ from dev.ports import free_port
 from dev.simulator import SimulatorConfig
 from dev.simulator import create_app as create_simulator
 from gateway.app import GATEWAY, Gateway, GatewayRunner, create_app
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 from tests.accounts import DDL as ACCOUNTS_DDL
 from tests.accounts import AccountsDB
 from tests.mysql import own_database

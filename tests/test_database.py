@@ -16,7 +16,7 @@ from gateway.database.table import AccountsTable, Statements
 from gateway.database.writer import Writer, next_backoff
 from gateway.decisions.accounts import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG, Row, judge
 from gateway.metrics import DatabaseMetrics
-from gateway.settings import DatabaseSettings
+from gateway.shared.settings import DatabaseSettings
 from tests.accounts import AccountsDB
 from tests.conftest import REDIS_URL, RedisServer, eventually
 from tests.relay import Relay

@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 
-from gateway.settings import DatabaseSettings
+from gateway.shared.settings import DatabaseSettings
 from tests.conftest import API_KEY, RunningGateway, eventually, sample
 from tests.relay import Relay
 from tests.test_admin import create

@@ -41,7 +41,7 @@ from dev.run import (
     stages,
     workers_available,
 )
-from gateway.settings import Settings, load_settings
+from gateway.shared.settings import Settings, load_settings
 from tests.conftest import API_KEY, ROOT, eventually, wait_healthy
 from tests.spawned import alive
 from workers.settings import WorkerSettings

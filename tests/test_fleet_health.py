@@ -9,7 +9,7 @@ import time
 from aiohttp import web
 
 from dev.ports import free_port
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 from tests.conftest import API_KEY, eventually
 from tests.support import instance_up, stand_in
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.laravel_str import ascii_en, slug
+from gateway.shared.laravel.strings import ascii_en, slug
 
 # App name, Str::slug($name, '_'), Str::slug($name): what Laravel 8.83 (Debian's
 # php-laravel-framework, voku/portable-ascii 2.0.1) answers. Non-ASCII names are escaped.

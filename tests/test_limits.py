@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dev.ports import free_port
-from gateway.limits import WANTED
+from gateway.shared.limits import WANTED
 from tests.conftest import REDIS_URL, ROOT, eventually
 from tests.spawned import clean_env
 

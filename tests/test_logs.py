@@ -15,9 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from dev.ports import free_port
+from gateway.shared.laravel.jobs import encode, new_payload
 from tests.conftest import REDIS_URL, Sim, eventually, wait_healthy
 from tests.spawned import Spawned, clean_env
-from workers.jobs import encode, new_payload
 
 pytestmark = pytest.mark.timeout(90)
 

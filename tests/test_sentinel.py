@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from dev.ports import free_port
-from gateway.redis_url import RedisUrlError, sentinel_target
+from gateway.shared.redis_url import RedisUrlError, sentinel_target
 from tests.conftest import API_KEY, eventually, sample
 from tests.test_proxy import create
 from workers.connections import redis_client as worker_client
@@ -151,7 +151,7 @@ async def test_the_workers_client_writes_to_the_primary_sentinel_names(topology)
 async def test_with_min_replicas_nothing_is_acknowledged_that_a_failover_could_lose(
     topology, simulators, gateways, http, redis_prefix
 ):
-    from gateway.decisions.signature import signed_headers
+    from gateway.shared.signature import signed_headers
 
     sims = await simulators(1)
     primary = f"redis://127.0.0.1:{topology.primary}/0"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import (
+from gateway.shared.settings import (
     DatabaseSettings,
     Settings,
     SettingsError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from gateway.settings import DatabaseSettings
+from gateway.shared.settings import DatabaseSettings
 from tests.accounts import AccountsDB
 from tests.conftest import API_KEY, REDIS_URL, RunningGateway, Sim, eventually, gateway_command
 from tests.relay import Relay

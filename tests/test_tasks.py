@@ -8,7 +8,7 @@ import logging
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.tasks import cancel_and_wait
+from gateway.shared.tasks import cancel_and_wait
 from tests.conftest import REDIS_URL
 
 
@@ -47,7 +47,7 @@ async def test_a_task_that_will_not_end_is_left_behind_after_the_limit(
 
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
-    with caplog.at_level(logging.ERROR, "gateway.tasks"):
+    with caplog.at_level(logging.ERROR, "gateway.shared.tasks"):
         async with asyncio.timeout(5):
             await cancel_and_wait([task, None], limit=0.3)
     assert not task.done()

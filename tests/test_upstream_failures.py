@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from dev.ports import free_port
-from gateway.settings import Settings, describe, load_settings
+from gateway.shared.settings import Settings, describe, load_settings
 from tests.conftest import API_KEY, eventually, peak_overlap
 from tests.support import (
     ADMIN_TOKEN,

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from gateway.decisions.signature import (
+from gateway.decisions.webhooks import SHARED_LANE, match_instance, parse, sender
+from gateway.shared.outbox import Delivery, Incoming
+from gateway.shared.signature import (
     MAX_SKEW,
     REPLAY_MARGIN,
     Rejection,
@@ -17,8 +19,6 @@ from gateway.decisions.signature import (
     signed_headers,
     verify,
 )
-from gateway.decisions.webhooks import SHARED_LANE, match_instance, parse, sender
-from gateway.state.outbox import Delivery, Incoming
 from workers.webhooks import Dead, Done, RelayConfig, Retry, backoff, decide
 
 NOW = 1_800_000_000.0

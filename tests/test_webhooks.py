@@ -18,8 +18,8 @@ from aiohttp import web
 from yarl import URL
 
 from dev.backend import Backend, Delivered
-from gateway.decisions.signature import sign
-from gateway.state.outbox import Backlog, Outbox
+from gateway.shared.outbox import Backlog, Outbox
+from gateway.shared.signature import sign
 from gateway.state.pins import PinChange
 from tests.conftest import (
     API_KEY,

@@ -24,17 +24,17 @@ import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import logs
-from gateway.limits import raise_open_files
-from gateway.redis_url import SwitchFollower
-from gateway.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
-from gateway.state.outbox import Backlog, DeadLetter, Outbox
-from gateway.state.prefixes import check_prefix, prefix_warning
+from gateway.shared import logs
+from gateway.shared.laravel.failed import MYSQL_ERRORS, FailedJob, FailedStore, failed_store
+from gateway.shared.laravel.jobs import encode, new_payload
+from gateway.shared.laravel.prefixes import check_prefix, prefix_warning
+from gateway.shared.laravel.queues import Depth, Queues
+from gateway.shared.limits import raise_open_files
+from gateway.shared.outbox import Backlog, DeadLetter, Outbox
+from gateway.shared.redis_url import SwitchFollower
+from gateway.shared.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from workers.connections import mysql_pool, redis_client
-from workers.failed import MYSQL_ERRORS, FailedJob, FailedStore, failed_store
 from workers.handlers import HandlerError
-from workers.jobs import encode, new_payload
-from workers.queues import Depth, Queues
 from workers.settings import WorkerSettings, load_worker_settings
 from workers.webhooks import RelayConfig, WebhookRelay
 from workers.worker import Pool, PoolConfig

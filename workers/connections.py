@@ -8,9 +8,9 @@ from typing import Any
 import aiomysql
 import redis.asyncio as aioredis
 
-from gateway.redis_url import redis_client as sentinel_client
-from gateway.redis_url import sentinel_target
-from gateway.settings import MySQLParams
+from gateway.shared.redis_url import redis_client as sentinel_client
+from gateway.shared.redis_url import sentinel_target
+from gateway.shared.settings import MySQLParams
 
 
 def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import redis.asyncio as aioredis
 
-from workers.jobs import Job
+from gateway.shared.laravel.jobs import Job
 
 
 class HandlerFailure(Exception):

@@ -18,8 +18,8 @@ from prometheus_client import (
     start_http_server,
 )
 
-from gateway.state.outbox import Backlog
-from workers.queues import Depth
+from gateway.shared.laravel.queues import Depth
+from gateway.shared.outbox import Backlog
 
 disable_created_metrics()  # no *_created series beside every counter: nothing reads them
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.shared.laravel.jobs import Job
 from workers.handlers import Handler, JobContext, PermanentError
-from workers.jobs import Job
 from workers.retry import Policy
 
 log = logging.getLogger("workers.php")

@@ -25,10 +25,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from yarl import URL
 
-from gateway.decisions.signature import INSTANCE_URL_HEADER, signed_headers
-from gateway.settings import Settings
-from gateway.state.outbox import Delivery, Outbox
-from gateway.tasks import cancel_and_wait
+from gateway.shared.outbox import Delivery, Outbox
+from gateway.shared.settings import Settings
+from gateway.shared.signature import INSTANCE_URL_HEADER, signed_headers
+from gateway.shared.tasks import cancel_and_wait
 from workers.handlers import Verdict, retry_after_seconds, webhook_verdict
 from workers.metrics import Metrics
 from workers.settings import WorkerSettings

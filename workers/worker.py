@@ -1,20 +1,19 @@
 """The pool: one fetcher fills free slots, each job runs as its own task.
 
-Before every take the fetcher asks Redis once (:data:`workers.queues.RESERVE`) for as many
-jobs as there are free slots, earlier queues first, and of PHP jobs only as many as PHP
-processes are free; when nothing waits it blocks on all the notify lists at once (and, with
-PHP jobs left waiting, for a process to free), or sleeps until the earliest delayed job is
-due. A job leaves
-``:reserved`` only after its handler finished and its fate (done, released for a retry, or
-recorded as failed) is written, so a killed process loses nothing: its reservations expire
-and the jobs run again.
+Before every take the fetcher asks Redis once (``RESERVE`` in
+:mod:`gateway.shared.laravel.queues`) for as many jobs as there are free slots, earlier
+queues first, and of PHP jobs only as many as PHP processes are free; when nothing waits it
+blocks on all the notify lists at once (and, with PHP jobs left waiting, for a process to
+free), or sleeps until the earliest delayed job is due. A job leaves ``:reserved`` only after
+its handler finished and its fate (done, released for a retry, or recorded as failed) is
+written, so a killed process loses nothing: its reservations expire and the jobs run again.
 
-A failure MySQL cannot take waits in Redis (see :mod:`workers.failed`) and the pool goes on;
-the flusher writes it to ``failed_jobs`` once MySQL answers. A fate that cannot be written
-because Redis is away is kept in memory, in order, and written by the fetcher before it takes
-anything new; meanwhile the keeper goes on pushing out the reservation of every job the
-process holds, so a finished job is not taken back and run again by anyone while the outage
-lasts less than ``retry_after``.
+A failure MySQL cannot take waits in Redis (see :mod:`gateway.shared.laravel.failed`) and the
+pool goes on; the flusher writes it to ``failed_jobs`` once MySQL answers. A fate that cannot
+be written because Redis is away is kept in memory, in order, and written by the fetcher
+before it takes anything new; meanwhile the keeper goes on pushing out the reservation of
+every job the process holds, so a finished job is not taken back and run again by anyone
+while the outage lasts less than ``retry_after``.
 """
 
 from __future__ import annotations
@@ -34,9 +33,11 @@ import aiomysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.settings import Settings, SettingsError
-from gateway.tasks import cancel_and_wait
-from workers.failed import MYSQL_ERRORS, failed_store
+from gateway.shared.laravel.failed import MYSQL_ERRORS, failed_store
+from gateway.shared.laravel.jobs import Job
+from gateway.shared.laravel.queues import Queues, Take
+from gateway.shared.settings import Settings, SettingsError
+from gateway.shared.tasks import cancel_and_wait
 from workers.handlers import (
     Handler,
     HandlerFailure,
@@ -46,10 +47,8 @@ from workers.handlers import (
     registry,
     summary,
 )
-from workers.jobs import Job
 from workers.metrics import Metrics
 from workers.php import PhpConfig, PhpWorkers, Released, RunnerFailed, RunnerLost
-from workers.queues import Queues, Take
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
 from workers.settings import WorkerSettings
 

@@ -23,7 +23,7 @@ import redis
 
 from dev.bench.harness import KEY, ROOT, pinned, wait_http
 from dev.ports import free_port
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 from gateway.state.keys import Keys
 
 BATCH = 10_000

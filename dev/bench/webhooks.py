@@ -38,7 +38,7 @@ from aiohttp import web
 
 from dev.bench.harness import ROOT, Layout, pinned, tail, wait_http, write
 from dev.ports import free_port
-from gateway.decisions.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify
+from gateway.shared.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, signed_headers, verify
 
 SECTION = "webhooks"
 SECRET = "bench-webhook-secret"

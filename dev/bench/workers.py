@@ -28,7 +28,7 @@ from typing import Any
 
 import uvloop
 
-from gateway.settings import load_settings
+from gateway.shared.settings import load_settings
 from workers.settings import load_worker_settings
 
 ENGINES = ("ours", "saq", "arq")
@@ -73,11 +73,11 @@ async def run_pool(
 ) -> tuple[PoolRun, list[dict[str, Any]]]:
     """Push one job per ``data`` item, run this pool until every one was handled, and return
     the run and the data in the order the handler saw it. ``workers`` override settings."""
+    from gateway.shared.laravel.jobs import encode, new_payload
+    from gateway.shared.laravel.queues import QueueKeys, failed_key
     from workers.connections import redis_client
     from workers.handlers import JobContext
-    from workers.jobs import encode, new_payload
     from workers.metrics import OUTCOMES
-    from workers.queues import QueueKeys, failed_key
     from workers.worker import Pool, PoolConfig
 
     prefix = f"bench-{uuid.uuid4().hex[:12]}:"

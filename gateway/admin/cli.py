@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 
 TIMEOUT = 30.0  # a reconciliation waits on every instance's session list
 

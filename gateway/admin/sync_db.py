@@ -21,7 +21,7 @@ from gateway.decisions.accounts import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG
 from gateway.locate.accounts import Report, TableCheck
 from gateway.locate.reconcile import Listing, list_instances
 from gateway.metrics import Metrics
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 from gateway.upstream.client import Upstreams
 
 PROGRESS_FROM = 1000  # rows: smaller tables get no progress bar

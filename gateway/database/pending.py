@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
-from gateway.redis_url import redis_client
+from gateway.shared.redis_url import redis_client
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 T = TypeVar("T")

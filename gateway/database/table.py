@@ -20,7 +20,7 @@ import pymysql
 from gateway.database.pending import Update
 from gateway.decisions.accounts import Row
 from gateway.metrics import DatabaseMetrics
-from gateway.settings import DatabaseSettings, MySQLParams
+from gateway.shared.settings import DatabaseSettings, MySQLParams
 
 ACTIVE_STATUSES = ("connected", "qr_scanning")  # what the backend's balancer counts
 

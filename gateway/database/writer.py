@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from gateway.database.pending import REDIS_ERRORS, PendingUpdates, Update, update_for
 from gateway.database.table import AccountsTable, DatabaseUnavailable, LostLock
 from gateway.metrics import DatabaseMetrics
-from gateway.settings import Settings
-from gateway.tasks import cancel_and_wait
+from gateway.shared.settings import Settings
+from gateway.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.database")
 

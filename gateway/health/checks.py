@@ -15,9 +15,9 @@ import logging
 import time
 
 from gateway.metrics import Metrics
+from gateway.shared.tasks import cancel_and_wait
 from gateway.state.instances import Fleet, Instance
 from gateway.state.store import PinStore
-from gateway.tasks import cancel_and_wait
 from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.health")

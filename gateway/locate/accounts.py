@@ -17,7 +17,7 @@ from gateway.database.table import DatabaseUnavailable
 from gateway.database.writer import Writer
 from gateway.decisions.accounts import WRONG, Verdict, judge
 from gateway.decisions.corrections import holder_parts
-from gateway.tasks import cancel_and_wait, paced
+from gateway.shared.tasks import cancel_and_wait, paced
 
 log = logging.getLogger("gateway.database")
 

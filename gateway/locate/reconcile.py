@@ -20,9 +20,9 @@ from gateway.decisions.corrections import Correction, correction_parts, slices
 from gateway.decisions.routes import valid_session_id
 from gateway.locate.accounts import TableCheck
 from gateway.metrics import Metrics
+from gateway.shared.tasks import cancel_and_wait, every, paced
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
-from gateway.tasks import cancel_and_wait, every, paced
 from gateway.upstream.client import UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.reconcile")

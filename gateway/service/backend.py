@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from gateway.decisions.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from gateway.errors import json_error, unanswered
 from gateway.headers import end_to_end
 from gateway.metrics import Metrics
 from gateway.requests import ROUTE
+from gateway.shared.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 log = logging.getLogger("gateway.backend")
 

@@ -34,8 +34,8 @@ from gateway.decisions.idempotency import (
 from gateway.errors import OUTCOME_HEADER, json_error, unanswered
 from gateway.headers import INSTANCE_HEADER, REPLAYED_HEADER
 from gateway.metrics import Metrics
-from gateway.redis_url import NotReplicated
 from gateway.requests import Call
+from gateway.shared.redis_url import NotReplicated
 from gateway.state.idempotency import Begun, IdempotencyStore, Kept
 from gateway.state.link import Unavailable
 

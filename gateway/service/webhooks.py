@@ -26,7 +26,13 @@ from urllib.parse import urlencode
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.decisions.signature import (
+from gateway.decisions.webhooks import Event, match_instance, parse, sender
+from gateway.errors import json_error
+from gateway.metrics import Metrics
+from gateway.requests import ROUTE
+from gateway.shared.outbox import Incoming, Outbox
+from gateway.shared.redis_url import NotReplicated
+from gateway.shared.signature import (
     INSTANCE_URL_HEADER,
     MESSAGES,
     SIGNATURE_HEADER,
@@ -35,12 +41,6 @@ from gateway.decisions.signature import (
     replay_ttl,
     verify,
 )
-from gateway.decisions.webhooks import Event, match_instance, parse, sender
-from gateway.errors import json_error
-from gateway.metrics import Metrics
-from gateway.redis_url import NotReplicated
-from gateway.requests import ROUTE
-from gateway.state.outbox import Incoming, Outbox
 from gateway.state.store import PinStore
 from gateway.upstream.client import UpstreamError, Upstreams
 

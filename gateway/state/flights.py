@@ -19,8 +19,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from gateway.shared.tasks import cancel_and_wait
 from gateway.state.link import RedisLink, Unavailable
-from gateway.tasks import cancel_and_wait
 
 # Release the lock only if it is still ours (it may have expired and been taken since).
 # KEYS: the lock. ARGV: our token.

@@ -16,7 +16,7 @@ import orjson
 from gateway.answers import Relayed
 from gateway.decisions.idempotency import Held, State
 from gateway.headers import INSTANCE_HEADER
-from gateway.redis_url import NotReplicated
+from gateway.shared.redis_url import NotReplicated
 from gateway.state.link import RedisLink
 
 # Take the key, or say how it is held. KEYS: the key. ARGV: fingerprint, token, ttl (ms).

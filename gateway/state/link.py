@@ -19,9 +19,9 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
-from gateway.redis_url import redis_client
+from gateway.shared.redis_url import redis_client
+from gateway.shared.tasks import cancel_and_wait
 from gateway.state.keys import Keys
-from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.pins")
 T = TypeVar("T")

@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 from redis.asyncio.client import PubSub
 
 from gateway.metrics import Metrics
+from gateway.shared.tasks import cancel_and_wait
 from gateway.state.instances import Fleet
 from gateway.state.link import REDIS_ERRORS, Backlog, Change, RedisLink, Unavailable
 from gateway.state.table import PinTable
-from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.pins")
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from gateway.metrics import Metrics
-from gateway.settings import Settings
+from gateway.shared.settings import Settings
 from gateway.upstream.pool import NOT_SENT, Failure, Pool, Reply
 
 __all__ = ["Reply", "UpstreamError", "Upstreams"]

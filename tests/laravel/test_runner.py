@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.shared.laravel.queues import Queues, pace_prefix
 from tests.laravel.conftest import Laravel
 from tests.workers.conftest import HANDLERS, Harness, eventually
 from workers.php import is_php_job
-from workers.queues import Queues, pace_prefix
 from workers.retry import Policy
 from workers.worker import Pool
 

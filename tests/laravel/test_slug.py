@@ -7,7 +7,7 @@ import json
 import random
 import subprocess
 
-from gateway.laravel_str import slug
+from gateway.shared.laravel.strings import slug
 from tests.laravel.conftest import HERE
 
 RANGES = (

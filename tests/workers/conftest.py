@@ -26,11 +26,11 @@ import aiomysql
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.settings import Settings
+from gateway.shared.laravel.jobs import encode, new_payload
+from gateway.shared.laravel.queues import QueueKeys, failed_key
+from gateway.shared.settings import Settings
 from tests.mysql import MYSQL, own_database
 from workers.connections import redis_client
-from workers.jobs import encode, new_payload
-from workers.queues import QueueKeys, failed_key
 from workers.settings import WorkerSettings, load_worker_settings
 from workers.worker import Pool, PoolConfig
 

@@ -7,8 +7,8 @@ import json
 
 import aiomysql
 
+from gateway.shared.laravel.failed import failed_store
 from tests.workers.conftest import MYSQL, Harness, eventually
-from workers.failed import failed_store
 
 
 async def test_enqueue_then_stats(harness: Harness) -> None:

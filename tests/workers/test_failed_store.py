@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.shared.laravel.failed import FailedJob, TableFailedStore, refused_key
+from gateway.shared.laravel.jobs import decode, encode, new_payload
+from gateway.shared.laravel.queues import pending_key
 from tests.mysql import own_database
 from tests.workers.conftest import FAILED_JOBS_DDL, Harness, eventually
 from workers.connections import mysql_pool
-from workers.failed import FailedJob, TableFailedStore, refused_key
-from workers.jobs import decode, encode, new_payload
-from workers.queues import pending_key
 
 # An older table: no exception column.
 NO_EXCEPTION_DDL = FAILED_JOBS_DDL.replace("  exception LONGTEXT NOT NULL,\n", "")

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from dev.ports import free_port
+from gateway.shared.laravel.jobs import Job, encode, new_payload
 from tests.conftest import serve
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import (
@@ -32,7 +33,6 @@ from workers.handlers import (
     retry_after_seconds,
     send_verdict,
 )
-from workers.jobs import Job, encode, new_payload
 from workers.retry import UNKNOWN_OUTCOME
 
 SEND = "/api/messages/send"

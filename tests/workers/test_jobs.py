@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from workers.jobs import Job, PayloadError, decode, encode, new_payload, pushed_at, with_attempts
+from gateway.shared.laravel.jobs import (
+    Job,
+    PayloadError,
+    decode,
+    encode,
+    new_payload,
+    pushed_at,
+    with_attempts,
+)
 
 
 def test_encode_is_compact_escapes_slashes_and_keeps_unicode_and_key_order() -> None:

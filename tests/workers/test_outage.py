@@ -24,12 +24,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.shared.laravel.failed import INSERT, FailedJob, failed_store
+from gateway.shared.laravel.queues import Queues, pending_key
 from tests.relay import Relay
 from tests.workers.conftest import REDIS_URL, Harness, eventually
 from workers.connections import mysql_pool, redis_client
-from workers.failed import INSERT, FailedJob, failed_store
 from workers.handlers import JobContext
-from workers.queues import Queues, pending_key
 from workers.worker import Pool
 
 

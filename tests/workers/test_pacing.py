@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.shared.laravel.jobs import encode, new_payload
+from gateway.shared.laravel.queues import Queues
 from tests.conftest import serve
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import JobContext
-from workers.jobs import encode, new_payload
-from workers.queues import Queues
 from workers.worker import Pool, PoolConfig
 
 # Longer than any test here: a job on time was woken for, not found by a blocking wait's end.

@@ -7,10 +7,10 @@ import json
 import random
 import time
 
+from gateway.shared.laravel.jobs import encode, new_payload
+from gateway.shared.laravel.queues import Queues
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import JobContext
-from workers.jobs import encode, new_payload
-from workers.queues import Queues
 from workers.retry import Policy
 from workers.worker import Pool
 

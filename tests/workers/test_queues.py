@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from gateway.shared.laravel.jobs import Job
+from gateway.shared.laravel.queues import Queues, pace_prefix
 from tests.workers.conftest import Harness
-from workers.jobs import Job
 from workers.php import is_php_job
-from workers.queues import Queues, pace_prefix
 
 LARAVEL_PAYLOAD = (
     '{"uuid":"9f1c","displayName":"whatsapp.send_message","job":"whatsapp.send_message",'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from gateway.state.outbox import Incoming, Outbox
+from gateway.shared.outbox import Incoming, Outbox
 from tests.workers.conftest import Harness
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-log = logging.getLogger("gateway.tasks")
+log = logging.getLogger("gateway.shared.tasks")
 
 RECANCEL = 0.1  # seconds a cancelled task gets to end before it is cancelled again
 STOP_LIMIT = 10.0  # seconds before shutdown goes on without a task that will not end

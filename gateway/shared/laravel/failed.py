@@ -36,8 +36,8 @@ import aiomysql
 import pymysql
 import redis.asyncio as aioredis
 
-from workers.jobs import Job, PayloadError, decode, encode, without_pace
-from workers.queues import QueueKeys, Queues, failed_key, pending_key
+from gateway.shared.laravel.jobs import Job, PayloadError, decode, encode, without_pace
+from gateway.shared.laravel.queues import QueueKeys, Queues, failed_key, pending_key
 
 log = logging.getLogger("workers")
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.redis_url import NotReplicated
+from gateway.shared.redis_url import NotReplicated
 
 # KEYS: replay, last, event, lane list, lanes, pending. ARGV: id, now, replay mark's life in
 # ms (0: no mark), repeat window in ms (0: no repeats), the event's identity, lane, wake

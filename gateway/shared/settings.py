@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from gateway.laravel_str import slug
-from gateway.redis_url import RedisUrlError, sentinel_target
+from gateway.shared.laravel.strings import slug
+from gateway.shared.redis_url import RedisUrlError, sentinel_target
 
 DEFAULT_CONFIG = "config/gateway.toml"
 DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 3005))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.redis_url import redis_client
+from gateway.shared.redis_url import redis_client
 
 SCAN_BUDGET = 200  # SCAN calls of 1,000 keys each: a look at start-up, not a crawl
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from workers.jobs import Job, decode, pushed_at
+from gateway.shared.laravel.jobs import Job, decode, pushed_at
 
 # Lua: the session a job's sends are paced by, or nil: ``data.session_id`` (a string or an
 # integer), else, for a job Laravel's dispatch() made, the first public ``sessionId`` or
@@ -327,12 +327,12 @@ class Depth:
 
 
 def failed_key(prefix: str) -> str:
-    """The Redis list of failed jobs (see :mod:`workers.failed`)."""
+    """The Redis list of failed jobs (see :mod:`gateway.shared.laravel.failed`)."""
     return f"{prefix}queues:failed"
 
 
 def pending_key(prefix: str) -> str:
-    """The Redis list of failures waiting for MySQL (see :mod:`workers.failed`)."""
+    """The Redis list of failures waiting for MySQL (see :mod:`gateway.shared.laravel.failed`)."""
     return f"{prefix}queues:failed-pending"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.laravel_ascii import ASCII
+from gateway.shared.laravel.ascii_table import ASCII
 
 # What portable-ascii keeps: tab, LF, CR, \x10, \x13 and printable ASCII (its REGEX_ASCII).
 _KEPT = re.compile(r"[\x09\x10\x13\x0a\x0d\x20-\x7e]")
