@@ -2,6 +2,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test processes side by side: most tests wait on servers, not on the CPU.
+TEST_PROCESSES ?= 3
 
 .PHONY: install run test lint bench bench-proxy bench-decisions bench-workers bench-webhooks clean
 
@@ -19,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES)
 
 lint: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests

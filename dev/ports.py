@@ -4,8 +4,9 @@ Asking the kernel for port 0 and closing the socket hands out an *ephemeral* por
 the server binds it, any outgoing connection on the machine may be given the same port as
 its source, and the server then fails with "address already in use". Ports below the
 ephemeral range are never picked as source ports, so they stay free until someone binds
-them on purpose. Each process walks its own stretch of that range (seeded by its pid, so
-two runs side by side rarely meet) and never hands out a port twice.
+them on purpose. Each process walks its own stretch of that range and never hands out a
+port twice: test processes run side by side (``PYTEST_XDIST_WORKER``) get stretches that
+do not overlap, any other process one seeded by its pid, so two runs rarely meet.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def _candidates() -> Iterator[int]:
         while True:
             yield 0
     span = range(_LOWEST, floor)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    if worker.isdigit():  # one disjoint slice per test process, seeded inside it by the pid
+        count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), int(worker) + 1)
+        width = len(span) // count
+        span = range(_LOWEST + int(worker) * width, _LOWEST + (int(worker) + 1) * width)
     start = (os.getpid() * 7_919) % len(span)
     for offset in itertools.cycle(range(len(span))):
         yield span[(start + offset) % len(span)]
