@@ -5,7 +5,7 @@ one answers every route of ``whatsapp-instance-api.md`` with the same shapes and
 (``401`` bad key, ``404 Session not found``, ``400 Session not connected``), so the gateway
 cannot tell it from the real thing. Knobs make it slow (``latency``), flaky (``error_rate``)
 or slow to pair (``connect_delay``). With ``LARAVEL_URL`` and ``HMAC_SECRET`` it reports its
-events as the instances do (``dev.webhooks``): ``qr_code_generated``, ``session_authenticated``
+events as the instances do (``dev.webhook_sink``): ``qr_code_generated``, ``session_authenticated``
 and ``session_ready`` when a session pairs, ``message_sent`` for each message,
 ``session_disconnected`` on a delete. Run it with ``python -m dev.simulator --port 3001``.
 """
@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from dev.serving import hmac_secret, serve
-from dev.webhooks import Reporter
+from dev.webhook_sink import Reporter
 
 log = logging.getLogger("dev.simulator")
 

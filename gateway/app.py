@@ -11,19 +11,19 @@ from aiohttp import hdrs, http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.admin.api import add_admin_routes
-from gateway.answers import Answer, Relayed
 from gateway.decisions.encoding import Undecodable, codings, decoded
 from gateway.decisions.idempotency import keyed
-from gateway.entrypoint import EntryRequest, EntryServer
-from gateway.errors import json_error
-from gateway.headers import IDEMPOTENCY_HEADER
+from gateway.handlers.backend_relay import PREFIX as BACKEND_PREFIX
+from gateway.handlers.fanout import list_sessions
+from gateway.http.answers import Answer, Relayed
+from gateway.http.entrypoint import EntryRequest, EntryServer
+from gateway.http.errors import json_error
+from gateway.http.headers import IDEMPOTENCY_HEADER
+from gateway.http.middlewares import observe, observed
+from gateway.http.requests import BODY_METHODS, ROUTE, BadRequest, Call, Incoming, read_call
+from gateway.lifecycle.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
+from gateway.lifecycle.reload import RELOADS, Reloads, reload_ctx
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from gateway.middlewares import observe, observed
-from gateway.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
-from gateway.reload import RELOADS, Reloads, reload_ctx
-from gateway.requests import BODY_METHODS, ROUTE, BadRequest, Call, Incoming, read_call
-from gateway.service.backend import PREFIX as BACKEND_PREFIX
-from gateway.service.fanout import list_sessions
 from gateway.shared.settings import Settings
 
 __all__ = ["GATEWAY", "Gateway", "GatewayRunner", "create_app"]
@@ -172,7 +172,7 @@ def create_app(settings: Settings) -> web.Application:
 class GatewayRunner(web.AppRunner):
     """An ``AppRunner`` whose server sends the instance API straight to its handler.
 
-    Its connections start as entry points (``gateway.entrypoint.Entry``), which read the
+    Its connections start as entry points (``gateway.http.entrypoint.Entry``), which read the
     instance API's plain requests themselves and answer them through
     ``serve_instance_api`` with the middleware's work done inline (``middlewares.observed``):
     no request or response machinery of aiohttp's, no router walk, no middleware chain.

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from gateway.admin import cli as admin_cli
-from gateway.processes import ChildLink, Parent
+from gateway.run.parent import ChildLink, Parent
 from gateway.shared import logs
 from gateway.shared.laravel.prefixes import check_prefix
 from gateway.shared.settings import (
@@ -31,7 +31,7 @@ def _serve(settings: Settings, load: Callable[[], Settings]) -> int:
     # Imported only here, as is sync-db's code: the parent serves nothing, and the serving
     # code's imports (aiohttp, redis, uvloop) would cost it about as much CPU again as each
     # child's own start, which after a crash is time with nothing serving.
-    from gateway.server import serve
+    from gateway.run.server import serve
 
     return serve(settings, load, child)
 

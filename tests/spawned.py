@@ -122,7 +122,7 @@ class Spawned:
 def children_pids(run: Spawned) -> list[int]:
     """The children the parent reported when they all listened."""
     for record in run.records():
-        if record.get("logger") == "gateway.processes" and "pids" in record:
+        if record.get("logger") == "gateway.run.parent" and "pids" in record:
             return list(record["pids"])
     return []
 

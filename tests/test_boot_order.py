@@ -37,9 +37,7 @@ async def test_a_worker_started_before_redis_waits_and_then_takes_jobs() -> None
         await client.rpush(f"{queue}:notify", 1)
         await client.aclose()
 
-        await worker.logged(
-            lambda _: bool(worker.matching(logger="workers.jobs")), timeout=20
-        )
+        await worker.logged(lambda _: bool(worker.matching(logger="workers.jobs")), timeout=20)
         [line] = worker.matching(logger="workers.jobs")
         assert line["outcome"] == "failed"  # taken and settled: the worker runs
         assert await worker.stop() == 0

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.database.pending import PendingUpdates, Update
-from gateway.database.table import AccountsTable, Statements
-from gateway.database.writer import Writer, next_backoff
-from gateway.decisions.accounts import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG, Row, judge
+from gateway.accounts.pending import PendingUpdates, Update
+from gateway.accounts.table import AccountsTable, Statements
+from gateway.accounts.writer import Writer, next_backoff
+from gateway.decisions.account_rows import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG, Row, judge
 from gateway.metrics import DatabaseMetrics
 from gateway.shared.settings import DatabaseSettings
 from tests.accounts import AccountsDB

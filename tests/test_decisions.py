@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.decisions.placement import is_balanced, least_loaded, preferred_instance, shard
-from gateway.decisions.routes import Route, classify, valid_session_id
+from gateway.decisions.route_table import Route, classify, valid_session_id
 
 A, B, C = "http://a", "http://b", "http://c"
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
-from gateway.entrypoint import READ_AHEAD
+from gateway.http.entrypoint import READ_AHEAD
 from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings, serve
 from tests.support import HEALTHY, reset, stand_in
 

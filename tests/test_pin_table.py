@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from gateway.state.table import PinTable
+from gateway.state.pin_table import PinTable
 
 A, B = "http://10.0.0.1:3001", "http://10.0.0.2:3001"
 

@@ -25,7 +25,7 @@ from dev.simulator import (
     fake_phone,
     status_at,
 )
-from dev.webhooks import WEBHOOK_PATH
+from dev.webhook_sink import WEBHOOK_PATH
 from tests.conftest import eventually
 
 KEY = "secret"

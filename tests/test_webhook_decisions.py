@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.decisions.webhooks import SHARED_LANE, match_instance, parse, sender
+from gateway.decisions.events import SHARED_LANE, match_instance, parse, sender
 from gateway.shared.outbox import Delivery, Incoming
 from gateway.shared.signature import (
     MAX_SKEW,
@@ -19,7 +19,7 @@ from gateway.shared.signature import (
     signed_headers,
     verify,
 )
-from workers.webhooks import Dead, Done, RelayConfig, Retry, backoff, decide
+from workers.delivery import Dead, Done, RelayConfig, Retry, backoff, decide
 
 NOW = 1_800_000_000.0
 BODY = b'{"event":"session_ready","data":{"session_id":"s-1"}}'

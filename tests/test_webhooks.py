@@ -30,8 +30,8 @@ from tests.conftest import (
     spawn,
 )
 from workers.connections import redis_client
+from workers.delivery import RelayConfig, WebhookRelay
 from workers.metrics import Metrics
-from workers.webhooks import RelayConfig, WebhookRelay
 
 SECRET = "webhook-test-secret"
 PATH = "/api/whatsapp/webhooks/webjs"

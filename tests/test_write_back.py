@@ -13,8 +13,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.database.pending import ENQUEUE
-from gateway.reload import reload
+from gateway.accounts.pending import ENQUEUE
+from gateway.lifecycle.reload import reload
 from tests.accounts import AccountsDB
 from tests.conftest import API_KEY, RedisServer, RunningGateway, eventually, sample
 from tests.relay import Relay

@@ -34,9 +34,9 @@ from gateway.shared.outbox import Backlog, DeadLetter, Outbox
 from gateway.shared.redis_url import SwitchFollower
 from gateway.shared.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from workers.connections import mysql_pool, redis_client
+from workers.delivery import RelayConfig, WebhookRelay
 from workers.handlers import HandlerError
 from workers.settings import WorkerSettings, load_worker_settings
-from workers.webhooks import RelayConfig, WebhookRelay
 from workers.worker import Pool, PoolConfig
 
 # Flag -> WorkerSettings field, for the flags that override settings.

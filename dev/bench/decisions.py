@@ -22,9 +22,9 @@ from pathlib import Path
 from dev.bench.harness import write
 from gateway.decisions.corrections import corrections
 from gateway.decisions.placement import least_loaded
-from gateway.decisions.routes import classify
+from gateway.decisions.route_table import classify
 from gateway.state.instances import Fleet
-from gateway.state.table import PinTable
+from gateway.state.pin_table import PinTable
 
 SESSIONS = (1_000, 10_000, 100_000, 1_000_000)
 INSTANCES = (4, 16, 64)

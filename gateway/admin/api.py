@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.database.table import DatabaseUnavailable
+from gateway.accounts.table import DatabaseUnavailable
 from gateway.decisions.placement import is_balanced
-from gateway.decisions.routes import valid_session_id
-from gateway.errors import json_error
-from gateway.process import GATEWAY, Gateway
-from gateway.requests import ROUTE
+from gateway.decisions.route_table import valid_session_id
+from gateway.http.errors import json_error
+from gateway.http.requests import ROUTE
+from gateway.lifecycle.process import GATEWAY, Gateway
 from gateway.state.instances import Instance
 
 AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]

@@ -13,12 +13,12 @@ import sys
 import time
 from typing import TextIO
 
+from gateway.accounts.pending import REDIS_ERRORS, Update
+from gateway.accounts.table import DatabaseUnavailable
+from gateway.accounts.writer import Writer, next_backoff, open_writer
 from gateway.admin.cli import table
-from gateway.database.pending import REDIS_ERRORS, Update
-from gateway.database.table import DatabaseUnavailable
-from gateway.database.writer import Writer, next_backoff, open_writer
-from gateway.decisions.accounts import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG
-from gateway.locate.accounts import Report, TableCheck
+from gateway.decisions.account_rows import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG
+from gateway.locate.account_sync import Report, TableCheck
 from gateway.locate.reconcile import Listing, list_instances
 from gateway.metrics import Metrics
 from gateway.shared.settings import Settings

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.decisions.corrections import Correction, correction_parts, slices
-from gateway.decisions.routes import valid_session_id
-from gateway.locate.accounts import TableCheck
+from gateway.decisions.route_table import valid_session_id
+from gateway.locate.account_sync import TableCheck
 from gateway.metrics import Metrics
 from gateway.shared.tasks import cancel_and_wait, every, paced
 from gateway.state.instances import Fleet

@@ -54,3 +54,34 @@ async def cancel_and_wait(
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=min(RECANCEL, left))
+
+
+async def within(
+    call: Awaitable[T], timeout: float, *, late: Callable[[T], object] | None = None
+) -> T:
+    """``call``'s result, or ``TimeoutError`` after ``timeout`` seconds even when the call
+    loses its cancellation (see :func:`cancel_and_wait`): aiomysql connects through
+    ``asyncio.wait_for``, and a cancel lost there leaves a plain ``asyncio.timeout`` waiting
+    for a handshake that may never come. The call runs as its own task, left behind
+    cancelled at the deadline; ``late`` gets a result it still makes (e.g. a connection to
+    close), so nothing it opens is leaked."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except BaseException:
+        done = set()
+        raise
+    finally:
+        if not done:
+            task.cancel()
+            task.add_done_callback(lambda t: _hand_late(t, late))
+    if task not in done:
+        raise TimeoutError
+    return task.result()
+
+
+def _hand_late(task: asyncio.Future[T], late: Callable[[T], object] | None) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    if late is not None:
+        late(task.result())

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.answers import Relayed
 from gateway.decisions.idempotency import Held, State
-from gateway.headers import INSTANCE_HEADER
+from gateway.http.answers import Relayed
+from gateway.http.headers import INSTANCE_HEADER
 from gateway.shared.redis_url import NotReplicated
 from gateway.state.link import RedisLink
 

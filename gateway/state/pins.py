@@ -26,7 +26,7 @@ from gateway.metrics import Metrics
 from gateway.shared.tasks import cancel_and_wait
 from gateway.state.instances import Fleet
 from gateway.state.link import REDIS_ERRORS, Backlog, Change, RedisLink, Unavailable
-from gateway.state.table import PinTable
+from gateway.state.pin_table import PinTable
 
 log = logging.getLogger("gateway.pins")
 

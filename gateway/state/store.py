@@ -16,8 +16,8 @@ from gateway.state.flights import Flights
 from gateway.state.instances import Fleet
 from gateway.state.keys import Keys
 from gateway.state.link import RedisLink
+from gateway.state.pin_table import PinTable
 from gateway.state.pins import PinListener, PinMap
-from gateway.state.table import PinTable
 
 
 class PinStore:

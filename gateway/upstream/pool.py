@@ -30,7 +30,7 @@ from typing import Any, cast
 import httptools
 from multidict import CIMultiDict
 
-from gateway.headers import decoded
+from gateway.http.headers import decoded
 
 # Failures in which the request surely never left the gateway.
 NOT_SENT = frozenset({"refused", "connect_timeout", "dns", "tls"})

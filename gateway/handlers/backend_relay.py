@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from gateway.errors import json_error, unanswered
-from gateway.headers import end_to_end
+from gateway.http.errors import json_error, unanswered
+from gateway.http.headers import end_to_end
+from gateway.http.requests import ROUTE
 from gateway.metrics import Metrics
-from gateway.requests import ROUTE
 from gateway.shared.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 log = logging.getLogger("gateway.backend")

@@ -18,14 +18,14 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from gateway.answers import Answer, Relayed
-from gateway.decisions.routes import REVIVING_ACTIONS
-from gateway.errors import Outcome, json_error, unanswered
+from gateway.decisions.route_table import REVIVING_ACTIONS
 from gateway.health.checks import HealthChecker
+from gateway.http.answers import Answer, Relayed
+from gateway.http.errors import Outcome, json_error, unanswered
+from gateway.http.requests import Call
 from gateway.locate.rediscovery import Rediscovery, Search
 from gateway.metrics import Metrics
-from gateway.requests import Call
-from gateway.router import Router
+from gateway.routing.router import Router
 from gateway.state.counts import Placement
 from gateway.state.flights import Busy
 from gateway.state.store import PinStore

@@ -11,12 +11,12 @@ from typing import TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.answers import Answer
 from gateway.decisions.paths import origin_form
-from gateway.errors import OUTCOME_HEADER, json_error
-from gateway.headers import INSTANCE_HEADER
+from gateway.http.answers import Answer
+from gateway.http.errors import OUTCOME_HEADER, json_error
+from gateway.http.headers import INSTANCE_HEADER
+from gateway.http.requests import REQUEST_ID, ROUTE, Incoming, request_id
 from gateway.metrics import Metrics
-from gateway.requests import REQUEST_ID, ROUTE, Incoming, request_id
 
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")

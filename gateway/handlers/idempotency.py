@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from gateway.answers import Answer, Relayed
 from gateway.decisions.idempotency import (
     KEY_RULE,
     Repeat,
@@ -31,10 +30,11 @@ from gateway.decisions.idempotency import (
     scope,
     settle,
 )
-from gateway.errors import OUTCOME_HEADER, json_error, unanswered
-from gateway.headers import INSTANCE_HEADER, REPLAYED_HEADER
+from gateway.http.answers import Answer, Relayed
+from gateway.http.errors import OUTCOME_HEADER, json_error, unanswered
+from gateway.http.headers import INSTANCE_HEADER, REPLAYED_HEADER
+from gateway.http.requests import Call
 from gateway.metrics import Metrics
-from gateway.requests import Call
 from gateway.shared.redis_url import NotReplicated
 from gateway.state.idempotency import Begun, IdempotencyStore, Kept
 from gateway.state.link import Unavailable

@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from gateway.process import GATEWAY, Gateway, close_pools, start_gateway, stop_background
-from gateway.reloadable import checked
+from gateway.lifecycle.process import GATEWAY, Gateway, close_pools, start_gateway, stop_background
+from gateway.lifecycle.reloadable import checked
 from gateway.shared import logs
 from gateway.shared.settings import Settings
 
-log = logging.getLogger("gateway.reload")
+log = logging.getLogger("gateway.lifecycle.reload")
 
 # What a reload replaces; ``started`` (the process's uptime) and ``inflight`` stay.
 REPLACED = (

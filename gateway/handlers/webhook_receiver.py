@@ -26,10 +26,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.decisions.webhooks import Event, match_instance, parse, sender
-from gateway.errors import json_error
+from gateway.decisions.events import Event, match_instance, parse, sender
+from gateway.http.errors import json_error
+from gateway.http.requests import ROUTE
 from gateway.metrics import Metrics
-from gateway.requests import ROUTE
 from gateway.shared.outbox import Incoming, Outbox
 from gateway.shared.redis_url import NotReplicated
 from gateway.shared.signature import (

@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.answers import Answer
-from gateway.errors import unanswered
-from gateway.requests import Call
-from gateway.service.proxy import respond
+from gateway.handlers.proxy import respond
+from gateway.http.answers import Answer
+from gateway.http.errors import unanswered
+from gateway.http.requests import Call
 from gateway.state.instances import Fleet
 from gateway.upstream.client import Reply, UpstreamError, Upstreams
 

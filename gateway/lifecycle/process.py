@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.database.writer import Writer, open_writer
+from gateway.accounts.writer import Writer, open_writer
+from gateway.handlers.backend_relay import BackendRelay
+from gateway.handlers.fanout import FleetHealth
+from gateway.handlers.idempotency import Idempotency
+from gateway.handlers.proxy import Proxy
+from gateway.handlers.webhook_receiver import Holders, Receiver
 from gateway.health.checks import HealthChecker
-from gateway.locate.accounts import TableCheck
+from gateway.locate.account_sync import TableCheck
 from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
 from gateway.metrics import Metrics
-from gateway.router import Router
-from gateway.service.backend import BackendRelay
-from gateway.service.fanout import FleetHealth
-from gateway.service.idempotency import Idempotency
-from gateway.service.proxy import Proxy
-from gateway.service.webhooks import Holders, Receiver
+from gateway.routing.router import Router
 from gateway.shared.outbox import Outbox
 from gateway.shared.redis_url import SwitchFollower, redis_client
 from gateway.shared.settings import Settings

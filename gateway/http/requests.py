@@ -23,9 +23,9 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.decisions.paths import PATH_CHARS, BadPath, normalize
-from gateway.decisions.routes import Route, classify, valid_session_id
-from gateway.errors import json_error
-from gateway.headers import HOP_BY_HOP_RAW, RawHeaders, end_to_end, names_kept
+from gateway.decisions.route_table import Route, classify, valid_session_id
+from gateway.http.errors import json_error
+from gateway.http.headers import HOP_BY_HOP_RAW, RawHeaders, end_to_end, names_kept
 
 ROUTE = web.RequestKey("route", str)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -53,7 +53,7 @@ class _Headers(Protocol):
 
 class Incoming(Protocol):
     """What the instance API reads of a request: an aiohttp ``web.Request``, or one the
-    entry point read itself (``gateway.entrypoint.EntryRequest``)."""
+    entry point read itself (``gateway.http.entrypoint.EntryRequest``)."""
 
     @property
     def method(self) -> str: ...

@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 # Names the instance that answered, on every forwarded answer (metrics read it too).
 INSTANCE_HEADER = "X-WhatsApp-Instance"
 # A caller's key for a request that must be acted on at most once, and the mark on an answer
-# given again from what was kept for that key (``gateway.service.idempotency``).
+# given again from what was kept for that key (``gateway.handlers.idempotency``).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 from prometheus_client import multiprocess
 
+from gateway.lifecycle.reloadable import checked
 from gateway.metrics import MULTIPROC_DIR
-from gateway.reloadable import checked
 from gateway.shared import logs
 from gateway.shared.settings import Settings
 
-log = logging.getLogger("gateway.processes")
+log = logging.getLogger("gateway.run.parent")
 
 CHILD_ENV = "GATEWAY_CHILD_FDS"  # "lifeline,ready,socket": set by the parent for a child
 BACKLOG = 1024

@@ -30,7 +30,7 @@ from typing import Any
 import httptools
 from aiohttp import web
 
-from gateway.answers import Answer, Relayed
+from gateway.http.answers import Answer, Relayed
 
 log = logging.getLogger("gateway.http")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.decisions.routes import valid_session_id
+from gateway.decisions.route_table import valid_session_id
 
 SHARED_LANE = "*"  # not a session id character, so never a session's lane
 

@@ -12,14 +12,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gateway.database.pending import REDIS_ERRORS, Update
-from gateway.database.table import DatabaseUnavailable
-from gateway.database.writer import Writer
-from gateway.decisions.accounts import WRONG, Verdict, judge
+from gateway.accounts.pending import REDIS_ERRORS, Update
+from gateway.accounts.table import DatabaseUnavailable
+from gateway.accounts.writer import Writer
+from gateway.decisions.account_rows import WRONG, Verdict, judge
 from gateway.decisions.corrections import holder_parts
 from gateway.shared.tasks import cancel_and_wait, paced
 
-log = logging.getLogger("gateway.database")
+log = logging.getLogger("gateway.accounts")
 
 # progress(rows checked, rows in the table)
 Progress = Callable[[int, int], None]

@@ -33,7 +33,7 @@ from workers.handlers import Verdict, retry_after_seconds, webhook_verdict
 from workers.metrics import Metrics
 from workers.settings import WorkerSettings
 
-log = logging.getLogger("workers.webhooks")
+log = logging.getLogger("workers.delivery")
 
 WEBHOOK_ID_HEADER = "X-Webhook-Id"
 MAX_ERROR = 2000  # characters of the backend's answer kept with a dead letter

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from gateway.shared.settings import Settings, SettingsError
 
-log = logging.getLogger("gateway.reload")
+log = logging.getLogger("gateway.lifecycle.reload")
 
 # Bound to the listening socket, the routes or the process itself.
 RESTART_ONLY = ("host", "port", "max_body_bytes", "processes", "webhook_path")

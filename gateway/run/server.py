@@ -17,8 +17,8 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
-from gateway.processes import ChildLink
-from gateway.reload import reload
+from gateway.lifecycle.reload import reload
+from gateway.run.parent import ChildLink
 from gateway.shared.limits import raise_open_files
 from gateway.shared.settings import Settings
 

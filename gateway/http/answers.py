@@ -13,8 +13,8 @@ from typing import TypeAlias
 
 from aiohttp import web
 
-from gateway.errors import OUTCOME_HEADER
-from gateway.headers import (
+from gateway.http.errors import OUTCOME_HEADER
+from gateway.http.headers import (
     HOP_BY_HOP_RAW,
     INSTANCE_HEADER,
     REPLAYED_HEADER,
@@ -35,7 +35,7 @@ SET_HERE = frozenset(
 class Relayed:
     """Status, headers and body of an instance's answer, plus the gateway's own headers
     (``headers``: the instance's name, then the request id; a plain dict, so they are set
-    and read under the exact names of ``gateway.headers`` and ``gateway.errors``)."""
+    and read under the exact names of ``gateway.http.headers`` and ``gateway.http.errors``)."""
 
     __slots__ = ("body", "dated", "headers", "kept", "sized", "status")
 

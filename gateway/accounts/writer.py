@@ -15,13 +15,13 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from gateway.database.pending import REDIS_ERRORS, PendingUpdates, Update, update_for
-from gateway.database.table import AccountsTable, DatabaseUnavailable, LostLock
+from gateway.accounts.pending import REDIS_ERRORS, PendingUpdates, Update, update_for
+from gateway.accounts.table import AccountsTable, DatabaseUnavailable, LostLock
 from gateway.metrics import DatabaseMetrics
 from gateway.shared.settings import Settings
 from gateway.shared.tasks import cancel_and_wait
 
-log = logging.getLogger("gateway.database")
+log = logging.getLogger("gateway.accounts")
 
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 LOCK_MARGIN = 5.0  # seconds a lock outlives the longest batch

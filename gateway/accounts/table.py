@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass
 import aiomysql
 import pymysql
 
-from gateway.database.pending import Update
-from gateway.decisions.accounts import Row
+from gateway.accounts.pending import Update
+from gateway.decisions.account_rows import Row
 from gateway.metrics import DatabaseMetrics
 from gateway.shared.settings import DatabaseSettings, MySQLParams
+from gateway.shared.tasks import within
 
 ACTIVE_STATUSES = ("connected", "qr_scanning")  # what the backend's balancer counts
 
@@ -101,8 +102,7 @@ class AccountsTable:
         conn: aiomysql.Connection | None = None
         pool = await self._get_pool()
         try:
-            async with asyncio.timeout(s.connect_timeout):
-                conn = await pool.acquire()
+            conn = await within(pool.acquire(), s.connect_timeout, late=_discard(pool))
             async with asyncio.timeout(s.query_timeout):
                 async with conn.cursor() as cur:
                     yield cur
@@ -178,6 +178,16 @@ class AccountsTable:
         async with self._cursor() as cur:
             await cur.execute(self.sql.active)
             return {url: int(count) for url, count in await cur.fetchall()}
+
+
+def _discard(pool: aiomysql.Pool) -> Callable[[aiomysql.Connection], None]:
+    """For a connection made after its caller gave up: closed, never handed out."""
+
+    def discard(conn: aiomysql.Connection) -> None:
+        conn.close()
+        pool.release(conn)
+
+    return discard
 
 
 def _describe(exc: BaseException) -> str:

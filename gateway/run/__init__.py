@@ -1,0 +1,1 @@
+"""Running the gateway: one process serving, the parent of several, live reload."""
