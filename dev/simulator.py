@@ -226,7 +226,12 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     """The body as ``express.json`` sees it: ``{}`` unless it is a JSON request."""
     if request.method == "GET" or request.content_type != "application/json":
         return {}
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPException:
+        raise
+    except Exception:  # a Content-Encoding the body does not match: body-parser's 400
+        _fail(400, "The body cannot be decoded as its Content-Encoding says")
     if not raw.strip():
         return {}
     try:

@@ -7,14 +7,14 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from aiohttp import hdrs, http_exceptions, web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp import hdrs, web
 
 from gateway.admin.api import add_admin_routes
 from gateway.decisions.encoding import Undecodable, codings, decoded
 from gateway.decisions.idempotency import keyed
 from gateway.handlers.backend_relay import PREFIX as BACKEND_PREFIX
 from gateway.handlers.fanout import list_sessions
+from gateway.http.aiohttp_internals import EngineRunner, HandOverServer
 from gateway.http.answers import Answer, Relayed
 from gateway.http.entrypoint import EntryRequest, EntryServer
 from gateway.http.errors import json_error
@@ -29,17 +29,6 @@ from gateway.shared.settings import Settings
 __all__ = ["GATEWAY", "Gateway", "GatewayRunner", "create_app"]
 
 log = logging.getLogger("gateway.http")
-
-# What aiohttp's parser refused, said without echoing the request (it may carry a secret).
-_UNPARSED: tuple[tuple[type[Exception], str], ...] = (
-    (http_exceptions.LineTooLong, "a request line or header is too long"),
-    (http_exceptions.InvalidHeader, "a header is malformed"),
-    (http_exceptions.BadHttpMethod, "the method is not valid"),
-    (http_exceptions.BadStatusLine, "the request line is malformed"),
-    (http_exceptions.InvalidURLError, "the request target is malformed"),
-    (http_exceptions.PayloadEncodingError, "the body's framing is malformed"),
-)
-_MALFORMED = "the request is malformed"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -169,7 +158,7 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-class GatewayRunner(web.AppRunner):
+class GatewayRunner(EngineRunner):
     """An ``AppRunner`` whose server sends the instance API straight to its handler.
 
     Its connections start as entry points (``gateway.http.entrypoint.Entry``), which read the
@@ -218,77 +207,16 @@ class GatewayRunner(web.AppRunner):
         if isinstance(server, EntryServer):
             server.hot, server.serve = hot, lean
 
-    async def _make_server(self) -> web.Server:
-        made = await super()._make_server()
-        return EntryServer(
+    def make_server(self, made: web.Server, options: dict[str, Any]) -> HandOverServer:
+        # Bodies as they came: the instance API forwards them so, Content-Encoding kept.
+        options = {**options, "auto_decompress": False}
+        engine = EntryServer if self.app[SETTINGS].http_engine == "fast" else HandOverServer
+        extra = {"max_body": self.app[SETTINGS].max_body_bytes} if engine is EntryServer else {}
+        return engine(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
-            fallback=_connection,
-            max_body=self.app[SETTINGS].max_body_bytes,
-            # Bodies as they came: the instance API forwards them so, Content-Encoding kept.
-            **{**made._kwargs, "auto_decompress": False},
+            **extra,
+            **options,
         )
-
-
-def _connection(server: web.Server) -> RequestHandler:
-    """aiohttp's connection handler, as a ``_Connection``."""
-    return _Connection(server, loop=server._loop, **server._kwargs)
-
-
-class _Connection(RequestHandler):
-    """A connection that answers a request aiohttp's parser refused in the gateway's JSON.
-
-    Such a request never reaches the gateway's code; aiohttp would answer it in plain text
-    and log it at ERROR with a traceback, so a stream of garbage would flood the logs. Here
-    it costs one DEBUG line naming the kind of fault, never the request's bytes. A 5xx (a
-    handler's own failure) keeps aiohttp's answer and its traceback: that one is a bug.
-    """
-
-    _eof = False  # the caller sent its last byte
-    _started = 0  # requests whose handling began
-    _handling = False
-
-    def eof_received(self) -> bool:
-        """Half-closed: answer every request read whole, then close (aiohttp's own closes
-        at once, so a request being acted on would lose its answer)."""
-        self._eof = True
-        queued = self._messages
-        if queued and not queued[-1][1].is_eof():
-            queued.pop()  # its body can never arrive whole: never started, never answered
-        current = self._current_request
-        if current is not None and not current.content.is_eof():
-            self.force_close()  # the body being read can never arrive whole either
-        elif not queued and not self._handling and self._started == self._request_count:
-            self.force_close()  # every request answered (lingering on a body): close now
-        return True  # keep the write side open for the answers
-
-    async def _handle_request(self, *args: Any, **kwargs: Any) -> tuple[web.StreamResponse, bool]:
-        self._started += 1
-        self._handling = True
-        try:
-            answered = await super()._handle_request(*args, **kwargs)
-        finally:
-            self._handling = False
-        if self._eof and not self._messages:
-            self.close()  # that was the last request: close once it is out
-        return answered
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
-        reason = next((text for kind, text in _UNPARSED if isinstance(exc, kind)), _MALFORMED)
-        fault = {"fault": type(exc).__name__}
-        log.debug("refused an unparsable request: %s", reason, extra={"fields": fault})
-        if request.writer.output_size > 0:  # an answer is on its way: the connection is spent
-            raise ConnectionError("an answer was already sent")
-        response = json_error(status, f"bad request: {reason}")
-        response.force_close()
-        return response

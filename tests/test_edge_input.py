@@ -12,8 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from dev.ports import free_port
-from tests.conftest import API_KEY, Seen, recording
+from tests.conftest import API_KEY, BOTH_ENGINES, Seen, recording
 from tests.support import ADMIN_TOKEN, HEALTHY, ok, pin, raw_http, stand_in
+
+pytestmark = BOTH_ENGINES  # the same behaviour from both engines
 
 
 async def test_absolute_and_authority_form_targets_are_refused(simulators, gateways, teardown):
@@ -298,9 +300,13 @@ async def test_a_compressed_body_is_routed_by_a_decoded_copy_and_forwarded_as_it
     assert reply.status == 200 and seen[-1].body == b"\x00\xff"
 
 
-async def test_bare_lf_line_ends_get_a_400_at_once_from_both_parsers(simulators, gateways):
+async def test_bare_lf_line_ends_get_a_400_at_once_from_both_parsers(
+    simulators, gateways, http_engine
+):
     """llhttp refuses a line ended by LF alone, and so does aiohttp; the entry point hands
-    such a head over at once instead of waiting for a CRLF CRLF that never comes."""
+    such a head over at once instead of waiting for a CRLF CRLF that never comes. (aiohttp
+    alone refuses the whole of what it read at once: a request before the bad one in the
+    same read gets no answer of its own, only the 400.)"""
     sims = await simulators(1)
     gw = await gateways([sims[0].url])
     before = len(sims[0].seen)
@@ -314,7 +320,7 @@ async def test_bare_lf_line_ends_get_a_400_at_once_from_both_parsers(simulators,
     ]:
         for opening in (b"", plain):  # alone, and behind one the entry point answers
             head, body = await _send_raw(gw.url, opening + raw)  # fails on a 5 s wait
-            if opening:
+            if opening and (http_engine == "fast" or head.startswith(b"HTTP/1.1 200")):
                 assert head.startswith(b"HTTP/1.1 200"), head
                 head, _, body = body.partition(b"HTTP/1.")[2].partition(b"\r\n\r\n")
                 head = b"HTTP/1." + head

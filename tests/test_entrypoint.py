@@ -1,5 +1,8 @@
 """The entry point: connections read by the gateway itself, and handed to aiohttp whole.
 
+Tests marked ``BOTH_ENGINES`` hold for ``http_engine = "aiohttp"`` too; the rest are the
+fast engine's own (its hand-over, read-ahead and lingering).
+
 Every request here goes over a raw socket, so what is checked is the bytes a caller gets:
 answers in order on one connection, the hand-over to aiohttp at the first request that is
 not the instance API's (or is unusual) with nothing lost or reordered, keep-alive and
@@ -15,8 +18,15 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.app import GatewayRunner, create_app
-from gateway.http.entrypoint import READ_AHEAD
-from tests.conftest import API_KEY, RunningGateway, eventually, gateway_settings, serve
+from gateway.http.entrypoint import READ_AHEAD, EntryServer
+from tests.conftest import (
+    API_KEY,
+    BOTH_ENGINES,
+    RunningGateway,
+    eventually,
+    gateway_settings,
+    serve,
+)
 from tests.support import HEALTHY, reset, stand_in
 
 
@@ -85,10 +95,12 @@ async def created(gw: RunningGateway, session_id: str) -> None:
 
 
 def entries(gw: RunningGateway) -> int:
+    """Connections an entry point holds (the ``fast`` engine's; the other has none)."""
     server = gw.runner.server
-    return len(server.entries) if server is not None else 0  # type: ignore[attr-defined]
+    return len(server.entries) if isinstance(server, EntryServer) else 0
 
 
+@BOTH_ENGINES
 async def test_answers_come_in_order_and_an_admin_request_hands_the_connection_over(
     simulators, gateways
 ):
@@ -119,6 +131,7 @@ async def test_answers_come_in_order_and_an_admin_request_hands_the_connection_o
     raw.close()
 
 
+@BOTH_ENGINES
 async def test_what_the_entry_point_does_not_read_itself_reaches_aiohttp_intact(
     simulators, gateways
 ):
@@ -178,6 +191,7 @@ async def test_http_1_0_and_connection_close_are_honoured(simulators, gateways):
     assert await raw.closed()  # the request after the last one is not answered
 
 
+@BOTH_ENGINES
 async def test_a_head_answer_has_the_length_and_no_body(simulators, gateways):
     sims = await simulators(1)
     gw = await gateways([sims[0].url])
@@ -190,6 +204,7 @@ async def test_a_head_answer_has_the_length_and_no_body(simulators, gateways):
     raw.close()
 
 
+@BOTH_ENGINES
 async def test_headers_pass_both_ways_as_they_came_but_for_hop_by_hop_ones(teardown, gateways):
     async def answer(_: web.Request) -> web.Response:
         headers = {
@@ -266,9 +281,12 @@ async def test_a_request_sent_byte_by_byte_and_a_half_closed_caller_are_answered
     assert await raw.closed()
 
 
-async def test_idle_connections_are_closed_after_the_keepalive_timeout(simulators, redis_prefix):
+@BOTH_ENGINES
+async def test_idle_connections_are_closed_after_the_keepalive_timeout(
+    simulators, redis_prefix, http_engine
+):
     sims = await simulators(1)
-    settings = gateway_settings([sims[0].url], redis_prefix)
+    settings = gateway_settings([sims[0].url], redis_prefix, http_engine=http_engine)
     runner = GatewayRunner(create_app(settings), access_log=None, keepalive_timeout=0.3)
     await runner.setup()
     try:
@@ -282,11 +300,13 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout(simulator
         async def forgotten() -> bool:
             return entries(gw) == 0
 
-        await eventually(forgotten, timeout=2)
+        if http_engine == "fast":
+            await eventually(forgotten, timeout=2)
     finally:
         await runner.cleanup()
 
 
+@BOTH_ENGINES
 async def test_a_request_in_flight_is_answered_through_a_shutdown(teardown, gateways):
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -309,6 +329,7 @@ async def test_a_request_in_flight_is_answered_through_a_shutdown(teardown, gate
     await stopping
 
 
+@BOTH_ENGINES
 async def test_requests_queued_behind_one_in_flight_are_dropped_when_the_caller_leaves(
     teardown, gateways
 ):
@@ -339,6 +360,7 @@ async def test_requests_queued_behind_one_in_flight_are_dropped_when_the_caller_
     assert calls == ["/info"]  # the one in flight finished; the one queued never went out
 
 
+@BOTH_ENGINES
 async def test_what_aiohttp_refuses_is_refused_the_same(simulators, gateways):
     sims = await simulators(1)
     gw = await gateways([sims[0].url])
@@ -355,6 +377,7 @@ async def test_what_aiohttp_refuses_is_refused_the_same(simulators, gateways):
         raw.close()
 
 
+@BOTH_ENGINES
 async def test_a_fragment_is_neither_a_route_nor_a_field(simulators, gateways):
     sims = await simulators(1)
     gw = await gateways([sims[0].url])
@@ -384,6 +407,7 @@ async def test_head_answers_log_nothing_and_connections_keep_no_old_bodies(
     raw.close()
 
 
+@BOTH_ENGINES
 async def test_a_caller_that_half_closes_after_a_handed_over_request_is_closed(
     simulators, gateways
 ):
@@ -438,6 +462,7 @@ async def test_bytes_behind_a_hand_over_wait_in_the_socket_not_in_memory(teardow
     raw.close()
 
 
+@BOTH_ENGINES
 async def test_the_callers_first_request_id_is_the_one_kept(simulators, gateways):
     sims = await simulators(1)
     gw = await gateways([sims[0].url])
@@ -455,6 +480,7 @@ async def read_the_end(gw: RunningGateway) -> bool:
     return bool(held) and all(getattr(handler, "_eof", False) for handler in held)
 
 
+@BOTH_ENGINES
 async def test_a_half_closed_caller_gets_every_answer_aiohttp_acts_on(teardown, gateways):
     """A send handed over to aiohttp (chunked), then the caller's end: the send goes out and
     its answer comes back before the close, read by the entry point first or not at all."""

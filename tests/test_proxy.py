@@ -9,7 +9,9 @@ import aiohttp
 from aiohttp import web
 
 from dev.ports import free_port
-from tests.conftest import API_KEY, serve
+from tests.conftest import API_KEY, BOTH_ENGINES, serve
+
+pytestmark = BOTH_ENGINES  # the same behaviour from both engines
 
 
 async def create(

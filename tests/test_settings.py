@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Callable
@@ -372,3 +373,20 @@ def test_database_php_is_read_as_php_not_as_text(tmp_path: Path) -> None:
     ).redis_prefix == ("my_app_q_")
     (tmp_path / "config" / "database.php").write_text("<?php return ['redis' => []];\n")
     assert load_settings(env).redis_prefix == "acme_database_"  # no such line: the setting
+
+
+def test_settings_bound_to_the_socket_say_so_and_a_reload_refuses_them() -> None:
+    from gateway.lifecycle.reloadable import refusal
+
+    assert set(Settings.restart_only()) == {
+        "host",
+        "port",
+        "http_engine",
+        "max_body_bytes",
+        "webhook_path",
+        "processes",
+    }
+    current = Settings()
+    assert refusal(current, dataclasses.replace(current, read_timeout=5)) is None
+    refused = refusal(current, dataclasses.replace(current, http_engine="aiohttp"))
+    assert refused == "http_engine cannot change without a restart"

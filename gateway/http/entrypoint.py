@@ -30,6 +30,7 @@ from typing import Any
 import httptools
 from aiohttp import web
 
+from gateway.http.aiohttp_internals import HandOverServer
 from gateway.http.answers import Answer, Relayed
 
 log = logging.getLogger("gateway.http")
@@ -153,23 +154,17 @@ class _RawLookup:
         return default
 
 
-class EntryServer(web.Server):
-    """aiohttp's ``Server`` whose connections start as ``Entry``s.
+class EntryServer(HandOverServer):
+    """aiohttp's ``Server`` whose connections start as ``Entry``s (the ``fast`` engine).
 
-    ``fallback`` makes aiohttp's own connection handler, for the connections an ``Entry``
-    hands over; ``hot`` says whether a path is the instance API's; ``serve`` answers one
-    request of it.
+    An ``Entry`` hands its connection over to aiohttp's own connection handler
+    (``aiohttp_connection``) when aiohttp must serve it; ``hot`` says whether a path is the
+    instance API's; ``serve`` answers one request of it.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        fallback: Callable[[web.Server], asyncio.Protocol],
-        max_body: int,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, max_body: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fallback, self.max_body = fallback, max_body
+        self.max_body = max_body
         self.keepalive = float(kwargs.get("keepalive_timeout", KEEPALIVE))
         # Within aiohttp's limits whatever they are: a longer head, or more headers, goes to
         # aiohttp, which refuses a line or a field over its limit.
@@ -180,7 +175,7 @@ class EntryServer(web.Server):
         self.entries: set[Entry] = set()
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def __call__(self) -> Entry:  # type: ignore[override]
+    def connection(self) -> Entry:
         return Entry(self)
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -509,7 +504,7 @@ class Entry(asyncio.Protocol):
         self.server.entries.discard(self)
         if transport is None or transport.is_closing():
             return
-        handler = self.server.fallback(self.server)
+        handler = self.server.aiohttp_connection()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._paused and not self._eof:  # after an EOF, reading again reads it again

@@ -13,8 +13,7 @@ from gateway.shared.settings import Settings, SettingsError
 
 log = logging.getLogger("gateway.lifecycle.reload")
 
-# Bound to the listening socket, the routes or the process itself.
-RESTART_ONLY = ("host", "port", "max_body_bytes", "processes", "webhook_path")
+RESTART_ONLY = Settings.restart_only()  # marked next to their fields
 
 
 def refusal(current: Settings, new: Settings) -> str | None:

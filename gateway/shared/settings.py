@@ -93,12 +93,23 @@ class DatabaseSettings:
         return {name: value for name, value in values.items() if isinstance(value, str)}
 
 
+# A field's metadata: a reload (SIGHUP) cannot change it, as it is bound to the listening
+# socket, the routes or the process itself; a new value waits for a restart.
+RESTART = {"reload": False}
+HTTP_ENGINES = ("fast", "aiohttp")
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The top-level settings: the gateway's, and those the workers share (``SHARED``)."""
+    """The top-level settings: the gateway's, and those the workers share (``SHARED``).
 
-    host: str = "127.0.0.1"
-    port: int = 8080
+    Every setting a reload may change, except those marked ``RESTART``."""
+
+    host: str = field(default="127.0.0.1", metadata=RESTART)
+    port: int = field(default=8080, metadata=RESTART)
+    # "fast": the entry point reads the instance API's plain requests itself (llhttp) and
+    # hands the rest to aiohttp; "aiohttp": aiohttp's own server reads every request.
+    http_engine: str = field(default="fast", metadata=RESTART)
     instances: tuple[str, ...] = DEFAULT_INSTANCES
     placement: str = "least_loaded"
     max_sessions_per_instance: int = 500
@@ -116,7 +127,7 @@ class Settings:
     read_timeout: float = 60.0  # the whole of one proxied call, connect to last byte
     upstream_keepalive: float = 4.0  # below Node's default keepAliveTimeout of 5 s
     max_connections_per_instance: int = 256
-    max_body_bytes: int = 50 * 1024 * 1024
+    max_body_bytes: int = field(default=50 * 1024 * 1024, metadata=RESTART)
     health_interval: float = 5.0
     health_down_interval: float = 1.0  # how often an instance that is down is checked
     health_timeout: float = 2.0
@@ -127,7 +138,7 @@ class Settings:
     rediscovery_concurrency: int = 16
     log_level: str = "INFO"
     hmac_secret: str = ""  # the instances' webhook secret; empty: the webhook route is off
-    webhook_path: str = "/api/whatsapp/webhooks/"
+    webhook_path: str = field(default="/api/whatsapp/webhooks/", metadata=RESTART)
     webhook_dedup_window: float = 60.0  # an instance's retry of its session's last event
     webhook_max_body_bytes: int = 8 * 1024 * 1024
     backend_url: str = ""  # the backend the instances' own calls go on to; empty: refused
@@ -135,9 +146,14 @@ class Settings:
     idempotency_max_body_bytes: int = 65536  # a kept answer's body, at most
     log_format: str = "text"
     access_log: bool = True
-    processes: int = 1  # "auto" in the config: one per core
+    processes: int = field(default=1, metadata=RESTART)  # "auto" in the config: one per core
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def restart_only(cls) -> tuple[str, ...]:
+        """The settings a reload cannot change (``RESTART``)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("reload") is False)
 
     @property
     def key_prefix(self) -> str:
@@ -411,6 +427,8 @@ def _check_gateway(s: Settings, need: Need) -> None:
         )
         seen.add(url)
     need(s.placement in PLACEMENTS, "placement", s.placement, f"is not one of {PLACEMENTS}")
+    engines = HTTP_ENGINES
+    need(s.http_engine in engines, "http_engine", s.http_engine, f"is not one of {engines}")
     need(
         WEBHOOK_PATH.fullmatch(s.webhook_path) is not None,
         "webhook_path",
