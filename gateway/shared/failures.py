@@ -172,7 +172,7 @@ def headline(exception: str, width: int = HEADLINE) -> str:
     lines = exception.strip().splitlines()
     if not lines:
         return ""
-    line = (lines[-1] if lines[0].startswith("Traceback (") else lines[0]).strip()
+    line = _python_headline(lines) if lines[0].startswith("Traceback (") else lines[0].strip()
     if len(line) <= width:
         return line
     start = min((i for i in (line.find("{"), line.find("[")) if i >= 0), default=-1)
@@ -184,6 +184,17 @@ def headline(exception: str, width: int = HEADLINE) -> str:
             return line
     cut = line[: width - 1]
     return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
+
+
+def _python_headline(lines: list[str]) -> str:
+    """A traceback's exception line, with the pool's notes after it (``(tried 3 times)``)."""
+    notes: list[str] = []
+    for line in reversed(lines):
+        if line.startswith("(") and line.endswith(")"):
+            notes.insert(0, line)
+        elif line and not line[0].isspace():
+            return " ".join([line.strip(), *notes])
+    return lines[-1].strip()
 
 
 def _said(quoted: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway.console.session import COOKIE, LOGIN_LIMIT
 from gateway.shared.laravel.failed import RedisFailedStore
 from gateway.shared.laravel.jobs import Job, encode, new_payload
 from gateway.shared.laravel.queues import QueueKeys
+from gateway.shared.outbox import Incoming, Outbox
 from tests.conftest import API_KEY, RunningGateway, Sim
 
 TOKEN = "console-admin-secret"
@@ -320,3 +322,39 @@ async def test_the_openapi_document_is_valid_and_describes_every_admin_route(
     )
     assert status == 404
     assert API_KEY  # the fleet's instances are the simulators'
+
+
+async def test_dead_letters_through_the_api_are_the_outboxs(
+    fleet: tuple[list[Sim], RunningGateway], http: aiohttp.ClientSession
+) -> None:
+    _, gw = fleet
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    outbox = Outbox(gw.gw.pins.link.redis, gw.gw.settings.key_prefix)
+    for n in range(2):
+        event = Incoming(
+            "/webjs",
+            b'{"event": "session_ready"}',
+            "",
+            "application/json",
+            "session_ready",
+            f"lane-{n}",
+        )
+        await outbox.receive(event, time.time(), dedup_window=0)
+        [delivery], _ = await outbox.take(1, 30, time.time())
+        await outbox.dead(delivery, time.time(), "500", "the backend answered 500")
+    _, body = await call(http, gw, "GET", "/gateway/dead-letters", headers=auth)
+    first, second = body["dead_letters"]
+    assert (first["event"], first["error"], first["status"]) == (
+        "session_ready",
+        "the backend answered 500",
+        "500",
+    )
+    _, body = await call(http, gw, "GET", f"/gateway/dead-letters/{first['id']}", headers=auth)
+    assert body["dead_letter"]["body"] == '{"event": "session_ready"}'
+    path = f"/gateway/dead-letters/{first['id']}/retry"
+    assert (await call(http, gw, "POST", path, headers=auth))[0] == 200
+    assert (await outbox.backlog(time.time())).waiting == 1  # back in its lane
+    path = f"/gateway/dead-letters/{second['id']}"
+    assert (await call(http, gw, "DELETE", path, headers=auth))[0] == 200
+    assert (await call(http, gw, "DELETE", path, headers=auth))[0] == 404
+    assert await outbox.dead_letters() == []

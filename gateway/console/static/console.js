@@ -147,7 +147,10 @@ async function showFailed(id) {
   const detail = document.getElementById("failed-detail");
   try {
     const answer = await api("GET", `/gateway/failed/${encodeURIComponent(id)}`);
-    detail.textContent = JSON.stringify(answer.job, null, 2);
+    const { exception, payload, ...rest } = answer.job;
+    let pretty = payload;
+    try { pretty = JSON.stringify(JSON.parse(payload), null, 2); } catch (e) { /* shown as stored */ }
+    detail.textContent = `${JSON.stringify(rest, null, 2)}\n\nexception:\n${exception}\n\npayload:\n${pretty}`;
   } catch (e) {
     detail.textContent = `could not show ${id}: ${e.message}`;
   }
