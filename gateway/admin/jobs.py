@@ -56,11 +56,8 @@ class FailuresHolder:
             if self._failures is None or key != self._key:
                 await self.close()
                 stack = contextlib.AsyncExitStack()
-                opened = open_failures(
-                    settings,
-                    connection=settings.workers.laravel_connection,
-                    timezone=settings.workers.timezone,
-                )
+                # (the timezone only dates failures, which the gateway never records)
+                opened = open_failures(settings, connection=settings.workers.laravel_connection)
                 self._failures = await stack.enter_async_context(opened)
                 self._stack, self._key = stack, key
             return self._failures

@@ -107,11 +107,11 @@ DEFAULT_QUEUES = (
 @dataclass(frozen=True)
 class QueueSettings:
     """What the gateway reads of ``[workers]`` for its console: the queues it shows, and the
-    failed store's connection name and timezone (the workers' own settings of those names)."""
+    failed store's connection name (the workers' own settings of those names). The rest of
+    ``[workers]`` is the workers' alone: a bad value there never stops the gateway."""
 
     queues: tuple[str, ...] = DEFAULT_QUEUES
     laravel_connection: str = "redis"
-    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -691,7 +691,6 @@ def load_settings(
             QueueSettings,
             "workers",
             names={f.name for f in fields(QueueSettings)},
-            aliases={"timezone": ("APP_TIMEZONE",)},
         )
         values["workers"] = QueueSettings(**queues)
     settings = Settings(**values, sources=dict(sources.origin))
