@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 from aiohttp import web
@@ -34,6 +34,7 @@ from gateway.shared.laravel.queues import Queues
 from gateway.shared.laravel.throughput import throughput
 from gateway.shared.settings import Settings
 
+T = TypeVar("T")
 THROUGHPUT_MINUTES = 5
 MAX_PAGE = 500
 _ID = re.compile(r"[A-Za-z0-9_.:@-]{1,255}")
@@ -106,6 +107,13 @@ def _item(request: web.Request) -> str:
     return item
 
 
+def _found(found: T | None, what: str, item: str) -> T:
+    """``found``, or the 404 naming what was not."""
+    if not found:
+        raise AdminError(404, f"No such {what}", id=item)
+    return found
+
+
 def _queue(request: web.Request) -> str | None:
     queue = request.query.get("queue") or None
     if queue is not None and not _QUEUE.fullmatch(queue):
@@ -158,9 +166,7 @@ async def failed_jobs(request: web.Request, gw: Gateway, failures: Failures) -> 
 @stored("/gateway/failed/{id}")
 async def failed_job(request: web.Request, gw: Gateway, failures: Failures) -> web.Response:
     item = _item(request)
-    entry = await failures.job(item)
-    if entry is None:
-        raise AdminError(404, "No such failed job", id=item)
+    entry = _found(await failures.job(item), "failed job", item)
     return web.json_response({"success": True, "job": job_detail(entry)})
 
 
@@ -181,8 +187,7 @@ async def retry_job(request: web.Request, gw: Gateway, failures: Failures) -> we
 @stored("/gateway/failed/{id}")
 async def forget_job(request: web.Request, gw: Gateway, failures: Failures) -> web.Response:
     item = _item(request)
-    if not await failures.forget(item):
-        raise AdminError(404, "No such failed job", id=item)
+    _found(await failures.forget(item), "failed job", item)
     return web.json_response({"success": True, "forgotten": item})
 
 
@@ -197,25 +202,21 @@ async def dead_letters(request: web.Request, gw: Gateway, failures: Failures) ->
 @stored("/gateway/dead-letters/{id}")
 async def dead_letter(request: web.Request, gw: Gateway, failures: Failures) -> web.Response:
     item = _item(request)
-    letter = await failures.letter(item)
-    if letter is None:
-        raise AdminError(404, "No such dead letter", id=item)
+    letter = _found(await failures.letter(item), "dead letter", item)
     return web.json_response({"success": True, "dead_letter": letter_detail(letter)})
 
 
 @stored("/gateway/dead-letters/{id}/retry")
 async def retry_letter(request: web.Request, gw: Gateway, failures: Failures) -> web.Response:
     item = _item(request)
-    if not await failures.retry_letter(item):
-        raise AdminError(404, "No such dead letter", id=item)
+    _found(await failures.retry_letter(item), "dead letter", item)
     return web.json_response({"success": True, "retried": [item]})
 
 
 @stored("/gateway/dead-letters/{id}")
 async def drop_letter(request: web.Request, gw: Gateway, failures: Failures) -> web.Response:
     item = _item(request)
-    if not await failures.drop_letter(item):
-        raise AdminError(404, "No such dead letter", id=item)
+    _found(await failures.drop_letter(item), "dead letter", item)
     return web.json_response({"success": True, "dropped": item})
 
 

@@ -159,8 +159,13 @@ async function showFailed(id) {
 
 function renderFailed(data) {
   const last = Math.min(data.offset + data.jobs.length, data.total);
+  if (!data.jobs.length && data.offset > 0) {  // past the end (jobs went meanwhile): back
+    state.failedOffset = Math.max(0, Math.floor((data.total - 1) / PAGE) * PAGE);
+  }
   document.getElementById("failed-page").textContent =
     data.total ? `${data.offset + 1}–${last} of ${data.total}` : "none";
+  document.getElementById("failed-prev").disabled = data.offset === 0;
+  document.getElementById("failed-next").disabled = data.offset + PAGE >= data.total;
   fill("failed", data.jobs.map((j) => {
     const path = `/gateway/failed/${encodeURIComponent(j.id)}`;
     return el("tr", { dataset: { id: j.id } }, td(j.id, "mono"), td(j.failed_at), td(j.queue, "mono"),
