@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -66,7 +67,13 @@ class Page:
         await self.run(self.driver.get, f"{self.base}{path}")
 
     async def until(self, check: Callable[[WebDriver], Any], what: str) -> Any:
-        wait = WebDriverWait(self.driver, WAIT, poll_frequency=0.1)
+        # the page redraws its tables on every refresh: an element read mid-redraw is stale
+        wait = WebDriverWait(
+            self.driver,
+            WAIT,
+            poll_frequency=0.1,
+            ignored_exceptions=[StaleElementReferenceException],
+        )
         try:
             return await self.run(wait.until, check, f"the page never showed {what}")
         except Exception:
@@ -139,9 +146,14 @@ async def test_an_operator_logs_in_drains_an_instance_and_retries_a_failed_job(
     # The right one opens the console, which shows the fleet.
     await page.type("#token", TOKEN)
     await page.click("#login-button")
-    await page.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#instances tbody tr"), "the fleet")
-    rows = await page.run(driver.find_elements, By.CSS_SELECTOR, "#instances tbody tr")
-    assert [await page.run(r.get_attribute, "data-url") for r in rows] == [s.url for s in sims]
+    shown = await page.until(
+        lambda d: [
+            row.get_attribute("data-url")
+            for row in d.find_elements(By.CSS_SELECTOR, "#instances tbody tr")
+        ],
+        "the fleet",
+    )
+    assert shown == [s.url for s in sims]
     [cookie] = await page.run(driver.get_cookies)
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     assert TOKEN not in await page.run(lambda: driver.page_source)
