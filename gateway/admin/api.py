@@ -94,12 +94,20 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
 MAX_ADMIN_BODY = 64 * 1024  # an admin call's JSON body, at most
 
 
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None once it is over ``limit`` bytes (the rest is never read)."""
+    if (request.content_length or 0) > limit:
+        return None
+    body = bytearray()
+    while len(body) <= limit and (chunk := await request.content.read(limit + 1 - len(body))):
+        body += chunk
+    return None if len(body) > limit else bytes(body)
+
+
 async def json_body(request: web.Request, shape: str) -> Any:
     """The call's JSON body (None when it has none); a 413 or a 400 naming ``shape``."""
-    if (request.content_length or 0) > MAX_ADMIN_BODY:
-        raise AdminError(413, f"The body is over {MAX_ADMIN_BODY} bytes")
-    raw = await request.content.read(MAX_ADMIN_BODY + 1)
-    if len(raw) > MAX_ADMIN_BODY:
+    raw = await read_body(request, MAX_ADMIN_BODY)
+    if raw is None:
         raise AdminError(413, f"The body is over {MAX_ADMIN_BODY} bytes")
     if not raw.strip():
         return None

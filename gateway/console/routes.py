@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from gateway.admin.api import ADMIN_GATE
+from gateway.admin.api import ADMIN_GATE, read_body
 from gateway.console import session
 from gateway.console.openapi import document
 from gateway.http.errors import json_error
@@ -86,10 +86,8 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 async def _token(request: web.Request) -> str:
     """The token of a login: a JSON ``{"token": ...}`` or the form's ``token`` field."""
-    if (request.content_length or 0) > MAX_LOGIN_BODY:
-        raise session.ConsoleError(413, f"A login is at most {MAX_LOGIN_BODY} bytes")
-    raw = await request.content.read(MAX_LOGIN_BODY + 1)
-    if len(raw) > MAX_LOGIN_BODY:
+    raw = await read_body(request, MAX_LOGIN_BODY)
+    if raw is None:
         raise session.ConsoleError(413, f"A login is at most {MAX_LOGIN_BODY} bytes")
     token: Any = None
     if request.content_type == "application/x-www-form-urlencoded":

@@ -257,6 +257,13 @@ async def test_hostile_admin_input_gets_clear_json_errors(
         status, body = await call(http, gw, method, path, headers=auth, **kwargs)
         assert status == expected, (method, path, status, body)
         assert body["success"] is False and body["error"], (path, body)
+    # a large body within the limit is read whole, however it arrives
+    sims = fleet[0]
+    padded = {"instance": sims[1].url, "pad": "x" * 60_000}
+    status, body = await call(http, gw, "PUT", "/gateway/sessions/s1", headers=auth, json=padded)
+    assert (status, body["instance"]) == (200, sims[1].url)
+    status, body, _ = await login(http, gw, token="y" * 4000)
+    assert status == 401
 
 
 async def test_failed_jobs_through_the_api_are_the_stores(
