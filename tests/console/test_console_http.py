@@ -86,6 +86,8 @@ async def test_login_sets_a_strict_httponly_cookie_and_the_page_carries_csrf_not
         csp = resp.headers["Content-Security-Policy"]
         assert "default-src 'none'" in csp and "script-src 'self'" in csp
         assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    async with http.get(f"{gw.url}/console", allow_redirects=False) as resp:
+        assert (resp.status, resp.headers["Location"]) == (308, "/console/")
     status, body, resp = await login(http, gw)
     assert status == 200 and body["success"] is True
     set_cookie = resp.headers["Set-Cookie"]
