@@ -9,7 +9,9 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from gateway.admin.api import add_admin_routes
+from gateway.admin.routes import add_admin
+from gateway.console.routes import PREFIX as CONSOLE_PREFIX
+from gateway.console.routes import add_console_routes
 from gateway.decisions.encoding import Undecodable, codings, decoded
 from gateway.decisions.idempotency import keyed
 from gateway.handlers.backend_relay import PREFIX as BACKEND_PREFIX
@@ -153,7 +155,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", f"{settings.webhook_path}{{tail:.*}}", receive_webhook)
     app.router.add_route("*", f"{BACKEND_PREFIX}{{tail:.*}}", call_backend)
-    add_admin_routes(app)
+    add_admin(app)
+    add_console_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
@@ -180,7 +183,7 @@ class GatewayRunner(EngineRunner):
         app, server = self.app, self.server
         assert server is not None
         through_app = server.request_handler
-        apps_own = ("/gateway/", app[SETTINGS].webhook_path, BACKEND_PREFIX)
+        apps_own = ("/gateway/", CONSOLE_PREFIX, app[SETTINGS].webhook_path, BACKEND_PREFIX)
         metrics = app[METRICS]
 
         def access_log(_: Incoming) -> bool:

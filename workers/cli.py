@@ -16,8 +16,8 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, NoReturn
 
 import uvloop
@@ -25,12 +25,20 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.shared import logs
-from gateway.shared.laravel.failed import MYSQL_ERRORS, FailedJob, FailedStore, failed_store
+from gateway.shared.failures import (
+    Failures,
+    job_detail,
+    job_summary,
+    letter_detail,
+    letter_summary,
+    open_failures,
+)
+from gateway.shared.laravel.failed import MYSQL_ERRORS
 from gateway.shared.laravel.jobs import encode, new_payload
 from gateway.shared.laravel.prefixes import check_prefix, prefix_warning
 from gateway.shared.laravel.queues import Depth, Queues
 from gateway.shared.limits import raise_open_files
-from gateway.shared.outbox import Backlog, DeadLetter, Outbox
+from gateway.shared.outbox import Backlog, Outbox
 from gateway.shared.redis_url import SwitchFollower
 from gateway.shared.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from workers.connections import mysql_pool, redis_client
@@ -73,6 +81,23 @@ def _queues_flag(value: str) -> tuple[str, ...]:
     return queues
 
 
+FAILED_HELP = (
+    "Failed jobs (failed_jobs with a database, else Redis) and dead-lettered webhook events"
+    " (queue webhook). The same operations as the gateway's console."
+)
+
+
+def _failed_flags(
+    parser: argparse.ArgumentParser, *, queue: bool = True, limit: bool = False
+) -> None:
+    """The flags of one ``failed`` subcommand: its own, not the pool's."""
+    if queue:
+        parser.add_argument("--queue", dest="only_queue", metavar="QUEUE", help="only this queue")
+    if limit:
+        parser.add_argument("--limit", type=int, default=0, help="at most N (default: all)")
+    parser.add_argument("--json", action="store_true", help="JSON instead of text")
+
+
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     flags = common.add_argument_group("pool settings (override the config)")
@@ -106,20 +131,28 @@ def build_parser() -> Parser:
     enqueue.add_argument("--delay", type=float, default=0.0, help="run in S seconds")
     sub.add_parser("stats", parents=[common], help="queue depths and failed count")
     sub.add_parser("check-config", help="print the settings in force and where each came from")
-    failed = sub.add_parser("failed", parents=[common], help="failed jobs")
+    failed = sub.add_parser(
+        "failed", help="failed jobs and dead-lettered webhooks", description=FAILED_HELP
+    )
     action = failed.add_subparsers(dest="action", metavar="ACTION", required=True)
-    action.add_parser("list", help="list failed jobs")
-    action.add_parser("show", help="show one failed job").add_argument("id")
+    listing = action.add_parser("list", help="list failed jobs, newest first")
+    _failed_flags(listing, limit=True)
+    show = action.add_parser("show", help="show one failed job whole")
+    show.add_argument("id")
+    _failed_flags(show, queue=False)
     retry = action.add_parser("retry", help="push failed jobs back onto their queue")
     retry.add_argument("id", nargs="?")
-    retry.add_argument("--all", action="store_true")
+    retry.add_argument("--all", action="store_true", help="every failed job (of --queue)")
     retry.add_argument(
         "--resend",
         action="store_true",
         help="send again for real: a fresh uuid, so the gateway does not answer from its store",
     )
-    action.add_parser("forget", help="delete one failed job").add_argument("id")
-    action.add_parser("flush", help="delete all failed jobs")
+    _failed_flags(retry)
+    forget = action.add_parser("forget", help="delete one failed job")
+    forget.add_argument("id")
+    _failed_flags(forget, queue=False)
+    _failed_flags(action.add_parser("flush", help="delete all failed jobs"), queue=False)
     return parser
 
 
@@ -299,27 +332,13 @@ def format_depths(depths: Sequence[Depth], failed: int | None, waiting: int = 0)
     return "\n".join(lines)
 
 
-@contextlib.asynccontextmanager
-async def _failed_store(settings: Settings, config: PoolConfig) -> AsyncIterator[FailedStore]:
-    redis = redis_client(settings.redis_url)
-    mysql = await mysql_pool(settings.mysql_dsn)
-    try:
-        yield failed_store(
-            redis,
-            settings.redis_prefix,
-            mysql,
-            connection=config.laravel_connection,
-            timezone=config.timezone,
-        )
-    finally:
-        await redis.aclose()
-        if mysql is not None:
-            mysql.close()
-            await mysql.wait_closed()
+def _failures(settings: Settings, config: PoolConfig) -> AbstractAsyncContextManager[Failures]:
+    return open_failures(settings, connection=config.laravel_connection, timezone=config.timezone)
 
 
 async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
-    async with _failed_store(settings, config) as store:
+    async with _failures(settings, config) as failures:
+        store = failures.store
         depths = await Queues(store.redis, settings.redis_prefix, config.queues).depths()
         waiting = await store.waiting()
         try:
@@ -333,122 +352,113 @@ async def stats(args: argparse.Namespace, settings: Settings, config: PoolConfig
 
 
 async def failed(args: argparse.Namespace, settings: Settings, config: PoolConfig) -> int:
-    async with _failed_store(settings, config) as store:
-        outbox = Outbox(store.redis, settings.key_prefix)
-        letters = {letter.id: letter for letter in await outbox.dead_letters()}
-        if getattr(args, "id", None) in letters:
-            return await _dead_letter_action(outbox, letters[args.id], args.action)
-        code = await _failed_action(store, args)
+    """``failed ACTION``: failed jobs first, then dead letters (their ids never clash)."""
+    async with _failures(settings, config) as failures:
         if args.action == "list":
-            for letter in letters.values():
-                print(_dead_letter_line(letter))
-        elif args.action == "retry" and args.all:
-            for letter in letters.values():
-                await _dead_letter_action(outbox, letter, "retry")
-        elif args.action == "flush" and letters:
-            gone = [await outbox.forget(letter_id) for letter_id in letters]
-            print(f"flushed {sum(gone)} dead-lettered webhooks")
-        return code
-
-
-async def _failed_action(store: FailedStore, args: argparse.Namespace) -> int:
-    if args.action == "list":
-        for e in await _entries(store):
-            name = _job_name(e.payload)
-            line = f"{e.id}  {e.failed_at}  {e.queue}  {name}  {_headline(e.exception)[:100]}"
-            if e.refused:
-                line += f"  (refused by the database, kept in Redis: {e.refused})"
-            print(f"{line}  (waiting for the database)" if e.waiting else line)
+            return await _list(failures, args)
+        if args.action == "show":
+            return await _show(failures, args.id)
+        if args.action == "retry":
+            return await _retry(failures, args)
+        if args.action == "forget":
+            return await _forget(failures, args)
+        flushed, letters = await failures.flush(), await failures.letters()
+        dropped = [await failures.drop_letter(x.id) for x in letters]
+        _say(
+            args,
+            {"flushed": flushed, "dead_letters_dropped": sum(dropped)},
+            [
+                f"flushed {flushed}",
+                *([f"flushed {sum(dropped)} dead-lettered webhooks"] if letters else []),
+            ],
+        )
         return 0
-    if args.action == "show":
-        entry = await store.find(args.id)
-        if entry is None:
-            print(f"workers: no failed job {args.id}", file=sys.stderr)
-            return 1
-        print(json.dumps(dataclasses.asdict(entry), indent=2, ensure_ascii=False))
-        return 0
-    if args.action == "retry":
-        entry = None if args.all else await store.find(args.id)
-        if not args.all and entry is None:
-            print(f"workers: no failed job {args.id}", file=sys.stderr)
-            return 1
-        if entry is not None and entry.connection != store.connection:
-            print(
-                f"workers: failed job {args.id} is on connection {entry.connection!r}, not"
-                f" {store.connection!r}: retry it with php artisan queue:retry",
-                file=sys.stderr,
-            )
-            return 1
-        listed = [e.id for e in await _entries(store) if e.connection == store.connection]
-        retried = await store.retry(None if args.all else args.id, resend=args.resend)
-        for job_id in retried:
-            print(f"retried {job_id}")
-        for job_id in listed if args.all else [args.id]:
-            if job_id not in retried:
-                print(f"skipped {job_id}: {await _not_retried(store, job_id)}")
-        return 0 if retried or args.all else 1
-    if args.action == "forget":
-        if not await store.forget(args.id):
-            print(f"workers: no failed job {args.id}", file=sys.stderr)
-            return 1
-        print(f"forgot {args.id}")
-        return 0
-    print(f"flushed {await store.flush()}")
-    return 0
 
 
-async def _entries(store: FailedStore) -> list[FailedJob]:
-    """Every failed job; with the database away, those waiting for it, and a note."""
-    try:
-        return await store.all()
-    except MYSQL_ERRORS as exc:
+def _say(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
+    """``data`` as JSON with ``--json``, else the lines."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        for line in lines:
+            print(line)
+
+
+async def _list(failures: Failures, args: argparse.Namespace) -> int:
+    queue, limit = args.only_queue, args.limit
+    listing = await failures.jobs(queue, limit)
+    if listing.database_error:
         print(
-            f"workers: the database does not answer ({type(exc).__name__}); only the failed"
-            " jobs waiting for it are seen",
+            f"workers: the database does not answer ({listing.database_error}); only the"
+            " failed jobs waiting for it are seen",
             file=sys.stderr,
         )
-        return await store.waiting_entries()
-
-
-def _dead_letter_line(letter: DeadLetter) -> str:
-    """A dead-lettered webhook as ``failed list`` shows a failed job; the queue is webhook."""
-    when = datetime.fromtimestamp(letter.dead_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    lines = letter.error.strip().splitlines()
-    first = lines[0] if lines else ""
-    return f"{letter.id}  {when}  webhook  {letter.event or '?'}  {first[:100]}"
-
-
-async def _dead_letter_action(outbox: Outbox, letter: DeadLetter, action: str) -> int:
-    if action == "show":
-        entry = dataclasses.asdict(letter) | {"body": letter.body.decode("utf-8", "replace")}
-        print(json.dumps(entry, indent=2, ensure_ascii=False))
-    elif action == "retry":
-        if await outbox.requeue(letter.id, time.time()):
-            print(f"retried {letter.id}")
-    elif action == "forget" and await outbox.forget(letter.id):
-        print(f"forgot {letter.id}")
+    letters = [x for x in await failures.letters() if queue in (None, "webhook")]
+    if limit:
+        letters = letters[: max(0, limit - len(listing.jobs))]
+    jobs = [job_summary(e) for e in listing.jobs]
+    dead = [letter_summary(x) for x in letters]
+    lines = [_job_line(j) for j in jobs] + [_letter_line(x) for x in dead]
+    if not lines:
+        lines = [f"no failed jobs{f' on {queue}' if queue else ''} and no dead-lettered webhooks"]
+    elif listing.total > len(jobs) and limit:
+        lines.append(f"({len(jobs)} of {listing.total} failed jobs shown: --limit)")
+    _say(args, {"jobs": jobs, "total": listing.total, "dead_letters": dead}, lines)
     return 0
 
 
-async def _not_retried(store: FailedStore, job_id: str) -> str:
-    """Why a failed job listed a moment ago was not pushed back."""
-    if await store.find(job_id) is None:
-        return "no longer in the failed store (retried or forgotten meanwhile, e.g. by PHP)"
-    return "its payload is not a JSON object, so it cannot run"
+def _job_line(job: dict[str, Any]) -> str:
+    line = f"{job['id']}  {job['failed_at']}  {job['queue']}  {job['job']}  {job['exception']}"
+    if job["refused"]:
+        line += f"  (refused by the database, kept in Redis: {job['refused']})"
+    return f"{line}  (waiting for the database)" if job["waiting"] else line
 
 
-def _job_name(payload: str) -> str:
-    """``displayName`` (a PHP job's class), else ``job``."""
-    try:
-        decoded = json.loads(payload)
-        return str(decoded.get("displayName") or decoded.get("job") or "?")
-    except (ValueError, AttributeError):
-        return "?"
+def _letter_line(letter: dict[str, Any]) -> str:
+    """A dead-lettered webhook as ``failed list`` shows a failed job; the queue is webhook."""
+    when = letter["dead_at"].replace("T", " ").removesuffix("+00:00")
+    return f"{letter['id']}  {when}  webhook  {letter['event'] or '?'}  {letter['error']}"
 
 
-def _headline(exception: str) -> str:
-    """The line that says what went wrong: PHP's first line, a Python traceback's last."""
-    lines = exception.strip().splitlines()
+async def _show(failures: Failures, item: str) -> int:
+    entry = await failures.job(item)
+    letter = None if entry is not None else await failures.letter(item)
+    if entry is None and letter is None:
+        print(f"workers: no failed job {item}", file=sys.stderr)
+        return 1
+    shown = job_detail(entry) if entry is not None else letter_detail(letter)  # type: ignore[arg-type]
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _retry(failures: Failures, args: argparse.Namespace) -> int:
+    queue = args.only_queue
+    letter = args.id is not None and await failures.job(args.id) is None
+    if letter and await failures.retry_letter(args.id):
+        _say(args, {"retried": [args.id], "skipped": {}}, [f"retried {args.id}"])
+        return 0
+    done = await failures.retry(args.id, queue=queue, resend=args.resend)
+    retried, skipped = list(done.retried), dict(done.skipped)
+    if args.all and queue in (None, "webhook"):
+        for letter in await failures.letters():
+            if await failures.retry_letter(letter.id):
+                retried.append(letter.id)
+    if args.id is not None and not retried and "connection" in skipped.get(args.id, ""):
+        print(f"workers: failed job {args.id} is {skipped[args.id]}", file=sys.stderr)
+        return 1
+    if args.id is not None and skipped.get(args.id) == "no such failed job":
+        print(f"workers: no failed job {args.id}", file=sys.stderr)
+        return 1
+    lines = [f"retried {i}" for i in retried] + [f"skipped {i}: {w}" for i, w in skipped.items()]
     if not lines:
-        return ""
-    return lines[-1] if lines[0].startswith("Traceback (") else lines[0]
+        lines = ["nothing to retry"]
+    _say(args, {"retried": retried, "skipped": skipped}, lines)
+    return 0 if retried or args.all else 1
+
+
+async def _forget(failures: Failures, args: argparse.Namespace) -> int:
+    if not (await failures.forget(args.id) or await failures.drop_letter(args.id)):
+        print(f"workers: no failed job {args.id}", file=sys.stderr)
+        return 1
+    _say(args, {"forgotten": args.id}, [f"forgot {args.id}"])
+    return 0

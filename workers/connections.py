@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
-import aiomysql
 import redis.asyncio as aioredis
 
+from gateway.shared.failures import mysql_pool
 from gateway.shared.redis_url import redis_client as sentinel_client
 from gateway.shared.redis_url import sentinel_target
-from gateway.shared.settings import MySQLParams
 
 
 def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
@@ -33,15 +31,4 @@ def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-async def mysql_pool(dsn: str) -> aiomysql.Pool | None:
-    """A small pool for ``failed_jobs``; ``None`` when no DSN is configured."""
-    if not dsn:
-        return None
-    return await aiomysql.create_pool(
-        **asdict(MySQLParams.from_dsn(dsn)),
-        minsize=0,
-        maxsize=2,
-        connect_timeout=5,
-        autocommit=True,
-        charset="utf8mb4",
-    )
+__all__ = ["mysql_pool", "redis_client"]

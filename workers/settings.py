@@ -14,16 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.shared.settings import Need, Settings, Sources, load_settings
-
-DEFAULT_QUEUES = (
-    "messaging",
-    "campaign-stats",
-    "whatsapp-urgent",
-    "whatsapp-high",
-    "whatsapp-normal",
-    "whatsapp-campaign",
-)
+from gateway.shared.settings import DEFAULT_QUEUES, Need, Settings, Sources, load_settings
 
 # Env names besides GATEWAY_WORKERS_<NAME>.
 ENV_NAMES: Mapping[str, tuple[str, ...]] = {

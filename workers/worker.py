@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from gateway.shared.laravel.failed import MYSQL_ERRORS, failed_store
 from gateway.shared.laravel.jobs import Job
 from gateway.shared.laravel.queues import Queues, Take
+from gateway.shared.laravel.throughput import Tally
 from gateway.shared.settings import Settings, SettingsError
 from gateway.shared.tasks import cancel_and_wait
 from workers.handlers import (
@@ -64,6 +65,7 @@ REDIS_TICK = 0.1  # how late Redis may end a blocking wait (1 / its default hz)
 # Redis or MySQL not answering: the outcome of a finished job waits in memory.
 STORE_ERRORS = (RedisError, OSError, aiomysql.OperationalError, aiomysql.InterfaceError)
 STORE_RETRY = 0.1  # seconds between tries to reach the store again
+TALLY_INTERVAL = 2.0  # seconds between writes of the finished jobs' counts (throughput)
 # How often the flusher looks for failures waiting for MySQL (also another process's, left
 # by its death), and tries MySQL again while it does not answer.
 PENDING_INTERVAL = 5.0
@@ -184,6 +186,7 @@ class Pool:
         )
         self.php = PhpWorkers(config.php, config.policy) if config.php else None
         self.metrics = metrics or Metrics()
+        self.tally = Tally(config.key_prefix)  # finished jobs, for the console's throughput
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._php_jobs = 0  # of those tasks, the jobs that run in PHP
         self._kept: deque[Outcome] = deque()  # finished, not yet written: the store was away
@@ -205,7 +208,10 @@ class Pool:
     async def run(self) -> None:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             self._http = http
-            helpers = [asyncio.create_task(self._keep_reserved())]
+            helpers = [
+                asyncio.create_task(self._keep_reserved()),
+                asyncio.create_task(self._publish_tally()),
+            ]
             if self.mysql is not None:
                 helpers.append(asyncio.create_task(self._write_pending()))
             if self.config.metrics_port:
@@ -217,6 +223,8 @@ class Pool:
                 await self._drain()
             finally:
                 await cancel_and_wait(helpers)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.tally.flush(self.redis, time.time())
                 if self.php:
                     await self.php.close()
 
@@ -348,14 +356,17 @@ class Pool:
         if outcome.kind == "done":
             await self.queues.delete(job)
             self.metrics.jobs.labels(job.queue, "done").inc()
+            self.tally.note(job.queue, "done")
         elif outcome.kind == "failed":
             entry = await self.failed.record(job, outcome.exception, again=outcome.tried)
             self.metrics.jobs.labels(job.queue, "failed").inc()
+            self.tally.note(job.queue, "failed")
             if entry.waiting:
                 self._pending.set()
         else:
             await self.queues.release(job, max(0.0, outcome.due - time.time()))
             self.metrics.jobs.labels(job.queue, "retried").inc()
+            self.tally.note(job.queue, "retried")
 
     async def _apply_kept(self) -> None:
         """Write the kept outcomes in order; a store error stops it, keeping the rest."""
@@ -426,6 +437,12 @@ class Pool:
     async def _show_pending(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             self.metrics.waiting_for_database.set(await self.failed.waiting())
+
+    async def _publish_tally(self) -> None:
+        while True:
+            await asyncio.sleep(TALLY_INTERVAL)
+            with contextlib.suppress(RedisError, OSError):
+                await self.tally.flush(self.redis, time.time())
 
     async def _watch_depths(self) -> None:
         while True:

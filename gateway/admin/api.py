@@ -8,6 +8,7 @@ through the pin store, so every gateway process sharing the Redis sees them.
 from __future__ import annotations
 
 import hmac
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.accounts.table import DatabaseUnavailable
-from gateway.decisions.placement import is_balanced
+from gateway.decisions.placement import is_balanced, least_loaded, spread
 from gateway.decisions.route_table import valid_session_id
 from gateway.http.errors import json_error
 from gateway.http.requests import ROUTE
@@ -25,6 +26,10 @@ from gateway.state.instances import Instance
 
 AdminHandler = Callable[[web.Request, Gateway], Awaitable[web.Response]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+# Another way in besides the Bearer token (the console's session): None lets the call
+# through, else the answer refusing it.
+Gate = Callable[[web.Request], Awaitable[web.Response | None]]
+ADMIN_GATE = web.AppKey("admin_gate", Gate)  # type: ignore[type-abstract]
 
 
 class AdminError(Exception):
@@ -54,9 +59,12 @@ def admin(template: str) -> Callable[[AdminHandler], Handler]:
             if not token:
                 return json_error(404, "The admin API is off: no admin token is configured")
             if not _authorized(request, token):
-                response = json_error(401, "Missing or wrong admin token (Authorization: Bearer)")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+                gate = request.app.get(ADMIN_GATE)
+                refused = await gate(request) if gate else None
+                if refused is not None and refused.status == 401:
+                    refused.headers["WWW-Authenticate"] = "Bearer"
+                if gate is None or refused is not None:
+                    return refused or _unauthorized()
             try:
                 return await handler(request, gw)
             except AdminError as exc:
@@ -65,6 +73,48 @@ def admin(template: str) -> Callable[[AdminHandler], Handler]:
         return guarded
 
     return wrap
+
+
+def _unauthorized() -> web.Response:
+    response = json_error(401, "Missing or wrong admin token (Authorization: Bearer)")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter within ``low``..``high``; else a 400 naming it."""
+    raw = request.query.get(name, "")
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 10 and low <= int(raw) <= high):
+        raise AdminError(400, f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+MAX_ADMIN_BODY = 64 * 1024  # an admin call's JSON body, at most
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None once it is over ``limit`` bytes (the rest is never read)."""
+    if (request.content_length or 0) > limit:
+        return None
+    body = bytearray()
+    while len(body) <= limit and (chunk := await request.content.read(limit + 1 - len(body))):
+        body += chunk
+    return None if len(body) > limit else bytes(body)
+
+
+async def json_body(request: web.Request, shape: str) -> Any:
+    """The call's JSON body (None when it has none); a 413 or a 400 naming ``shape``."""
+    raw = await read_body(request, MAX_ADMIN_BODY)
+    if raw is None:
+        raise AdminError(413, f"The body is over {MAX_ADMIN_BODY} bytes")
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise AdminError(400, f"The body must be JSON: {shape}") from None
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -95,10 +145,7 @@ def _session_id(request: web.Request) -> str:
 
 async def _target(request: web.Request, gw: Gateway) -> str:
     """The configured instance URL named by a ``{"instance": url}`` body."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise AdminError(400, 'The body must be JSON: {"instance": "<url>"}') from None
+    body = await json_body(request, '{"instance": "<url>"}')
     url = body.get("instance") if isinstance(body, dict) else None
     if not isinstance(url, str) or gw.fleet.get(url.rstrip("/")) is None:
         raise AdminError(
@@ -121,6 +168,9 @@ def _pin(gw: Gateway, session_id: str, url: str) -> dict[str, Any]:
 
 @admin("/gateway/instances")
 async def instances(request: web.Request, gw: Gateway) -> web.Response:
+    """Each instance's state here, with what its own ``/health`` says now (sessions,
+    memory; null when it did not answer)."""
+    reports = await gw.fleet_health.reports()
     rows = [
         {
             "index": i.index,
@@ -130,10 +180,25 @@ async def instances(request: web.Request, gw: Gateway) -> web.Response:
             "active": i.sessions,
             "last_check": _iso(i.last_check),
             "last_error": i.last_error,
+            "last_failure": i.last_failure,
+            "last_failure_at": _iso(i.last_failure_at),
+            "sessions": _report(reports.get(i.url), "sessions"),
+            "memory": _report(reports.get(i.url), "memory"),
         }
         for i in gw.fleet.instances
     ]
     return web.json_response({"success": True, "instances": rows})
+
+
+def _report(report: Mapping[str, Any] | None, part: str) -> Any:
+    value = report.get(part) if report is not None else None
+    return value if isinstance(value, dict) else None
+
+
+def next_placement(gw: Gateway) -> str | None:
+    """Where a new session naming no workspace would go now (nothing is reserved)."""
+    loads = {i.url: i.sessions for i in gw.fleet.instances}
+    return least_loaded(gw.router.eligible(), loads, gw.settings.max_sessions_per_instance)
 
 
 async def _database_counts(
@@ -180,6 +245,8 @@ async def distribution(request: web.Request, gw: Gateway) -> web.Response:
             "total": sum(active),
             "pinned": len(gw.pins.sessions),
             "balanced": is_balanced(active),
+            **spread(active),
+            "next": next_placement(gw),
             "database": database,
         }
     )

@@ -56,3 +56,16 @@ def is_balanced(counts: Sequence[int]) -> bool:
         return True
     mean = total / len(counts)
     return (max(counts) - min(counts)) / mean < 0.2
+
+
+def spread(counts: Sequence[int]) -> dict[str, float | list[float]]:
+    """The rule's numbers: the mean, ``(max - min) / mean`` and each count's deviation from
+    the mean (fractions: 0.2 is 20 %)."""
+    mean = sum(counts) / len(counts) if counts else 0.0
+    if not mean:
+        return {"mean": 0.0, "spread": 0.0, "deviations": [0.0 for _ in counts]}
+    return {
+        "mean": round(mean, 2),
+        "spread": round((max(counts) - min(counts)) / mean, 4),
+        "deviations": [round((c - mean) / mean, 4) for c in counts],
+    }

@@ -89,6 +89,8 @@ class HealthChecker:
             error = exc.kind
         instance.last_check = time.time()
         instance.last_error = error
+        if error is not None:
+            instance.last_failure, instance.last_failure_at = error, instance.last_check
         if error is None:
             instance.fails, instance.rises = 0, instance.rises + 1
             assert isinstance(body, dict)

@@ -93,6 +93,27 @@ class DatabaseSettings:
         return {name: value for name, value in values.items() if isinstance(value, str)}
 
 
+# The queues a pool drains by default, in the priority order Laravel's worker reads them.
+DEFAULT_QUEUES = (
+    "messaging",
+    "campaign-stats",
+    "whatsapp-urgent",
+    "whatsapp-high",
+    "whatsapp-normal",
+    "whatsapp-campaign",
+)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """What the gateway reads of ``[workers]`` for its console: the queues it shows, and the
+    failed store's connection name (the workers' own settings of those names). The rest of
+    ``[workers]`` is the workers' alone: a bad value there never stops the gateway."""
+
+    queues: tuple[str, ...] = DEFAULT_QUEUES
+    laravel_connection: str = "redis"
+
+
 # A field's metadata: a reload (SIGHUP) cannot change it, as it is bound to the listening
 # socket, the routes or the process itself; a new value waits for a restart.
 RESTART = {"reload": False}
@@ -148,6 +169,7 @@ class Settings:
     access_log: bool = True
     processes: int = field(default=1, metadata=RESTART)  # "auto" in the config: one per core
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    workers: QueueSettings = field(default_factory=QueueSettings)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -683,6 +705,12 @@ def load_settings(
     values = sources.resolve(Settings, names=names, urls={"instances"})
     if not shared_only:
         values["database"] = DatabaseSettings(**sources.resolve(DatabaseSettings, "database"))
+        queues = sources.resolve(
+            QueueSettings,
+            "workers",
+            names={f.name for f in fields(QueueSettings)},
+        )
+        values["workers"] = QueueSettings(**queues)
     settings = Settings(**values, sources=dict(sources.origin))
     _check_shared(settings, sources.need)
     if not shared_only:

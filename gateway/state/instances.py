@@ -23,6 +23,8 @@ class Instance:
     rises: int = 0
     last_check: float | None = None
     last_error: str | None = None
+    last_failure: str | None = None  # the latest failed check's error, kept once it passes again
+    last_failure_at: float | None = None
 
 
 @dataclass

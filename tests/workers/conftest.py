@@ -42,6 +42,7 @@ HANDLERS = {
     "work": f"{H}:work",
     "flaky": f"{H}:flaky",
     "hang": f"{H}:hang",
+    "gated": f"{H}:gated",
 }
 
 # Laravel's Illuminate\Queue\LuaScripts::push, which pushRaw runs.

@@ -47,3 +47,10 @@ async def hang(job: JobContext) -> None:
     """Never finish (until cancelled by the timeout)."""
     await record(job)
     await asyncio.Event().wait()
+
+
+async def gated(job: JobContext) -> None:
+    """Fail while the key ``data.gate`` exists; log every attempt."""
+    await record(job)
+    if await job.redis.exists(job.data["gate"]):
+        raise RuntimeError("the gate is closed")

@@ -7,7 +7,9 @@ import json
 
 import aiomysql
 
-from gateway.shared.laravel.failed import failed_store
+from gateway.shared.failures import headline
+from gateway.shared.laravel.failed import RedisFailedStore, failed_store
+from gateway.shared.laravel.jobs import Job, encode, new_payload
 from tests.workers.conftest import MYSQL, Harness, eventually
 
 
@@ -178,3 +180,75 @@ async def test_failed_retry_skips_a_row_php_took_meanwhile_and_says_so(
     ]
     [pushed] = await h.redis.lrange(h.keys("q").list, 0, -1)
     assert json.loads(pushed)["uuid"] == ids[1]
+
+
+def test_each_failed_subcommand_lists_only_its_own_flags(harness: Harness) -> None:
+    pool_flags = ("--concurrency", "--tries", "--backoff", "--metrics-port", "--handler")
+    for action, own in (
+        ("list", ("--queue", "--limit", "--json")),
+        ("show", ("--json",)),
+        ("retry", ("--queue", "--all", "--resend", "--json")),
+        ("forget", ("--json",)),
+        ("flush", ("--json",)),
+    ):
+        shown = harness.run_cli("failed", action, "--help")
+        assert shown.returncode == 0, shown.stderr
+        assert all(flag in shown.stdout for flag in own), (action, shown.stdout)
+        assert not any(flag in shown.stdout for flag in pool_flags), (action, shown.stdout)
+        assert ":class:" not in shown.stdout and "``" not in shown.stdout
+
+
+async def _failures(h: Harness, queues: list[str], exception: str) -> list[str]:
+    """Failed jobs recorded as the pool records them (newest last); their ids."""
+    store = RedisFailedStore(h.redis, h.prefix, "redis", "UTC")
+    ids = []
+    for n, queue in enumerate(queues):
+        payload = new_payload("whatsapp.send_message", {"n": n})
+        raw = encode(payload)
+        await h.redis.zadd(h.keys(queue).reserved, {raw: 0})
+        await store.record(Job.reserved(queue, raw, True, raw), exception)
+        ids.append(payload["uuid"])
+    return ids
+
+
+async def test_failed_list_filters_limits_and_speaks_json(harness: Harness) -> None:
+    h = harness
+    empty = h.run_cli("failed", "list")
+    assert empty.returncode == 0
+    assert empty.stdout.strip() == "no failed jobs and no dead-lettered webhooks"
+    answer = json.dumps({"success": False, "error": "Session not connected", "pad": "x" * 300})
+    exception = f"POST /api/messages/send answered 400: {answer}\n#0 trace line"
+    ids = await _failures(h, ["high", "high", "low"], exception)
+
+    high = h.run_cli("failed", "list", "--queue", "high").stdout.splitlines()
+    assert [line.split()[0] for line in high] == [ids[1], ids[0]]  # newest first
+    assert high[0].endswith("POST /api/messages/send answered 400: Session not connected")
+    assert "pad" not in high[0]  # the quoted answer is never cut in the middle
+    none = h.run_cli("failed", "list", "--queue", "nowhere").stdout.strip()
+    assert none == "no failed jobs on nowhere and no dead-lettered webhooks"
+    limited = h.run_cli("failed", "list", "--limit", "1").stdout.splitlines()
+    assert limited == [limited[0], "(1 of 3 failed jobs shown: --limit)"]
+    assert limited[0].startswith(ids[2])
+
+    listed = json.loads(h.run_cli("failed", "list", "--json", "--queue", "high").stdout)
+    assert listed["total"] == 2 and [j["id"] for j in listed["jobs"]] == [ids[1], ids[0]]
+    shown = json.loads(h.run_cli("failed", "show", ids[0]).stdout)
+    assert shown["exception"] == exception  # whole on show
+
+    retried = json.loads(h.run_cli("failed", "retry", "--all", "--queue", "low", "--json").stdout)
+    assert retried == {"retried": [ids[2]], "skipped": {}}
+    assert await h.redis.llen(h.keys("low").list) == 1
+    assert await h.redis.llen(h.keys("high").list) == 0
+    forgot = json.loads(h.run_cli("failed", "forget", ids[0], "--json").stdout)
+    assert forgot == {"forgotten": ids[0]}
+
+
+def test_a_headline_is_one_line_within_its_width_and_never_cuts_a_quoted_answer() -> None:
+    traceback = 'Traceback (most recent call last):\n  File "x"\nValueError: bad\n(tried 3 times)'
+    assert headline(traceback) == "ValueError: bad (tried 3 times)"
+    assert headline("E: short\n#0 more") == "E: short"
+    words = "word " * 40
+    assert headline(words).endswith("…") and len(headline(words)) <= 100
+    unsaid = "answered 500: " + json.dumps({"pad": "x" * 200})
+    assert headline(unsaid) == "answered 500: …"
+    assert headline("") == ""
