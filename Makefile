@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # Test processes side by side: most tests wait on servers, not on the CPU.
 TEST_PROCESSES ?= 3
 
-.PHONY: install run test lint bench bench-proxy bench-decisions bench-workers bench-webhooks clean
+.PHONY: install run test test-unit lint bench bench-proxy bench-decisions bench-workers bench-webhooks clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n $(TEST_PROCESSES)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(PY) -m ruff check gateway workers dev tests

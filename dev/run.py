@@ -39,7 +39,7 @@ Knobs, all optional (the ``DEVRUN_`` names belong to this tool alone):
 - ``GATEWAY_WORKERS_GRACE`` defaults to 5 s here (not the job timeout), so Ctrl-C is quick.
 
 Every gateway setting (``GATEWAY_PORT``, ``REDIS_URL``, ...) is read as usual. To run a
-second copy beside the first (as ``tests/test_devrun.py`` does), give it free ports and its
+second copy beside the first (as ``tests/system/test_devrun.py`` does), give it free ports and its
 own embedded Redis: ``GATEWAY_PORT=<free> REDIS_URL=redis://127.0.0.1:<free>/0
 GATEWAY_WORKERS_METRICS_PORT=<free> DEVRUN_SIMULATOR_PORTS=auto DEVRUN_VAR_DIR=<tmp>``.
 

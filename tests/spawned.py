@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.conftest import API_KEY, REDIS_URL, ROOT, eventually
+from tests.harness import API_KEY, REDIS_URL, ROOT, eventually
 from tests.supervised import LEAKY
 
 

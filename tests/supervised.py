@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dev.ports import free_port
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 DEPLOY = ROOT / "deploy" / "supervisor"
 INSTALL_DIR = "/opt/whatsapp-gateway"

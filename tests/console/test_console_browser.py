@@ -24,7 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.shared.settings import QueueSettings
 from tests.accounts import DDL as ACCOUNTS_DDL
-from tests.conftest import API_KEY, ROOT, RunningGateway, Sim
+from tests.harness import API_KEY, ROOT, RunningGateway, Sim
 from tests.workers.conftest import Harness, eventually
 
 TOKEN = "browser-admin-secret"

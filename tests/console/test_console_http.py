@@ -18,7 +18,7 @@ from gateway.shared.laravel.failed import RedisFailedStore
 from gateway.shared.laravel.jobs import Job, encode, new_payload
 from gateway.shared.laravel.queues import QueueKeys
 from gateway.shared.outbox import Incoming, Outbox
-from tests.conftest import API_KEY, RunningGateway, Sim
+from tests.harness import API_KEY, RunningGateway, Sim
 
 TOKEN = "console-admin-secret"
 

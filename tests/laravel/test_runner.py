@@ -302,7 +302,7 @@ async def test_a_php_jobs_sends_carry_the_same_idempotency_keys_on_every_attempt
 ) -> None:
     from aiohttp import web
 
-    from tests.conftest import serve
+    from tests.harness import serve
 
     seen: list[tuple[str, str | None, object]] = []
 

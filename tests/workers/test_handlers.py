@@ -21,7 +21,7 @@ from aiohttp import web
 
 from dev.ports import free_port
 from gateway.shared.laravel.jobs import Job, encode, new_payload
-from tests.conftest import serve
+from tests.harness import serve
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import (
     BUILTIN,

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.shared.laravel.jobs import encode, new_payload
 from gateway.shared.laravel.queues import Queues
-from tests.conftest import serve
+from tests.harness import serve
 from tests.workers.conftest import Harness, eventually
 from workers.handlers import JobContext
 from workers.worker import Pool, PoolConfig

@@ -12,7 +12,7 @@ import sys
 import redis.asyncio as aioredis
 
 from gateway.shared.laravel.prefixes import prefix_warning
-from tests.conftest import RedisServer
+from tests.harness import RedisServer
 from tests.workers.conftest import REPO, Harness, eventually
 
 

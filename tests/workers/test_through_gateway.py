@@ -9,7 +9,7 @@ from collections import Counter
 
 import aiohttp
 
-from tests.conftest import API_KEY, sample
+from tests.harness import API_KEY, sample
 from tests.workers.conftest import Harness, eventually
 from workers.retry import UNKNOWN_OUTCOME
 
@@ -123,7 +123,7 @@ async def test_a_gateway_killed_mid_send_sends_nothing_twice_and_loses_no_job(
     taken is refused on its rerun (409, unknown outcome) and failed for a person to check;
     every other job is delivered once; none is lost."""
     from dev.ports import free_port
-    from tests.conftest import wait_healthy
+    from tests.harness import wait_healthy
     from tests.spawned import Spawned, gateway_env
 
     [sim] = await simulators(1, latency=0.3)

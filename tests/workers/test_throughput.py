@@ -7,7 +7,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.shared.laravel.throughput import MINUTE, Tally, tally_key, throughput
-from tests.conftest import RedisServer
+from tests.harness import RedisServer
 from tests.workers.conftest import Harness
 
 

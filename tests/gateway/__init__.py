@@ -1,0 +1,1 @@
+"""The gateway in this process, against real Redis, MariaDB and simulated instances."""

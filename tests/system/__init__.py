@@ -1,0 +1,1 @@
+"""Whole programs as processes: supervisor, systemd units, make run, several hosts, Sentinel."""

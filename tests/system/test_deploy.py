@@ -1,0 +1,353 @@
+"""The deploy files, checked by the tools that read them.
+
+Supervisor's own parser, ``systemd-analyze verify``, ``promtool check`` and ``promtool test``;
+the Grafana dashboard and the alert rules are held to the metric names that a running gateway
+and a running worker really export. (``tests/system/test_supervisor.py`` runs the supervisor files.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import getpass
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from dev.ports import free_port
+from tests.accounts import AccountsDB
+from tests.harness import REDIS_URL, ROOT, RunningGateway, eventually
+from tests.supervised import LEAKY
+from tests.support import unavailable
+from workers.settings import WorkerSettings
+
+DEPLOY = ROOT / "deploy"
+SUPERVISOR_CONF = DEPLOY / "supervisor" / "whatsapp-gateway.conf"
+UNITS = DEPLOY / "systemd"
+PROMETHEUS = DEPLOY / "prometheus"
+RULES = PROMETHEUS / "whatsapp-gateway.rules.yml"
+DASHBOARD = DEPLOY / "grafana" / "whatsapp-gateway.json"
+GRACE = WorkerSettings().timeout  # the workers' default grace is the job timeout
+# Metric names in PromQL: ours, the process collector's, and Prometheus's own `up`.
+METRIC = re.compile(r"\b(?:gateway|workers|process)_[a-z0-9_]+\b|\bup\b(?=\s*[{)])")
+# Samples a family of each type exposes, by suffix.
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+
+
+def read_ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are cased
+    parser.read_string(path.read_text(), source=str(path))
+    return parser
+
+
+# --- supervisor ------------------------------------------------------------------------------
+
+
+def test_supervisor_conf_parses_and_keeps_what_ops_rely_on() -> None:
+    conf = read_ini(SUPERVISOR_CONF)
+
+    assert set(conf.sections()) == {
+        "group:whatsapp-gateway",
+        "program:wa-gateway",
+        "program:wa-workers",
+    }
+    assert conf["group:whatsapp-gateway"]["programs"].split(",") == ["wa-gateway", "wa-workers"]
+    for name in ("program:wa-gateway", "program:wa-workers"):
+        program = conf[name]
+        assert program["command"].startswith("/opt/whatsapp-gateway/.venv/bin/python -m ")
+        assert program["command"].endswith(" --log-format json")
+        assert program["directory"] == "/opt/whatsapp-gateway"
+        assert program["user"]
+        assert "LARAVEL_ENV_FILE=" in program["environment"]
+        assert program.getboolean("autostart") and program.getboolean("autorestart")
+        # Quick enough for the 3 s restart target, long enough to catch a bad setting.
+        assert 1 <= program.getint("startsecs") < 3
+        assert program["stopsignal"] == "TERM"
+        assert program.getboolean("stopasgroup") and program.getboolean("killasgroup")
+        assert program["stdout_logfile"].startswith("/var/log/whatsapp-gateway/")
+    workers = conf["program:wa-workers"]
+    assert workers.getint("numprocs") > 1
+    assert "%(process_num)" in workers["process_name"]
+    assert "%(process_num)" in workers["environment"]  # each process its own metrics port
+    assert workers.getint("stopwaitsecs") > GRACE
+
+
+def test_supervisor_conf_loads_in_supervisor_itself(tmp_path: Path) -> None:
+    from supervisor import options
+
+    logs = tmp_path / "log"
+    logs.mkdir()
+    text = SUPERVISOR_CONF.read_text().replace("/var/log/whatsapp-gateway", str(logs))
+    text = text.replace("user=www-data", f"user={getpass.getuser()}")
+    (tmp_path / "wa.conf").write_text(text)
+    main = tmp_path / "supervisord.conf"
+    main.write_text(
+        f"[supervisord]\nlogfile={tmp_path}/supervisord.log\npidfile={tmp_path}/s.pid\n"
+        f"[include]\nfiles={tmp_path}/wa.conf\n"
+    )
+    server = options.ServerOptions()
+    server.realize(args=["-c", str(main)])
+
+    (group,) = server.process_group_configs
+    names = [p.name for p in group.process_configs]
+    assert group.name == "whatsapp-gateway"
+    assert names == [
+        "wa-gateway",
+        "wa-workers_01",
+        "wa-workers_02",
+        "wa-workers_03",
+        "wa-workers_04",
+    ]
+    ports = {p.environment["GATEWAY_WORKERS_METRICS_PORT"] for p in group.process_configs[1:]}
+    assert ports == {"9101", "9102", "9103", "9104"}
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit", ["whatsapp-gateway.service", "whatsapp-workers@.service"])
+def test_systemd_units_keep_what_ops_rely_on(unit: str) -> None:
+    conf = read_ini(UNITS / unit)
+    service = conf["Service"]
+    assert service["ExecStart"].startswith("/opt/whatsapp-gateway/.venv/bin/python -m ")
+    assert service["ExecStart"].endswith(" --log-format json")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["WorkingDirectory"] == "/opt/whatsapp-gateway"
+    assert service["EnvironmentFile"]
+    assert service["Restart"] == "always"
+    assert service["RestartSec"] == "1"
+    assert service["KillSignal"] == "SIGTERM"
+    assert conf["Unit"]["PartOf"] == "whatsapp-gateway.target"
+    assert conf["Unit"]["ReloadPropagatedFrom"] == "whatsapp-gateway.target"
+    assert conf["Install"]["WantedBy"] == "whatsapp-gateway.target"
+    if unit.startswith("whatsapp-workers"):
+        # Running jobs get the grace (default: the job timeout) and then are settled.
+        assert int(service["TimeoutStopSec"]) >= GRACE + 30
+        assert "%i" in service["Environment"]  # each instance its own metrics port
+    else:
+        assert int(service["TimeoutStopSec"]) > 60  # the longest proxied request
+
+
+def test_the_target_starts_at_boot() -> None:
+    assert read_ini(UNITS / "whatsapp-gateway.target")["Install"]["WantedBy"] == (
+        "multi-user.target"
+    )
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """Verified with this checkout and Python in place of /opt/..., which must exist."""
+    copies = {
+        "whatsapp-gateway.target": "whatsapp-gateway.target",
+        "whatsapp-gateway.service": "whatsapp-gateway.service",
+        "whatsapp-workers@.service": "whatsapp-workers@01.service",
+    }
+    for source, target in copies.items():
+        text = (UNITS / source).read_text()
+        text = text.replace("/opt/whatsapp-gateway/.venv/bin/python", sys.executable)
+        text = text.replace("/opt/whatsapp-gateway", str(ROOT))
+        (tmp_path / target).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / t) for t in copies.values())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    about_ours = [ln for ln in result.stderr.splitlines() if any(t in ln for t in copies.values())]
+    assert result.returncode == 0, result.stderr
+    assert about_ours == [], result.stderr
+
+
+# --- Prometheus ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def promtool() -> str:
+    """promtool from Debian's prometheus package, which .ci/run installs when missing."""
+    path = shutil.which("promtool")
+    if path is None:
+        unavailable("promtool not found: install Debian's `prometheus` package (.ci/run does)")
+    return path
+
+
+def run_promtool(promtool: str, *args: str) -> str:
+    result = subprocess.run(
+        [promtool, *args],
+        cwd=PROMETHEUS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_alert_rules_pass_promtool_check(promtool: str) -> None:
+    assert "SUCCESS" in run_promtool(promtool, "check", "rules", RULES.name)
+
+
+def test_alert_rules_pass_their_unit_tests(promtool: str) -> None:
+    assert "SUCCESS" in run_promtool(promtool, "test", "rules", "whatsapp-gateway.test.yml")
+
+
+def test_scrape_config_passes_promtool_check(promtool: str) -> None:
+    assert "SUCCESS" in run_promtool(promtool, "check", "config", "prometheus.yml")
+
+
+def alert_names() -> set[str]:
+    return {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+
+
+def test_every_alert_rule_has_a_unit_test() -> None:
+    tests = yaml.safe_load((PROMETHEUS / "whatsapp-gateway.test.yml").read_text())["tests"]
+    tested = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    assert tested == alert_names()
+
+
+# --- metric names: dashboard and rules against what the code exports ------------------------
+
+
+def exported(text: str) -> set[str]:
+    """Every sample name a /metrics page can carry, from its ``# TYPE`` lines.
+
+    Families with labels show no sample until first counted, but always their TYPE line.
+    """
+    names = set()
+    for match in re.finditer(r"^# TYPE (\S+) (\S+)$", text, flags=re.M):
+        name, kind = match.groups()
+        base = name.removesuffix("_total") if kind == "counter" else name
+        names.update(base + suffix for suffix in SUFFIXES.get(kind, ("",)))
+    return names
+
+
+@pytest.fixture
+async def worker_metrics(redis_prefix: str) -> AsyncIterator[str]:
+    """The /metrics page of a real ``python -m workers`` process."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY)}
+    env |= {"REDIS_URL": REDIS_URL, "REDIS_PREFIX": redis_prefix}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "workers", "run", "--metrics-port", str(port)),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    page: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def scraped() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        page.append(await resp.text())
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return proc.returncode is not None  # died: stop waiting, fail below
+
+            await eventually(scraped, timeout=15)
+        assert proc.returncode is None, "the worker died"
+        yield page[-1]
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+@pytest.fixture
+async def exported_names(
+    worker_metrics: str,
+    simulators: Callable[..., Awaitable[list]],
+    gateways: Callable[..., Awaitable[RunningGateway]],
+    accounts_db: AccountsDB,
+    http: aiohttp.ClientSession,
+) -> set[str]:
+    """Sample names of a running gateway (with the backend's database, whose metrics exist
+    only then) and a running worker, read from their /metrics."""
+    sims = await simulators(1)
+    gateway = await gateways([s.url for s in sims], mysql_dsn=accounts_db.dsn)
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        names = exported(await resp.text()) | exported(worker_metrics)
+    assert {"gateway_requests_total", "workers_jobs_total", "process_start_time_seconds"} <= names
+    return names
+
+
+def panels(dashboard: dict) -> Iterator[dict]:
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def metrics_in(expr: str) -> set[str]:
+    return set(METRIC.findall(expr))
+
+
+async def test_every_dashboard_query_names_a_metric_the_code_exports(
+    exported_names: set[str],
+) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = set()
+    for panel in panels(dashboard):
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = metrics_in(target["expr"])
+            assert names, f"{panel['title']!r}: no metric in {target['expr']!r}"
+            unknown = names - exported_names - {"up"}
+            assert not unknown, f"{panel['title']!r} names {unknown}, which nothing exports"
+            used |= names
+    # What ops asked to see: requests and errors per instance, latency, sessions and their
+    # balance, queue depths and ages, job outcomes, the webhook backlog, the write-back lag.
+    assert {
+        "gateway_requests_total",
+        "gateway_upstream_errors_total",
+        "gateway_request_duration_seconds_bucket",
+        "gateway_instance_active_sessions",
+        "workers_queue_jobs",
+        "workers_queue_oldest_waiting_seconds",
+        "workers_jobs_total",
+        "workers_webhook_backlog",
+        "workers_webhook_oldest_waiting_seconds",
+        "gateway_webhooks_received_total",
+        "gateway_db_oldest_pending_seconds",
+    } <= used
+
+
+async def test_every_alert_rule_names_a_metric_the_code_exports(
+    exported_names: set[str],
+) -> None:
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            names = metrics_in(rule["expr"])
+            assert names, rule["alert"]
+            assert not names - exported_names - {"up"}, rule["alert"]
+
+
+def test_dashboard_queries_use_the_datasource_variable() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    for panel in panels(dashboard):
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
