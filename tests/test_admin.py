@@ -70,7 +70,7 @@ async def test_the_admin_api_is_off_without_a_token(simulators, gateways, http):
         assert "X-WhatsApp-Instance" not in resp.headers  # answered here, not forwarded
         body = await resp.json()
     assert body["success"] is False and "off" in body["error"]
-    labels = {"route": "/gateway/instances", "method": "GET", "status": "404", "instance": "none"}
+    labels = {"route": "/gateway/instances", "method": "GET", "status": "404", "upstream": "none"}
     assert sample(gw, "gateway_requests_total", **labels) == 1
 
 
@@ -210,12 +210,12 @@ async def test_a_drained_instance_keeps_its_sessions_and_gets_no_new_ones(
     assert await status_via(http, gw, "dr-0") == sims[0].url
     _, body = await admin(http, gw, "GET", "/gateway/instances")
     assert [r["draining"] for r in body["instances"]] == [True, False]
-    assert f'gateway_instance_draining{{instance="{sims[0].url}"}} 1.0' in await scrape(http, gw)
+    assert f'gateway_instance_draining{{upstream="{sims[0].url}"}} 1.0' in await scrape(http, gw)
 
     status, body = await admin(http, gw, "POST", "/gateway/instances/0/undrain")
     assert status == 200 and body["draining"] is False
     assert await create(http, gw, "dr-4") == sims[0].url  # the least loaded again
-    assert f'gateway_instance_draining{{instance="{sims[0].url}"}} 0.0' in await scrape(http, gw)
+    assert f'gateway_instance_draining{{upstream="{sims[0].url}"}} 0.0' in await scrape(http, gw)
 
 
 async def test_a_drain_through_one_gateway_is_seen_by_another(simulators, gateways, http):

@@ -24,9 +24,11 @@ import pytest
 import yaml
 
 from dev.ports import free_port
+from gateway.metrics import Metrics as GatewayMetrics
 from tests.conftest import REDIS_URL, ROOT, AccountsDB, RunningGateway, eventually
 from tests.supervised import LEAKY
 from tests.support import unavailable
+from workers.metrics import Metrics as WorkerMetrics
 from workers.settings import WorkerSettings
 
 DEPLOY = ROOT / "deploy"
@@ -45,6 +47,13 @@ SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
     "summary": ("", "_sum", "_count", "_created"),
 }
+# Label names in PromQL (grouping, selectors), legends and alert templates.
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+SELECTOR = re.compile(r"\{([^{}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)")
+TEMPLATE = re.compile(r"\{\{\s*(?:\$labels\.)?([a-zA-Z_]\w*)\s*\}\}")
+# Labels Prometheus adds to every scraped series, and the buckets' own.
+TARGET_LABELS = {"instance", "job"}
 
 
 def read_ini(path: Path) -> configparser.ConfigParser:
@@ -343,6 +352,50 @@ async def test_every_alert_rule_names_a_metric_the_code_exports(
             names = metrics_in(rule["expr"])
             assert names, rule["alert"]
             assert not names - exported_names - {"up"}, rule["alert"]
+
+
+def label_names_of_the_code() -> set[str]:
+    """Every label a gateway's or a worker's collectors can carry (most have no sample
+    until first counted, so a scraped page does not show them all)."""
+    gateway = GatewayMetrics()
+    gateway.database()
+    names = {"le"}  # histograms' buckets
+    for registry in (gateway.registry, WorkerMetrics().registry):
+        for collector in registry._collector_to_names:
+            names.update(getattr(collector, "_labelnames", ()))
+    return names
+
+
+def labels_in(expr: str) -> set[str]:
+    """Label names a PromQL expression groups by or selects on."""
+    names = {n.strip() for group in GROUPING.findall(expr) for n in group.split(",")}
+    names |= {m for selector in SELECTOR.findall(expr) for m in MATCHER.findall(selector)}
+    return names - {""}
+
+
+def test_no_metric_label_is_one_prometheus_sets_on_the_target() -> None:
+    """An ``instance`` label of ours would be stored as ``exported_instance``."""
+    ours = label_names_of_the_code()
+    assert "upstream" in ours
+    assert not ours & TARGET_LABELS
+
+
+def test_dashboard_and_rules_name_only_labels_that_exist() -> None:
+    known = label_names_of_the_code() | TARGET_LABELS
+    named: dict[str, set[str]] = {}
+    for panel in panels(json.loads(DASHBOARD.read_text())):
+        for target in panel["targets"]:
+            found = labels_in(target["expr"])
+            found |= set(TEMPLATE.findall(target.get("legendFormat", "")))
+            named[panel["title"]] = named.get(panel["title"], set()) | found
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            found = labels_in(rule["expr"])
+            for text in rule.get("annotations", {}).values():
+                found |= set(TEMPLATE.findall(text))
+            named[rule["alert"]] = found
+    assert {where: n - known for where, n in named.items() if n - known} == {}
+    assert any("upstream" in n for n in named.values())
 
 
 def test_dashboard_queries_use_the_datasource_variable() -> None:

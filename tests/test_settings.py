@@ -153,6 +153,7 @@ GATEWAY, WORKERS = load_settings, load_worker_settings
         (GATEWAY, {"GATEWAY_PORT": "eighty"}, "", "port: 'eighty' is not a valid int"),
         (GATEWAY, {"WHATSAPP_INSTANCES": "http://a:1,http://a:1"}, "", "is listed twice"),
         (GATEWAY, {"WHATSAPP_INSTANCES": "localhost:3001"}, "", "is not an http(s) URL"),
+        (GATEWAY, {"WHATSAPP_INSTANCES": "http://u:pw@a:1"}, "", "'http://u:***@a:1' has cred"),
         (
             GATEWAY,
             {"WHATSAPP_INSTANCE_COUNT": "2", "WHATSAPP_INSTANCE_1": "http://a:1"},

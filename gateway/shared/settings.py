@@ -402,6 +402,14 @@ def _check_gateway(s: Settings, need: Need) -> None:
     seen: set[str] = set()
     for url in s.instances:
         need(url not in seen, "instances", url, "is listed twice")
+        # Never sent (the api_key is the instances' credential), and an instance URL is in
+        # every answer's X-WhatsApp-Instance, the logs and the metrics' labels.
+        need(
+            "@" not in urlsplit(url).netloc,
+            "instances",
+            _mask(url),
+            "has credentials in it: the gateway sends none to an instance, and shows its URL",
+        )
         need(
             not _is_self(url, s.host, s.port),
             "instances",
