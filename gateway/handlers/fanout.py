@@ -73,27 +73,39 @@ class FleetHealth:
 
     def __init__(self, fleet: Fleet, upstreams: Upstreams, timeout: float) -> None:
         self.fleet, self.upstreams, self.timeout = fleet, upstreams, timeout
-        self._last: tuple[float, Reports] | None = None
-        self._asking: asyncio.Task[Reports] | None = None
+        # Bumped by ``forget``: an answer (or a round of asking) from an older generation
+        # is from before a change this gateway made, and never reused.
+        self._generation = 0
+        self._last: tuple[float, int, Reports] | None = None
+        self._asking: tuple[int, asyncio.Task[Reports]] | None = None
 
     def forget(self, *_: object) -> None:
         """Ask afresh next time: this gateway just placed or removed a session, and an answer
-        from before that would say it is not there."""
+        from before that (kept, or still being asked for) would say it is not there."""
+        self._generation += 1
         self._last = None
 
     async def reports(self) -> Reports:
         """Each up instance's healthy report; calls at once share one round of asking."""
-        if self._last is not None and time.monotonic() - self._last[0] <= HEALTH_REUSE:
-            return self._last[1]
-        if self._asking is None or self._asking.done():
-            self._asking = asyncio.create_task(self._ask_all())
-        return await asyncio.shield(self._asking)
+        generation = self._generation
+        last = self._last
+        if (
+            last is not None
+            and last[1] == generation
+            and time.monotonic() - last[0] <= HEALTH_REUSE
+        ):
+            return last[2]
+        asking = self._asking
+        if asking is None or asking[0] != generation or asking[1].done():
+            asking = self._asking = (generation, asyncio.create_task(self._ask_all(generation)))
+        return await asyncio.shield(asking[1])
 
-    async def _ask_all(self) -> Reports:
+    async def _ask_all(self, generation: int) -> Reports:
         up = [i.url for i in self.fleet.up()]
         answers = await asyncio.gather(*(self._ask(url) for url in up))
         reports = {url: body for url, body in zip(up, answers, strict=True) if body is not None}
-        self._last = (time.monotonic(), reports)
+        if generation == self._generation:  # else asked before a change: not kept
+            self._last = (time.monotonic(), generation, reports)
         return reports
 
     async def _ask(self, url: str) -> dict[str, Any] | None:

@@ -179,7 +179,8 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
     await health.start()
     await reconciler.start()
     fleet_health = FleetHealth(fleet, upstreams, s.health_timeout)
-    pins.on_change(fleet_health.forget)
+    pins.on_change(fleet_health.forget)  # this process's changes and the others'
+    proxy.on_sessions_changed(fleet_health.forget)  # also those that move no pin
     return Gateway(
         settings=s,
         fleet=fleet,
