@@ -59,6 +59,17 @@ TEMPLATE = re.compile(r"\{\{\s*(?:\$labels\.)?([a-zA-Z_]\w*)\s*\}\}")
 TARGET_LABELS = {"instance", "job"}
 
 
+def run_ok(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> str:
+    """A tool's standard output; it must exit 0 (its output is the failure's message)."""
+    result = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def read_ini(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None, strict=True)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are cased
@@ -152,17 +163,7 @@ def git(cwd: Path, *args: str) -> str:
         "GIT_COMMITTER_NAME": "ops",
         "GIT_COMMITTER_EMAIL": "ops@example.org",
     }
-    result = subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", "-c", "pull.ff=only", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_ok(["git", "-c", "init.defaultBranch=main", "-c", "pull.ff=only", *args], cwd, env)
 
 
 def test_the_local_config_is_ignored_by_git_and_survives_a_git_pull(tmp_path: Path) -> None:
@@ -263,21 +264,12 @@ def test_the_guides_install_and_settings_steps_work_as_written(
         script = script.replace(INSTALL_DIR, str(install)).replace(GUIDE_DOTENV, str(dotenv))
         env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY)}
         env.pop("VIRTUAL_ENV", None)
-        result = subprocess.run(
-            ["bash", "-c", script],
-            cwd=here,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        lines = result.stdout.splitlines()
+        out = run_ok(["bash", "-c", script], here, env, timeout=300)
+        lines = out.splitlines()
         local = "[toml (config/gateway.local.toml)]"  # relative to the directory, as run
         assert any(line.startswith("processes ") and local in line for line in lines), lines
         assert any(line.startswith("laravel_api_token ") for line in lines)
-        assert "zzz-secret" not in result.stdout
+        assert "zzz-secret" not in out
         assert any(line.startswith("workers.concurrency ") for line in lines)  # the workers'
     finally:
         shutil.rmtree(here)
@@ -353,16 +345,7 @@ def promtool() -> str:
 
 
 def run_promtool(promtool: str, *args: str) -> str:
-    result = subprocess.run(
-        [promtool, *args],
-        cwd=PROMETHEUS,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return run_ok([promtool, *args], PROMETHEUS)
 
 
 def test_alert_rules_pass_promtool_check(promtool: str) -> None:
