@@ -154,6 +154,7 @@ def test_the_tracked_config_holds_only_the_defaults(tmp_path: Path) -> None:
 
 
 def git(cwd: Path, *args: str) -> str:
+    """git in a repository of the test's own, with no user's or system's configuration."""
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(cwd.parent),  # no user's git config
@@ -171,9 +172,9 @@ def test_the_local_config_is_ignored_by_git_and_survives_a_git_pull(tmp_path: Pa
     of a release that changed the tracked file: no conflict, nothing to commit, and the
     operator's values still win over the new defaults."""
     relative = LOCAL_CONFIG.relative_to(ROOT)
-    tracked_files = git(ROOT, "ls-files", "config").split()
+    tracked_files = run_ok(["git", "ls-files", "config"], ROOT).split()
     assert str(DEFAULT_CONFIG) in tracked_files and str(relative) not in tracked_files
-    git(ROOT, "check-ignore", "--quiet", "--no-index", str(relative))
+    run_ok(["git", "check-ignore", "--quiet", "--no-index", str(relative)], ROOT)
 
     upstream, server = tmp_path / "upstream", tmp_path / "server"
     (upstream / "config").mkdir(parents=True)
@@ -245,7 +246,7 @@ def test_the_guides_install_and_settings_steps_work_as_written(
     try:
         here.chmod(0o755)
         install = here / "whatsapp-gateway"
-        for name in git(ROOT, "ls-files").splitlines():
+        for name in run_ok(["git", "ls-files"], ROOT).splitlines():
             if (ROOT / name).is_file():
                 (install / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, install / name)
