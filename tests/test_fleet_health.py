@@ -156,6 +156,29 @@ async def test_health_counts_a_session_made_again_where_its_pin_says(simulators,
     assert await total_sessions(http, gw) == 1
 
 
+async def test_health_of_another_gateway_process_counts_a_create_or_delete_at_once(
+    simulators, gateways, http
+):
+    """Two processes of one gateway (one Redis prefix): a session created or deleted through
+    one shows in the other's /health as soon as its memory has the pin, not a second late."""
+    (sim,) = await simulators(1)
+    first, second = await gateways([sim.url]), await gateways([sim.url])
+    assert await total_sessions(http, second) == 0  # an answer the second one keeps
+
+    async def followed(present: bool) -> bool:
+        return ("other-1" in second.gw.pins.sessions) is present
+
+    body = {"session_id": "other-1", "api_key": API_KEY}
+    async with http.post(f"{first.url}/api/sessions", json=body) as r:
+        assert r.status == 200
+    await eventually(lambda: followed(True))
+    assert await total_sessions(http, second) == 1
+    async with http.delete(f"{first.url}/api/sessions/other-1", json={"api_key": API_KEY}) as r:
+        assert r.status == 200
+    await eventually(lambda: followed(False))
+    assert await total_sessions(http, second) == 0
+
+
 async def test_health_checks_never_wait_behind_proxied_calls(gateways, http, teardown):
     """Every connection of the capped pool busy with a slow call: the instance is still
     checked at once, and stays up."""
