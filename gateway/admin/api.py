@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.accounts.table import DatabaseUnavailable
-from gateway.decisions.placement import is_balanced, least_loaded, spread
+from gateway.decisions.placement import BALANCE_LIMIT, spread
 from gateway.decisions.route_table import valid_session_id
 from gateway.http.errors import json_error
 from gateway.http.requests import ROUTE
@@ -195,12 +195,6 @@ def _report(report: Mapping[str, Any] | None, part: str) -> Any:
     return value if isinstance(value, dict) else None
 
 
-def next_placement(gw: Gateway) -> str | None:
-    """Where a new session naming no workspace would go now (nothing is reserved)."""
-    loads = {i.url: i.sessions for i in gw.fleet.instances}
-    return least_loaded(gw.router.eligible(), loads, gw.settings.max_sessions_per_instance)
-
-
 async def _database_counts(
     gw: Gateway,
 ) -> tuple[Mapping[str | None, int], dict[str, Any] | None]:
@@ -220,12 +214,22 @@ async def _database_counts(
     }
 
 
+def _takes_new(instance: Instance, limit: int) -> str:
+    """Whether placement may pick the instance (``yes``), else why not."""
+    if not instance.up:
+        return "down"
+    if instance.draining:
+        return "draining"
+    return "full" if instance.sessions >= limit else "yes"
+
+
 @admin("/gateway/distribution")
 async def distribution(request: web.Request, gw: Gateway) -> web.Response:
     """Active sessions per instance (what placement balances), the pins on each and, with a
     database, the backend's own count (its balancer's query), so drift shows."""
     pinned = Counter(gw.pins.sessions.values())
     active = [i.sessions for i in gw.fleet.instances]
+    spread_of = spread(active)
     counts, database = await _database_counts(gw)
     in_db = database is not None and database["error"] is None
     rows = [
@@ -233,20 +237,27 @@ async def distribution(request: web.Request, gw: Gateway) -> web.Response:
             "index": i.index,
             "url": i.url,
             "sessions": count,
+            "against_mean": round(off, 4),
+            "new_sessions": _takes_new(i, gw.router.limit),
             "pinned": pinned[i.url],
             "database": counts.get(i.url, 0) if in_db else None,
         }
-        for i, count in zip(gw.fleet.instances, active, strict=True)
+        for i, count, off in zip(gw.fleet.instances, active, spread_of.against_mean, strict=True)
     ]
+    next_url = gw.router.next_placement()
+    following = gw.fleet.get(next_url) if next_url is not None else None
     return web.json_response(
         {
             "success": True,
             "instances": rows,
             "total": sum(active),
             "pinned": len(gw.pins.sessions),
-            "balanced": is_balanced(active),
-            **spread(active),
-            "next": next_placement(gw),
+            "mean": spread_of.mean,
+            "spread": round(spread_of.spread, 4),
+            "balance_limit": BALANCE_LIMIT,
+            "balanced": spread_of.balanced,
+            "next": None if following is None else {"index": following.index, "url": next_url},
+            "max_sessions_per_instance": gw.router.limit,
             "database": database,
         }
     )

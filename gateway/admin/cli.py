@@ -80,11 +80,22 @@ def show_instances(answer: dict[str, Any]) -> str:
     return table(("#", "instance", "up", "draining", "active", "last check", "last error"), rows)
 
 
+def percent(fraction: float, sign: bool = False) -> str:
+    """``0.333`` as ``33 %`` (``+33 %`` with ``sign``), the way the ±20 % rule is written."""
+    whole = round(fraction * 100)
+    return f"{whole:+d} %" if sign and whole else f"{whole} %"
+
+
 def show_distribution(answer: dict[str, Any]) -> str:
+    """Sessions per instance against the mean, the spread the ±20 % rule judges, and where
+    the next session goes: enough to see why a fleet is not balanced."""
     database = answer.get("database")
-    headers = ["#", "instance", "active", "pinned"]
-    rows = [[i["index"], i["url"], i["sessions"], i["pinned"]] for i in answer["instances"]]
-    rows.append(["", "total", answer["total"], answer["pinned"]])
+    headers = ["#", "instance", "active", "vs mean", "new sessions", "pinned"]
+    keys = ("index", "url", "sessions", "against_mean", "new_sessions", "pinned")
+    rows = [[i[key] for key in keys] for i in answer["instances"]]
+    for row in rows:
+        row[3] = percent(row[3], sign=True)
+    rows.append(["", "total", answer["total"], "", "", answer["pinned"]])
     lines = []
     if database is not None and database["error"] is None:
         headers.append("in database")
@@ -97,8 +108,22 @@ def show_distribution(answer: dict[str, Any]) -> str:
         )
     elif database is not None:
         lines.append(database["error"])
-    balanced = "yes" if answer["balanced"] else "no"
-    return "\n".join([table(headers, rows), *lines, f"balanced: {balanced}"])
+    limit = percent(answer["balance_limit"])
+    verdict = "balanced" if answer["balanced"] else "not balanced"
+    lines.append(
+        f"mean: {answer['mean']:.1f} active per instance;"
+        f" spread (max - min) / mean: {percent(answer['spread'])}, {verdict} (the rule: under"
+        f" {limit})"
+    )
+    following = answer["next"]
+    if following is None:
+        lines.append("next session: none can take it (every instance is down, draining or full)")
+    else:
+        lines.append(
+            f"next session goes to: {following['index']} {following['url']}"
+            " (the fewest active sessions of those taking new ones)"
+        )
+    return "\n".join([table(headers, rows), *lines])
 
 
 def show_draining(answer: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ instance.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 
 def least_loaded(
@@ -49,23 +50,34 @@ def preferred_instance(
     return shard(instances, workspace_id)
 
 
-def is_balanced(counts: Sequence[int]) -> bool:
-    """The seed's rule: ``(max - min) / mean < 20 %`` (an empty fleet is balanced)."""
+BALANCE_LIMIT = 0.2  # the seed's rule: balanced while (max - min) / mean is under 20 %
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """How far apart the instances' session counts are, as the ±20 % rule measures it."""
+
+    mean: float
+    spread: float  # (max - min) / mean; 0 for an empty fleet or one with no session
+    against_mean: tuple[float, ...]  # each count's (count - mean) / mean, in the same order
+
+    @property
+    def balanced(self) -> bool:
+        return self.spread < BALANCE_LIMIT
+
+
+def spread(counts: Sequence[int]) -> Spread:
+    """The spread of ``counts`` against their mean, so an operator sees which instance is
+    over or under and by how much, not only whether the rule holds."""
     total = sum(counts)
     if not counts or total == 0:
-        return True
+        return Spread(0.0, 0.0, tuple(0.0 for _ in counts))
     mean = total / len(counts)
-    return (max(counts) - min(counts)) / mean < 0.2
+    return Spread(
+        mean, (max(counts) - min(counts)) / mean, tuple((c - mean) / mean for c in counts)
+    )
 
 
-def spread(counts: Sequence[int]) -> dict[str, float | list[float]]:
-    """The rule's numbers: the mean, ``(max - min) / mean`` and each count's deviation from
-    the mean (fractions: 0.2 is 20 %)."""
-    mean = sum(counts) / len(counts) if counts else 0.0
-    if not mean:
-        return {"mean": 0.0, "spread": 0.0, "deviations": [0.0 for _ in counts]}
-    return {
-        "mean": round(mean, 2),
-        "spread": round((max(counts) - min(counts)) / mean, 4),
-        "deviations": [round((c - mean) / mean, 4) for c in counts],
-    }
+def is_balanced(counts: Sequence[int]) -> bool:
+    """The seed's rule: ``(max - min) / mean < 20 %`` (an empty fleet is balanced)."""
+    return spread(counts).balanced

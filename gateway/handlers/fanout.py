@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +63,7 @@ async def list_sessions(call: Call, fleet: Fleet, upstreams: Upstreams) -> Answe
 HEALTH_REUSE = 1.0
 SESSION_COUNTS = ("total", "connected", "disconnected")
 Reports = dict[str, dict[str, Any]]  # instance URL -> its own /health body
+Stamp = tuple[int, int]  # (this process's changes, sessions pinned) when asked
 
 
 class FleetHealth:
@@ -71,29 +73,49 @@ class FleetHealth:
     ``GET /api/sessions``), not what the last periodic check saw.
     """
 
-    def __init__(self, fleet: Fleet, upstreams: Upstreams, timeout: float) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        upstreams: Upstreams,
+        timeout: float,
+        pinned: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.fleet, self.upstreams, self.timeout = fleet, upstreams, timeout
-        self._last: tuple[float, Reports] | None = None
-        self._asking: asyncio.Task[Reports] | None = None
+        # ``forget`` bumps the generation; ``pinned`` (how many sessions are pinned, in the
+        # memory that follows every process's pins) moves with a create or delete through
+        # another process of this gateway. An answer, or a round of asking, stamped before
+        # either moved is from before a change, and never reused.
+        self._generation = 0
+        self._pinned = pinned
+        self._last: tuple[float, Stamp, Reports] | None = None
+        self._asking: tuple[Stamp, asyncio.Task[Reports]] | None = None
 
     def forget(self, *_: object) -> None:
         """Ask afresh next time: this gateway just placed or removed a session, and an answer
-        from before that would say it is not there."""
+        from before that (kept, or still being asked for) would say it is not there."""
+        self._generation += 1
         self._last = None
 
     async def reports(self) -> Reports:
         """Each up instance's healthy report; calls at once share one round of asking."""
-        if self._last is not None and time.monotonic() - self._last[0] <= HEALTH_REUSE:
-            return self._last[1]
-        if self._asking is None or self._asking.done():
-            self._asking = asyncio.create_task(self._ask_all())
-        return await asyncio.shield(self._asking)
+        stamp = self._stamp()
+        last = self._last
+        if last is not None and last[1] == stamp and time.monotonic() - last[0] <= HEALTH_REUSE:
+            return last[2]
+        asking = self._asking
+        if asking is None or asking[0] != stamp or asking[1].done():
+            asking = self._asking = (stamp, asyncio.create_task(self._ask_all(stamp)))
+        return await asyncio.shield(asking[1])
 
-    async def _ask_all(self) -> Reports:
+    def _stamp(self) -> Stamp:
+        return self._generation, self._pinned()
+
+    async def _ask_all(self, stamp: Stamp) -> Reports:
         up = [i.url for i in self.fleet.up()]
         answers = await asyncio.gather(*(self._ask(url) for url in up))
         reports = {url: body for url, body in zip(up, answers, strict=True) if body is not None}
-        self._last = (time.monotonic(), reports)
+        if stamp == self._stamp():  # else asked before a change: not kept
+            self._last = (time.monotonic(), stamp, reports)
         return reports
 
     async def _ask(self, url: str) -> dict[str, Any] | None:

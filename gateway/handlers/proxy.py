@@ -14,7 +14,7 @@ when one of them could not be asked, the answer is ``503`` naming it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -99,6 +99,16 @@ class Proxy:
             metrics,
             limit,
         )
+        self._changed: list[Callable[[], None]] = []
+
+    def on_sessions_changed(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` when an instance answered 2xx to a create or a delete through
+        this process, before the answer goes back (e.g. so ``/health`` is asked again)."""
+        self._changed.append(listener)
+
+    def _sessions_changed(self) -> None:
+        for listener in self._changed:
+            listener()
 
     def handle(self, call: Call) -> Awaitable[Answer]:
         """The coroutine that answers ``call`` (not one wrapped around it: one frame fewer
@@ -219,6 +229,7 @@ class Proxy:
     async def _after(self, call: Call, session_id: str, url: str, reply: Reply) -> None:
         """Book-keeping once an instance answered for a session."""
         if _is_delete(call) and 200 <= reply.status < 300:
+            self._sessions_changed()
             if await self.pins.session(session_id) is not None:
                 await self.pins.unpin_session(session_id, source="delete")
             if not _already_gone(call, reply):
@@ -230,11 +241,14 @@ class Proxy:
         """Place a new session; one create of a session at a time across all processes."""
         try:
             async with self.pins.creating(session_id):
-                return await self._create(call, session_id)
+                answer = await self._create(call, session_id)
         except Busy:
             return unanswered(
                 503, "A create of this session is still in flight elsewhere", "not-sent"
             )
+        if 200 <= answer.status < 300:  # made, or made again where its pin said
+            self._sessions_changed()
+        return answer
 
     async def _create(self, call: Call, session_id: str) -> Answer:
         pinned = await self.pins.session(session_id, fresh=True)

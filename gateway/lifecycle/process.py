@@ -178,8 +178,11 @@ async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
     await pins.start()
     await health.start()
     await reconciler.start()
-    fleet_health = FleetHealth(fleet, upstreams, s.health_timeout)
-    pins.on_change(fleet_health.forget)
+    fleet_health = FleetHealth(
+        fleet, upstreams, s.health_timeout, pinned=lambda: len(pins.sessions)
+    )
+    pins.on_change(fleet_health.forget)  # this process's changes (the others': ``pinned``)
+    proxy.on_sessions_changed(fleet_health.forget)  # also those that move no pin
     return Gateway(
         settings=s,
         fleet=fleet,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.decisions.placement import preferred_instance, shard
+from gateway.decisions.placement import least_loaded, preferred_instance, shard
 from gateway.state.counts import Placement
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
@@ -36,6 +36,11 @@ class Router:
         pin = await self.pins.workspace(workspace_id) if workspace_id is not None else None
         preferred = preferred_instance(self.policy, self.fleet.urls, ws, pin)
         return await self.pins.place(self.eligible(exclude), self.limit, preferred)
+
+    def next_placement(self) -> str | None:
+        """Where a new session naming no workspace would go now, by this process's counts
+        (a real placement also counts other processes' creates under way, in Redis)."""
+        return least_loaded(self.eligible(), self.fleet.loads(), self.limit)
 
     async def for_workspace(self, workspace_id: str) -> str:
         """The workspace's instance; a workspace with no session placed yet is sharded.

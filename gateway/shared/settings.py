@@ -1,7 +1,9 @@
 """One settings loader for the gateway and the workers, and the gateway's own settings.
 
 Precedence, highest first: the process environment, the Laravel ``.env`` file named by
-``LARAVEL_ENV_FILE``, the TOML file (``GATEWAY_CONFIG``, default ``config/gateway.toml``),
+``LARAVEL_ENV_FILE``, the operator's local TOML file (``GATEWAY_LOCAL_CONFIG``, default the
+TOML file's sibling ``gateway.local.toml``, untracked, so ``git pull`` never meets an edit),
+the tracked TOML file (``GATEWAY_CONFIG``, default ``config/gateway.toml``: defaults only),
 then the defaults below. Reading the backend's own ``.env`` means one source of truth for
 instance URLs, Redis and MySQL. A bad value stops start-up with one line naming it.
 
@@ -440,6 +442,14 @@ def _check_gateway(s: Settings, need: Need) -> None:
     seen: set[str] = set()
     for url in s.instances:
         need(url not in seen, "instances", url, "is listed twice")
+        # Never sent (the api_key is the instances' credential), and an instance URL is in
+        # every answer's X-WhatsApp-Instance, the logs and the metrics' labels.
+        need(
+            "@" not in urlsplit(url).netloc,
+            "instances",
+            _mask(url),
+            "has credentials in it: the gateway sends none to an instance, and shows its URL",
+        )
         need(
             not _is_self(url, s.host, s.port),
             "instances",
@@ -538,15 +548,20 @@ def _env_names(
     return (*aliases.get(name, ()), own.upper())
 
 
-def _load_toml(path: Path, required: bool) -> dict[str, Any]:
+def _load_toml(path: Path, required: bool, setting: str = "GATEWAY_CONFIG") -> dict[str, Any]:
     if not path.is_file():
         if required:
-            raise SettingsError(f"GATEWAY_CONFIG: {str(path)!r} does not exist")
+            raise SettingsError(f"{setting}: {str(path)!r} does not exist")
         return {}
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"GATEWAY_CONFIG: {str(path)!r} is not valid TOML ({exc})") from None
+        raise SettingsError(f"{setting}: {str(path)!r} is not valid TOML ({exc})") from None
+
+
+def local_config(path: Path) -> Path:
+    """``config/gateway.toml`` -> ``config/gateway.local.toml``, the operator's own file."""
+    return path.with_name(f"{path.stem}.local{path.suffix}")
 
 
 class Sources:
@@ -566,16 +581,28 @@ class Sources:
                 raise SettingsError(f"LARAVEL_ENV_FILE: {dotenv_path!r} ({exc.strerror})") from None
         self.toml_path = Path(environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
         self.toml = _load_toml(self.toml_path, required="GATEWAY_CONFIG" in environ)
+        named = environ.get("GATEWAY_LOCAL_CONFIG", "")
+        self.local_path = Path(named) if named else local_config(self.toml_path)
+        self.local = _load_toml(self.local_path, bool(named), "GATEWAY_LOCAL_CONFIG")
+        for key, value in self.local.items():  # over the tracked file, table by table
+            below = self.toml.get(key)
+            both = isinstance(value, dict) and isinstance(below, dict)
+            self.toml[key] = {**below, **value} if both else value
         self.layers = (("env", environ), (f".env ({dotenv_path})", dotenv))
         self.origin: dict[str, str] = {}
         self.app_rule = _app_rule({**dotenv, **environ}, dotenv_path)
+
+    def _file(self, table: str | None, name: str) -> Path:
+        """The TOML file a key's value comes from: the local one when it sets it."""
+        local = self.local.get(table, {}) if table else self.local
+        return self.local_path if isinstance(local, dict) and name in local else self.toml_path
 
     def _table(self, table: str | None) -> Mapping[str, Any]:
         if table is None:
             return self.toml
         values = self.toml.get(table, {})
         if not isinstance(values, dict):
-            raise SettingsError(f"{table}: must be a table in {self.toml_path}")
+            raise SettingsError(f"{table}: must be a table in {self._file(None, table)}")
         return values
 
     def _raw(self, table: str | None, name: str, aliases: Mapping[str, tuple[str, ...]]) -> Any:
@@ -596,7 +623,7 @@ class Sources:
                 return raw
         toml_table = self._table(table)
         if name in toml_table:
-            self.origin[label] = f"toml ({self.toml_path})"
+            self.origin[label] = f"toml ({self._file(table, name)})"
             return toml_table[name]
         self.origin[label] = "default"
         return None
@@ -615,7 +642,7 @@ class Sources:
                     self.origin[label] = source
                     return layer[name]
         if "redis_prefix" in self.toml:
-            self.origin[label] = f"toml ({self.toml_path})"
+            self.origin[label] = f"toml ({self._file(None, 'redis_prefix')})"
             return self.toml["redis_prefix"]
         rule, how = self._prefix_rule()
         plain = self.app_rule is None and self.origin["redis_prefix_form"] == "default"
@@ -657,7 +684,7 @@ class Sources:
             for key in self._table(table):
                 if key not in known and not (table is None and key in TABLES):
                     where = f"{table}.{key}" if table else key
-                    raise SettingsError(f"{where}: unknown key in {self.toml_path}")
+                    raise SettingsError(f"{where}: unknown key in {self._file(table, key)}")
         defaults = cls()
         values: dict[str, Any] = {}
         for name in sorted(known if names is None else known & set(names)):

@@ -70,7 +70,7 @@ async def test_the_admin_api_is_off_without_a_token(simulators, gateways, http):
         assert "X-WhatsApp-Instance" not in resp.headers  # answered here, not forwarded
         body = await resp.json()
     assert body["success"] is False and "off" in body["error"]
-    labels = {"route": "/gateway/instances", "method": "GET", "status": "404", "instance": "none"}
+    labels = {"route": "/gateway/instances", "method": "GET", "status": "404", "upstream": "none"}
     assert sample(gw, "gateway_requests_total", **labels) == 1
 
 
@@ -133,12 +133,17 @@ async def test_distribution_counts_sessions_and_says_whether_balanced(simulators
         (sims[1].url, 2, 2),
     ]
     assert body["total"] == 4 and body["pinned"] == 4 and body["balanced"] is True
+    assert (body["mean"], body["spread"], body["balance_limit"]) == (2, 0, 0.2)
+    assert body["next"] == {"index": 0, "url": sims[0].url}  # a tie: the first configured
     await admin(http, gw, "POST", "/gateway/instances/1/drain")
     for i in range(4, 6):
         await create(http, gw, f"d-{i}")
     _, body = await admin(http, gw, "GET", "/gateway/distribution")
     assert [r["sessions"] for r in body["instances"]] == [4, 2]
-    assert body["balanced"] is False
+    assert [r["against_mean"] for r in body["instances"]] == [0.3333, -0.3333]
+    assert [r["new_sessions"] for r in body["instances"]] == ["yes", "draining"]
+    assert body["balanced"] is False and body["spread"] == 0.6667
+    assert body["next"] == {"index": 0, "url": sims[0].url}  # the draining one never
 
 
 async def test_a_pin_moved_by_hand_routes_there(simulators, gateways, http, redis_client):
@@ -210,12 +215,12 @@ async def test_a_drained_instance_keeps_its_sessions_and_gets_no_new_ones(
     assert await status_via(http, gw, "dr-0") == sims[0].url
     _, body = await admin(http, gw, "GET", "/gateway/instances")
     assert [r["draining"] for r in body["instances"]] == [True, False]
-    assert f'gateway_instance_draining{{instance="{sims[0].url}"}} 1.0' in await scrape(http, gw)
+    assert f'gateway_instance_draining{{upstream="{sims[0].url}"}} 1.0' in await scrape(http, gw)
 
     status, body = await admin(http, gw, "POST", "/gateway/instances/0/undrain")
     assert status == 200 and body["draining"] is False
     assert await create(http, gw, "dr-4") == sims[0].url  # the least loaded again
-    assert f'gateway_instance_draining{{instance="{sims[0].url}"}} 0.0' in await scrape(http, gw)
+    assert f'gateway_instance_draining{{upstream="{sims[0].url}"}} 0.0' in await scrape(http, gw)
 
 
 async def test_a_drain_through_one_gateway_is_seen_by_another(simulators, gateways, http):
@@ -267,8 +272,8 @@ async def test_shell_commands_print_tables(simulators, gateways, http):
     assert len({header.index("up"), *(r.index("yes") for r in rows)}) == 1  # aligned
 
     rc, out, _ = await cli(gw, "distribution")
-    assert rc == 0 and out.splitlines()[-1] == "balanced: yes"
-    assert out.splitlines()[-2].split() == ["total", "2", "2"]
+    assert rc == 0 and ", balanced (the rule: under 20 %)" in out
+    assert out.splitlines()[3].split() == ["total", "2", "2"]
 
     rc, out, _ = await cli(gw, "drain", "1")
     assert rc == 0 and "draining" in out and sims[1].url in out
@@ -283,6 +288,50 @@ async def test_shell_commands_print_tables(simulators, gateways, http):
     assert out.splitlines()[1].split() == ["moved", "c-0", sims[0].url, sims[1].url]
     rc, out, _ = await cli(gw, "reconcile")
     assert (rc, out.strip()) == (0, "no corrections: every pin was right")
+
+
+async def test_distribution_prints_the_spread_against_the_mean_and_the_next_placement(
+    simulators, gateways, http
+):
+    sims = await simulators(3)
+    gw = await gateways([s.url for s in sims], admin_token=TOKEN)
+    for i in range(3):
+        await create(http, gw, f"s-{i}")
+    await admin(http, gw, "POST", "/gateway/instances/2/drain")
+    for i in range(3, 5):
+        await create(http, gw, f"s-{i}")  # [2, 2, 1]: the drained one keeps its 1
+
+    rc, out, _ = await cli(gw, "distribution")
+    assert rc == 0, out
+    header, *rows, total, spread, following = out.splitlines()
+    assert " ".join(header.split()) == "# instance active vs mean new sessions pinned"
+    assert [r.split() for r in rows] == [
+        ["0", sims[0].url, "2", "+20", "%", "yes", "2"],
+        ["1", sims[1].url, "2", "+20", "%", "yes", "2"],
+        ["2", sims[2].url, "1", "-40", "%", "draining", "1"],
+    ]
+    assert total.split() == ["total", "5", "5"]
+    assert spread == (
+        "mean: 1.7 active per instance; spread (max - min) / mean: 60 %, not balanced"
+        " (the rule: under 20 %)"
+    )
+    assert following == (
+        f"next session goes to: 0 {sims[0].url} (the fewest active sessions of those taking"
+        " new ones)"
+    )
+
+    await admin(http, gw, "POST", "/gateway/instances/2/undrain")
+    rc, out, _ = await cli(gw, "distribution")
+    assert out.splitlines()[-1].startswith(f"next session goes to: 2 {sims[2].url} ")
+    assert await create(http, gw, "s-5") == sims[2].url  # where it said
+
+    for index in range(3):
+        await admin(http, gw, "POST", f"/gateway/instances/{index}/drain")
+    rc, out, _ = await cli(gw, "distribution")
+    assert out.splitlines()[-1] == (
+        "next session: none can take it (every instance is down, draining or full)"
+    )
+    assert ", balanced (the rule: under 20 %)" in out  # [2, 2, 2]
 
 
 async def test_shell_commands_fail_with_one_clear_line(simulators, gateways):

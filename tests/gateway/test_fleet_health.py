@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 from dev.ports import free_port
+from dev.simulator import SimulatorConfig
+from dev.simulator import create_app as create_simulator
 from gateway.shared.settings import Settings
-from tests.harness import API_KEY, eventually
+from tests.harness import API_KEY, RunningGateway, eventually, serve
 from tests.support import instance_up, stand_in
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def test_health_counts_what_the_instances_hold_right_now(simulators, gateways, http):
@@ -83,6 +89,94 @@ async def test_health_right_after_a_create_or_delete_counts_it(simulators, gatew
     async with http.delete(f"{gw.url}/api/sessions/fresh-1", json={"api_key": API_KEY}) as r:
         assert r.status == 200
     assert await total() == 0
+
+
+async def total_sessions(http: aiohttp.ClientSession, gw: RunningGateway) -> int:
+    async with http.get(f"{gw.url}/health") as r:
+        return (await r.json())["sessions"]["total"]
+
+
+async def test_health_asked_while_a_create_is_under_way_is_not_reused(gateways, http, teardown):
+    """A round of asking the instances that started before this gateway placed a session is
+    neither joined by a later call nor kept for the next one."""
+    port = free_port()
+    sim = create_simulator(
+        SimulatorConfig(api_key=API_KEY, connect_delay=0, public_url=f"http://127.0.0.1:{port}")
+    )
+    holding, held, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    @web.middleware
+    async def hold_one_health(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)  # what the instance holds when asked
+        if request.path == "/health" and holding.is_set() and not held.is_set():
+            held.set()
+            await release.wait()
+        return response
+
+    sim.middlewares.insert(0, hold_one_health)
+    runner, url = await serve(sim, port)
+    teardown.push_async_callback(runner.cleanup)
+    gw = await gateways([url])
+    (instance,) = gw.gw.fleet.instances
+
+    async def checked_up() -> bool:  # by its health checks, not a /health of the fleet yet
+        return instance.up
+
+    await eventually(checked_up)
+    holding.set()
+    before = asyncio.create_task(total_sessions(http, gw))
+    try:
+        await asyncio.wait_for(held.wait(), 5)  # the gateway's round is at the instance
+        body = {"session_id": "racing-1", "api_key": API_KEY}
+        async with http.post(f"{gw.url}/api/sessions", json=body) as r:
+            assert r.status == 200
+        after = total_sessions(http, gw)
+        assert await asyncio.wait_for(after, 5) == 1  # not the round asked before the create
+    finally:
+        release.set()
+    assert await before == 0  # asked before: right for its moment
+    assert await total_sessions(http, gw) == 1  # and that stale round was not kept
+
+
+async def test_health_counts_a_session_made_again_where_its_pin_says(simulators, gateways, http):
+    """A create that moves no pin (the instance lost the session, the pin stayed) counts too."""
+    (sim,) = await simulators(1)
+    gw = await gateways([sim.url])
+    body = {"session_id": "again-1", "api_key": API_KEY}
+    async with http.post(f"{gw.url}/api/sessions", json=body) as r:
+        assert r.status == 200
+    del sim.sessions["again-1"]  # e.g. restarted without restoring it
+
+    async def gone() -> bool:
+        return await total_sessions(http, gw) == 0
+
+    await eventually(gone)  # an answer now known to say 0
+    async with http.post(f"{gw.url}/api/sessions", json=body) as r:
+        assert r.status == 200 and r.headers["X-WhatsApp-Instance"] == sim.url
+    assert await total_sessions(http, gw) == 1
+
+
+async def test_health_of_another_gateway_process_counts_a_create_or_delete_at_once(
+    simulators, gateways, http
+):
+    """Two processes of one gateway (one Redis prefix): a session created or deleted through
+    one shows in the other's /health as soon as its memory has the pin, not a second late."""
+    (sim,) = await simulators(1)
+    first, second = await gateways([sim.url]), await gateways([sim.url])
+    assert await total_sessions(http, second) == 0  # an answer the second one keeps
+
+    async def followed(present: bool) -> bool:
+        return ("other-1" in second.gw.pins.sessions) is present
+
+    body = {"session_id": "other-1", "api_key": API_KEY}
+    async with http.post(f"{first.url}/api/sessions", json=body) as r:
+        assert r.status == 200
+    await eventually(lambda: followed(True))
+    assert await total_sessions(http, second) == 1
+    async with http.delete(f"{first.url}/api/sessions/other-1", json={"api_key": API_KEY}) as r:
+        assert r.status == 200
+    await eventually(lambda: followed(False))
+    assert await total_sessions(http, second) == 0
 
 
 async def test_health_checks_never_wait_behind_proxied_calls(gateways, http, teardown):

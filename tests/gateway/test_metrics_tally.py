@@ -42,7 +42,7 @@ def counted_one_by_one(rounds: int = 3) -> CollectorRegistry:
     """The same requests, each added to collectors of the same names as it comes."""
     registry = CollectorRegistry()
     requests = Counter(
-        "gateway_requests", "", ["route", "method", "status", "instance"], registry=registry
+        "gateway_requests", "", ["route", "method", "status", "upstream"], registry=registry
     )
     latency = Histogram(
         "gateway_request_duration_seconds",
@@ -52,8 +52,8 @@ def counted_one_by_one(rounds: int = 3) -> CollectorRegistry:
         buckets=LATENCY_BUCKETS,
     )
     for _ in range(rounds):
-        for route, method, status, instance, seconds in REQUESTS:
-            requests.labels(route, method, str(status), instance).inc()
+        for route, method, status, upstream, seconds in REQUESTS:
+            requests.labels(route, method, str(status), upstream).inc()
             latency.labels(route, method).observe(seconds)
     return registry
 
@@ -71,10 +71,10 @@ async def test_a_tally_adds_up_to_what_counting_each_request_gives() -> None:
             (
                 "gateway_requests_total",
                 (
-                    ("instance", "http://a"),
                     ("method", "GET"),
                     ("route", "/api/sessions/{id}/{action}"),
                     ("status", "200"),
+                    ("upstream", "http://a"),
                 ),
             )
         ]

@@ -50,7 +50,7 @@ async def test_paths_are_routed_without_regard_to_case_as_express_does(simulator
         assert r.status == 200
         placed = r.headers["X-WhatsApp-Instance"]
     assert gw.gw.pins.sessions["s3"] == placed
-    assert sample(gw, "gateway_placements_total", instance=placed) is not None
+    assert sample(gw, "gateway_placements_total", upstream=placed) is not None
     # a delete in mixed case removes the pin and the count
     active = gw.gw.fleet.get(placed).sessions  # type: ignore[union-attr]
     async with http.delete(f"{gw.url}/api/Sessions/s3", json={"api_key": API_KEY}) as r:

@@ -287,11 +287,11 @@ async def test_metrics_label_routes_not_sessions(simulators, gateways, http):
         text = await r.text()
     assert "secret-session-42" not in text and "628123456" not in text and API_KEY not in text
     assert (
-        f'gateway_requests_total{{instance="{sims[0].url}",method="POST",route="/api/messages/{{action}}",'
-        'status="200"} 1.0' in text
+        'gateway_requests_total{method="POST",route="/api/messages/{action}",status="200",'
+        f'upstream="{sims[0].url}"}} 1.0' in text
     )
     assert 'route="/api/sessions/{id}/{action}"' in text
-    assert f'gateway_placements_total{{instance="{sims[0].url}"}} 1.0' in text
+    assert f'gateway_placements_total{{upstream="{sims[0].url}"}} 1.0' in text
     assert "gateway_request_duration_seconds_bucket" in text
     assert 'gateway_pin_cache_total{result="hit"}' in text
-    assert f'gateway_instance_up{{instance="{sims[1].url}"}} 1.0' in text
+    assert f'gateway_instance_up{{upstream="{sims[1].url}"}} 1.0' in text

@@ -28,7 +28,7 @@ async def test_through_the_apps_router_the_instance_api_answers_the_same(
         assert not_a_path.status == 400 and not_a_path.json()["success"] is False
         labels = {"route": "/api/sessions", "method": "POST", "status": "200"}
         counted = app[GATEWAY].metrics.registry.get_sample_value(
-            "gateway_requests_total", {**labels, "instance": sims[0].url}
+            "gateway_requests_total", {**labels, "upstream": sims[0].url}
         )
         assert counted == 1
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,6 +44,40 @@ def test_env_beats_dotenv_beats_toml(tmp_path: Path) -> None:
     assert s.sources["port"] == "env"
     assert s.sources["health_interval"] == f".env ({dotenv})"
     assert s.sources["placement"] == f"toml ({toml})"
+
+
+def test_the_local_file_beats_the_tracked_one_and_the_environment_beats_both(
+    tmp_path: Path,
+) -> None:
+    """The operator's settings live in gateway.local.toml next to the tracked file, which
+    then holds defaults only, so an upgrade's ``git pull`` meets no edit of theirs."""
+    tracked = write(
+        tmp_path / "gateway.toml",
+        "port = 8080\nhealth_fall = 2\nplacement = 'least_loaded'\n"
+        "[workers]\nconcurrency = 10\ntries = 3\n",
+    )
+    local = write(
+        tmp_path / "gateway.local.toml", "port = 9000\nhealth_fall = 3\n[workers]\ntries = 5\n"
+    )
+    s = load_settings({"GATEWAY_CONFIG": tracked, "GATEWAY_HEALTH_FALL": "4"})
+    assert (s.port, s.health_fall, s.placement) == (9000, 4, "least_loaded")
+    assert s.sources["port"] == f"toml ({local})"
+    assert s.sources["health_fall"] == "env"
+    assert s.sources["placement"] == f"toml ({tracked})"
+    _, workers = load_worker_settings({"GATEWAY_CONFIG": tracked})
+    assert (workers.concurrency, workers.tries) == (10, 5)  # a table merged key by key
+
+    elsewhere = write(tmp_path / "etc.toml", "port = 9100\n")  # /etc/whatsapp-gateway/...
+    named = {"GATEWAY_CONFIG": tracked, "GATEWAY_LOCAL_CONFIG": elsewhere}
+    assert load_settings(named).port == 9100  # instead of the sibling, not on top of it
+    assert load_settings(named).health_fall == 2
+
+    write(tmp_path / "gateway.local.toml", "colour = 'blue'\n")
+    with pytest.raises(SettingsError, match=re.escape(f"colour: unknown key in {local}")):
+        load_settings({"GATEWAY_CONFIG": tracked})
+    missing = {"GATEWAY_CONFIG": tracked, "GATEWAY_LOCAL_CONFIG": str(tmp_path / "none.toml")}
+    with pytest.raises(SettingsError, match=r"GATEWAY_LOCAL_CONFIG: .* does not exist"):
+        load_settings(missing)
 
 
 def test_laravel_names_from_the_dotenv(tmp_path: Path) -> None:
@@ -154,6 +189,7 @@ GATEWAY, WORKERS = load_settings, load_worker_settings
         (GATEWAY, {"GATEWAY_PORT": "eighty"}, "", "port: 'eighty' is not a valid int"),
         (GATEWAY, {"WHATSAPP_INSTANCES": "http://a:1,http://a:1"}, "", "is listed twice"),
         (GATEWAY, {"WHATSAPP_INSTANCES": "localhost:3001"}, "", "is not an http(s) URL"),
+        (GATEWAY, {"WHATSAPP_INSTANCES": "http://u:pw@a:1"}, "", "'http://u:***@a:1' has cred"),
         (
             GATEWAY,
             {"WHATSAPP_INSTANCE_COUNT": "2", "WHATSAPP_INSTANCE_1": "http://a:1"},

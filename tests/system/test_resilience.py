@@ -175,7 +175,7 @@ async def test_instance_comes_back_after_rise_checks(simulators, gateways, http)
 
         await eventually(is_up, timeout=3)
         assert (
-            sample(gw, "gateway_instance_state_changes_total", instance=sims[1].url, state="up")
+            sample(gw, "gateway_instance_state_changes_total", upstream=sims[1].url, state="up")
             == 1
         )
     finally:
@@ -234,7 +234,7 @@ async def test_a_timeout_after_sending_is_not_replayed(simulators, gateways, htt
         assert body["instance"] == slow and body["kind"] == "timeout"
         assert received == ["/api/messages/send"]
         assert sims[0].sessions["slow-1"].messages_sent == 0
-        assert sample(gw, "gateway_replays_total", instance=sims[0].url) is None
+        assert sample(gw, "gateway_replays_total", upstream=sims[0].url) is None
     finally:
         release.set()
         await runner.cleanup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -25,7 +26,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from dev.ports import free_port
-from tests.harness import API_KEY, REDIS_URL, Sim, eventually
+from gateway.shared.settings import local_config
+from tests.harness import API_KEY, REDIS_URL, ROOT, Sim, eventually
 from tests.spawned import alive
 from tests.supervised import DEPLOY, RENDERED_KEYS, Supervisor, render
 
@@ -47,9 +49,15 @@ class Deployment:
     prefix: str
     redis: aioredis.Redis
     http: aiohttp.ClientSession
+    local: Path  # the operator's config/gateway.local.toml
 
     def key(self, name: str) -> str:
         return f"{self.prefix}t:{name}"
+
+    async def admin_status(self, token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with self.http.get(f"{self.gateway}/gateway/instances", headers=headers) as resp:
+            return resp.status
 
     async def serving(self, path: str = "/health") -> bool:
         try:
@@ -127,6 +135,21 @@ async def best_of_two(trial: Callable[[], Awaitable[float]]) -> list[float]:
     return [round(t, 2) for t in times]
 
 
+ADMIN_TOKEN = "local-admin-token"
+
+
+def local_settings(admin_token: str) -> str:
+    """The test's config/gateway.local.toml."""
+    return (
+        f'admin_token = "{admin_token}"\n'
+        "[workers]\n"
+        "timeout = 5.0\n"  # also the grace on SIGTERM
+        "retry_after = 6.0\n"  # a killed job runs again this long after it was taken
+        "backoff = '0'\n"
+        f'handlers = {{ work = "{WORK}" }}\n'
+    )
+
+
 @pytest.fixture
 async def deployment(
     tmp_path: Path,
@@ -146,14 +169,13 @@ async def deployment(
         f"GATEWAY_PORT={port}\n"
         "GATEWAY_PROCESSES=2\n"  # the parent, its children and their lifeline too
     )
-    toml = tmp_path / "gateway.toml"  # what GATEWAY_CONFIG names in production
-    toml.write_text(
-        "[workers]\n"
-        "timeout = 5.0\n"  # also the grace on SIGTERM
-        "retry_after = 6.0\n"  # a killed job runs again this long after it was taken
-        "backoff = '0'\n"
-        f'handlers = {{ work = "{WORK}" }}\n'
-    )
+    # As installed: the tracked defaults, and the operator's settings in the untracked
+    # file next to them (the handler and the admin token exist only there).
+    toml = tmp_path / "config" / "gateway.toml"  # what GATEWAY_CONFIG names in production
+    toml.parent.mkdir()
+    shutil.copy(ROOT / "config" / "gateway.toml", toml)
+    local = local_config(toml)
+    local.write_text(local_settings(ADMIN_TOKEN))
     environment = {
         "LARAVEL_ENV_FILE": str(dotenv),
         "GATEWAY_CONFIG": str(toml),
@@ -162,7 +184,7 @@ async def deployment(
     supervisor = Supervisor(tmp_path / "supervisor", environment)
     supervisor.start()
     deployment = Deployment(
-        supervisor, f"http://127.0.0.1:{port}", redis_prefix, redis_client, http
+        supervisor, f"http://127.0.0.1:{port}", redis_prefix, redis_client, http, local
     )
     try:
         await eventually(deployment.ready, timeout=30)
@@ -310,11 +332,14 @@ async def test_stop_all_lets_the_running_job_finish_and_kills_nothing(
 async def test_signal_hup_reloads_the_gateway_and_restarts_each_worker_gently(
     deployment: Deployment,
 ) -> None:
+    """Also how an operator applies an edit of config/gateway.local.toml."""
     d = deployment
-    keys = await d.running_job(3)
+    keys = await d.running_job(3)  # its handler is named only in the local file
     [gateway] = (await d.supervisor.pids("wa-gateway")).values()
     workers = await d.supervisor.pids("wa-workers")
     starts = {w: d.taking_jobs(w) for w in WORKERS}
+    assert await d.admin_status(ADMIN_TOKEN) == 200  # the local file's, over the tracked ""
+    d.local.write_text(local_settings("edited-admin-token"))
 
     await d.supervisor.ctl("signal", "HUP", "whatsapp-gateway:*")
 
@@ -330,6 +355,8 @@ async def test_signal_hup_reloads_the_gateway_and_restarts_each_worker_gently(
     await eventually(all_done, timeout=20)
     assert (await d.supervisor.pids("wa-gateway")) == {"wa-gateway": gateway}  # in place
     assert await d.serving()
+    assert await d.admin_status("edited-admin-token") == 200
+    assert await d.admin_status(ADMIN_TOKEN) == 401
     assert await d.redis.hget(keys["runs"], 3) == "1"  # the running job finished first
     assert await d.reserved() == 0
     log = d.supervisor.log("supervisord")

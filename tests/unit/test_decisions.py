@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.decisions.placement import is_balanced, least_loaded, preferred_instance, shard
+from gateway.decisions.placement import (
+    is_balanced,
+    least_loaded,
+    preferred_instance,
+    shard,
+    spread,
+)
 from gateway.decisions.route_table import Route, classify, valid_session_id
 
 A, B, C = "http://a", "http://b", "http://c"
@@ -71,3 +77,11 @@ def test_balance_rule_of_the_seed() -> None:
     assert not is_balanced([10, 10, 11, 9])  # exactly 20 %: not under it
     assert not is_balanced([10, 10, 10, 7])
     assert is_balanced([0, 0, 0, 0])
+
+
+def test_the_spread_says_which_instance_is_off_the_mean_and_by_how_much() -> None:
+    s = spread([12, 8, 10, 10])
+    assert s.mean == 10 and s.spread == 0.4 and not s.balanced
+    assert s.against_mean == (0.2, -0.2, 0.0, 0.0)
+    assert spread([0, 0]).against_mean == (0.0, 0.0) and spread([0, 0]).balanced
+    assert spread([]).spread == 0.0

@@ -109,10 +109,10 @@ function renderDistribution(data) {
   document.getElementById("mean").textContent = data.mean;
   document.getElementById("spread").textContent = `${(data.spread * 100).toFixed(1)} %`;
   document.getElementById("balanced").textContent = data.balanced ? "yes" : "no";
-  document.getElementById("next-placement").textContent = data.next || "none (all full, down or draining)";
+  document.getElementById("next-placement").textContent = data.next ? data.next.url : "none (all full, down or draining)";
   const most = Math.max(1, ...data.instances.map((r) => r.sessions));
-  fill("distribution", data.instances.map((r, n) => {
-    const deviation = data.deviations[n];
+  fill("distribution", data.instances.map((r) => {
+    const deviation = r.against_mean;
     const bar = el("span", { className: Math.abs(deviation) >= 0.2 ? "bar over" : "bar" });
     bar.style.width = `${Math.round((r.sessions / most) * 120)}px`;
     const sign = deviation > 0 ? "+" : "";
