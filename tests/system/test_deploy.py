@@ -501,7 +501,7 @@ def label_names_of_the_code() -> set[str]:
     """Every label a gateway's or a worker's collectors can carry (most have no sample
     until first counted, so a scraped page does not show them all)."""
     gateway = GatewayMetrics()
-    gateway.accounts()
+    gateway.database()
     names = {"le"}  # histograms' buckets
     for registry in (gateway.registry, WorkerMetrics().registry):
         for collector in registry._collector_to_names:
