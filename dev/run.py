@@ -542,7 +542,7 @@ def _parent_death_hook() -> Callable[[], None] | None:
 
 
 @dataclass
-class Child:
+class Program:
     """A running child, its output pump, and how to stop it and whatever it started."""
 
     spec: ProcessSpec
@@ -571,7 +571,7 @@ class Child:
             await asyncio.wait_for(self.pump, 2.0)
 
 
-async def launch(spec: ProcessSpec, environ: Mapping[str, str], out: Output) -> Child:
+async def launch(spec: ProcessSpec, environ: Mapping[str, str], out: Output) -> Program:
     """Start one child in its own process group, its output piped to ``out``."""
     env = {**environ, "PYTHONUNBUFFERED": "1", **spec.env}
     proc = await asyncio.create_subprocess_exec(
@@ -590,7 +590,7 @@ async def launch(spec: ProcessSpec, environ: Mapping[str, str], out: Output) -> 
     argv = shlex.join(spec.argv[1:] if spec.argv[0] == sys.executable else spec.argv)
     shown = f"python {argv}" if spec.argv[0] == sys.executable else argv
     out.say("devrun", f"started {spec.name} (pid {proc.pid}): {shown}")
-    return Child(spec, proc, pump)
+    return Program(spec, proc, pump)
 
 
 async def redis_answers(url: str, timeout: float = PING_TIMEOUT) -> bool:
@@ -616,7 +616,7 @@ async def http_answers(http: aiohttp.ClientSession, url: str, statuses: frozense
 
 
 async def wait_ready(
-    child: Child, http: aiohttp.ClientSession, timeout: float, out: Output
+    child: Program, http: aiohttp.ClientSession, timeout: float, out: Output
 ) -> None:
     """Poll the child's ready URL until it answers, it exits, or the deadline passes."""
     spec, url = child.spec, child.spec.ready_url
@@ -735,7 +735,7 @@ class Devrun:
     settings: Settings
     workers: WorkerSettings | None  # None: the workers are not started
     out: Output = field(default_factory=Output)
-    children: list[Child] = field(default_factory=list)
+    children: list[Program] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     signals: int = 0
     made_token: bool = False  # the admin token was made for this run (and is shown)

@@ -25,7 +25,7 @@ from gateway.http.middlewares import observe, observed
 from gateway.http.requests import BODY_METHODS, ROUTE, BadRequest, Call, Incoming, read_call
 from gateway.lifecycle.process import GATEWAY, METRICS, SETTINGS, Gateway, gateway_ctx
 from gateway.lifecycle.reload import RELOADS, Reloads, reload_ctx
-from gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from gateway.shared.settings import Settings
 
 __all__ = ["GATEWAY", "Gateway", "GatewayRunner", "create_app"]
@@ -142,7 +142,7 @@ def _access_log(request: web.Request) -> bool:
 
 
 def create_app(settings: Settings) -> web.Application:
-    metrics = Metrics()
+    metrics = GatewayMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[observe(metrics, access_log=_access_log)],

@@ -39,10 +39,10 @@ from prometheus_client.registry import Collector
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-# Seconds a tallied count may wait before it is in the collectors (see ``Metrics``).
+# Seconds a tallied count may wait before it is in the collectors (see ``GatewayMetrics``).
 FLUSH_EVERY = 1.0
 
-__all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "DatabaseMetrics", "GatewayMetrics"]
 
 # No ``*_created`` series beside every counter and histogram: one per labelled child doubles
 # what Prometheus stores, and nothing here reads them.
@@ -50,7 +50,7 @@ disable_created_metrics()
 
 
 @dataclass
-class Metrics:
+class GatewayMetrics:
     """The gateway's collectors.
 
     Answered requests are tallied in plain dicts and added to the collectors in bulk, at
@@ -297,7 +297,7 @@ class Metrics:
 class _FlushFirst(Collector):
     """Adds the tallies to the collectors whenever the registry is read."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: GatewayMetrics) -> None:
         self.metrics = metrics
 
     def describe(self) -> list[Metric]:

@@ -30,7 +30,7 @@ from gateway.shared.settings import Settings
 from gateway.shared.signature import INSTANCE_URL_HEADER, signed_headers
 from gateway.shared.tasks import cancel_and_wait
 from workers.handlers import Verdict, retry_after_seconds, webhook_verdict
-from workers.metrics import Metrics
+from workers.metrics import WorkerMetrics
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("workers.delivery")
@@ -136,7 +136,7 @@ class Attempt:
 class WebhookRelay:
     """Takes due lanes from the outbox and delivers their heads, ``concurrency`` at a time."""
 
-    def __init__(self, config: RelayConfig, redis: aioredis.Redis, metrics: Metrics) -> None:
+    def __init__(self, config: RelayConfig, redis: aioredis.Redis, metrics: WorkerMetrics) -> None:
         self.config = config
         self.redis = redis
         self.outbox = Outbox(redis, config.key_prefix)

@@ -28,7 +28,7 @@ OUTCOMES = ("done", "retried", "failed", "timed_out", "paced")
 LAG_BUCKETS = (0.01, 0.05, 0.25, 1, 5, 30, 60, 300, 900, 3600, 21600, 86400)
 
 
-class Metrics:
+class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         # process_start_time_seconds and friends: restarts show as changes of the start time.

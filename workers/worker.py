@@ -48,7 +48,7 @@ from workers.handlers import (
     registry,
     summary,
 )
-from workers.metrics import Metrics
+from workers.metrics import WorkerMetrics
 from workers.php import PhpConfig, PhpWorkers, Released, RunnerFailed, RunnerLost
 from workers.retry import Fail, Policy, after_error, exceeded, parse_backoff, timeout_for
 from workers.settings import WorkerSettings
@@ -163,7 +163,7 @@ class Pool:
         config: PoolConfig,
         redis: aioredis.Redis,
         mysql: aiomysql.Pool | None = None,
-        metrics: Metrics | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = config
         self.redis = redis
@@ -185,7 +185,7 @@ class Pool:
             timezone=config.timezone,
         )
         self.php = PhpWorkers(config.php, config.policy) if config.php else None
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or WorkerMetrics()
         self.tally = Tally(config.key_prefix)  # finished jobs, for the console's throughput
         self._tasks: dict[asyncio.Task[None], Job] = {}
         self._php_jobs = 0  # of those tasks, the jobs that run in PHP

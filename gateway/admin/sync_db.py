@@ -20,7 +20,7 @@ from gateway.admin.cli import table
 from gateway.decisions.account_rows import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG
 from gateway.locate.account_sync import Report, TableCheck
 from gateway.locate.reconcile import Listing, list_instances
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.settings import Settings
 from gateway.upstream.client import Upstreams
 
@@ -55,8 +55,8 @@ async def sync_db(
     if not settings.mysql_dsn:
         print("error: no database configured (MYSQL_DSN, or DB_* in the Laravel .env)", file=err)
         return 2
-    upstreams = Upstreams.for_settings(settings, Metrics())
-    writer = open_writer(settings, Metrics().database())
+    upstreams = Upstreams.for_settings(settings, GatewayMetrics())
+    writer = open_writer(settings, GatewayMetrics().database())
     bar = ProgressBar(err)
     try:
         params = {"api_key": settings.laravel_api_token} if settings.laravel_api_token else {}

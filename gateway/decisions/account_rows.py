@@ -21,7 +21,7 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class RowVerdict:
     kind: str
     row: Row
     url: str | None = None  # where the session is (verified, wrong)
@@ -33,7 +33,7 @@ def judge(
     holders: Mapping[str, Sequence[str]],
     instances: Sequence[str],
     pins: Mapping[str, str],
-) -> Verdict:
+) -> RowVerdict:
     """What to do about one row, given which instances list which sessions.
 
     A session listed on several instances is right where the row says, if that is one of
@@ -44,8 +44,8 @@ def judge(
     listed = holders.get(row.session_id)
     if not listed:
         known = row.url is None or row.url in instances
-        return Verdict(NOT_FOUND if known else UNKNOWN_URL, row)
+        return RowVerdict(NOT_FOUND if known else UNKNOWN_URL, row)
     pin = pins.get(row.session_id)
     url = row.url if row.url in listed else pin if pin in listed else listed[0]
     index = instances.index(url) if url in instances else None
-    return Verdict(VERIFIED if (row.url, row.index) == (url, index) else WRONG, row, url, index)
+    return RowVerdict(VERIFIED if (row.url, row.index) == (url, index) else WRONG, row, url, index)

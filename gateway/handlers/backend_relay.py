@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.http.errors import json_error, unanswered
 from gateway.http.headers import end_to_end
 from gateway.http.requests import ROUTE
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 log = logging.getLogger("gateway.backend")
@@ -41,7 +41,7 @@ class BackendRelay:
     api_token: str  # the instances' shared api key
     timeout: float
     max_body: int
-    metrics: Metrics
+    metrics: GatewayMetrics
     _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
     def proven(self, request: web.Request, body: bytes) -> bool:

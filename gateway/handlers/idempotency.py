@@ -34,7 +34,7 @@ from gateway.http.answers import Answer, Relayed
 from gateway.http.errors import OUTCOME_HEADER, json_error, unanswered
 from gateway.http.headers import INSTANCE_HEADER, REPLAYED_HEADER
 from gateway.http.requests import Call
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.redis_url import NotReplicated
 from gateway.state.idempotency import Begun, IdempotencyStore, Kept
 from gateway.state.link import Unavailable
@@ -52,7 +52,7 @@ REFUSALS = {
 
 
 class Idempotency:
-    def __init__(self, store: IdempotencyStore, metrics: Metrics) -> None:
+    def __init__(self, store: IdempotencyStore, metrics: GatewayMetrics) -> None:
         self.store, self.metrics = store, metrics
         self._settling: set[asyncio.Task[Answer]] = set()
 

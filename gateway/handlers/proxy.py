@@ -24,7 +24,7 @@ from gateway.http.answers import Answer, Relayed
 from gateway.http.errors import Outcome, json_error, unanswered
 from gateway.http.requests import Call
 from gateway.locate.rediscovery import Rediscovery, Search
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.routing.router import Router
 from gateway.state.counts import Placement
 from gateway.state.flights import Busy
@@ -33,7 +33,7 @@ from gateway.upstream.client import Reply, UpstreamError, Upstreams
 
 log = logging.getLogger("gateway.proxy")
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def respond(reply: Reply, url: str) -> Relayed:
@@ -63,7 +63,7 @@ def replayable(call: Call, error: UpstreamError) -> bool:
     Only when it never reached the instance, or when it is a read cut off mid-way; never
     after a timeout, when the instance may still be acting on it.
     """
-    return not error.sent or (error.kind == "reset" and call.method in IDEMPOTENT)
+    return not error.sent or (error.kind == "reset" and call.method in SAFE_METHODS)
 
 
 def _already_gone(call: Call, reply: Reply) -> bool:
@@ -89,7 +89,7 @@ class Proxy:
         upstreams: Upstreams,
         health: HealthChecker,
         rediscovery: Rediscovery,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
         limit: int,
     ) -> None:
         self.router, self.pins, self.upstreams = router, pins, upstreams

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from gateway.decisions.events import Event, match_instance, parse, sender
 from gateway.http.errors import json_error
 from gateway.http.requests import ROUTE
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.outbox import Incoming, Outbox
 from gateway.shared.redis_url import NotReplicated
 from gateway.shared.signature import (
@@ -82,7 +82,7 @@ class Receiver:
     timeout: float  # longest wait on Redis
     outbox: Outbox
     pins: PinStore
-    metrics: Metrics
+    metrics: GatewayMetrics
     holds: Callable[[str, str], Awaitable[bool]]  # (instance, session id): it holds it
     min_replicas: int = 0  # answer 200 only once this many replicas have the event
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.tasks import cancel_and_wait
 from gateway.state.instances import Fleet, Instance
 from gateway.state.store import PinStore
@@ -31,7 +31,7 @@ class HealthChecker:
         fleet: Fleet,
         upstreams: Upstreams,
         pins: PinStore,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
         *,
         interval: float,
         down_interval: float,

@@ -16,7 +16,7 @@ from gateway.http.answers import Answer
 from gateway.http.errors import OUTCOME_HEADER, json_error
 from gateway.http.headers import INSTANCE_HEADER
 from gateway.http.requests import REQUEST_ID, ROUTE, Incoming, request_id
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
@@ -37,7 +37,7 @@ def outcome(response: Answer) -> str:
     return "client_error" if response.status < 500 else "error"
 
 
-def observe(metrics: Metrics, access_log: Callable[[web.Request], bool]) -> web.middleware:
+def observe(metrics: GatewayMetrics, access_log: Callable[[web.Request], bool]) -> web.middleware:
     """Tag each request with an id, answer every failure in JSON, count, time and log it.
 
     ``access_log`` says whether a request gets its access-log line (the setting may change
@@ -52,7 +52,7 @@ def observe(metrics: Metrics, access_log: Callable[[web.Request], bool]) -> web.
 
 
 async def observed(
-    metrics: Metrics,
+    metrics: GatewayMetrics,
     access_log: Callable[[R], bool],
     request: R,
     handler: Callable[[R], Awaitable[A]],

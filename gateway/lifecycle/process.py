@@ -23,7 +23,7 @@ from gateway.health.checks import HealthChecker
 from gateway.locate.account_sync import TableCheck
 from gateway.locate.reconcile import Reconciler
 from gateway.locate.rediscovery import Rediscovery
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.routing.router import Router
 from gateway.shared.outbox import Outbox
 from gateway.shared.redis_url import SwitchFollower, redis_client
@@ -66,7 +66,7 @@ class Gateway:
 
     settings: Settings
     fleet: Fleet
-    metrics: Metrics
+    metrics: GatewayMetrics
     pins: PinStore
     upstreams: Upstreams
     health: HealthChecker
@@ -90,7 +90,7 @@ class Gateway:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
@@ -103,7 +103,7 @@ def write_behind(writer: Writer) -> PinListener:
     return listener
 
 
-async def start_gateway(s: Settings, metrics: Metrics) -> Gateway:
+async def start_gateway(s: Settings, metrics: GatewayMetrics) -> Gateway:
     """Build a gateway from settings and start it: pins loaded, instances checked once."""
     fleet = Fleet.from_urls(s.instances)
     pins = PinStore(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.accounts.pending import REDIS_ERRORS, Update
 from gateway.accounts.table import DatabaseUnavailable
 from gateway.accounts.writer import Writer
-from gateway.decisions.account_rows import WRONG, Verdict, judge
+from gateway.decisions.account_rows import WRONG, RowVerdict, judge
 from gateway.decisions.corrections import holder_parts
 from gateway.shared.tasks import cancel_and_wait, paced
 
@@ -29,10 +29,10 @@ Progress = Callable[[int, int], None]
 class Report:
     """Every row checked, by verdict kind; ``queued`` fixes were put on the writer's queue."""
 
-    verdicts: dict[str, list[Verdict]] = field(default_factory=dict)
+    verdicts: dict[str, list[RowVerdict]] = field(default_factory=dict)
     queued: list[Update] = field(default_factory=list)
 
-    def of(self, kind: str) -> list[Verdict]:
+    def of(self, kind: str) -> list[RowVerdict]:
         return self.verdicts.get(kind, [])
 
     @property

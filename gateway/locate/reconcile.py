@@ -19,7 +19,7 @@ from typing import Any
 from gateway.decisions.corrections import Correction, correction_parts, slices
 from gateway.decisions.route_table import valid_session_id
 from gateway.locate.account_sync import TableCheck
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.tasks import cancel_and_wait, every, paced
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
@@ -29,7 +29,7 @@ log = logging.getLogger("gateway.reconcile")
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ReconcileResult:
     """What one run changed, and which instances it could not list (no pin removed then)."""
 
     corrections: list[Correction]
@@ -105,7 +105,7 @@ class Reconciler:
         fleet: Fleet,
         upstreams: Upstreams,
         pins: PinStore,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
         *,
         api_token: str,
         interval: float,
@@ -116,7 +116,7 @@ class Reconciler:
         self.table = table
         self.params = {"api_key": api_token} if api_token else {}
         self.interval, self.timeout = interval, timeout
-        self._current: asyncio.Task[Outcome] | None = None
+        self._current: asyncio.Task[ReconcileResult] | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -136,13 +136,13 @@ class Reconciler:
         except Exception:
             log.exception("reconciliation failed")
 
-    async def run(self) -> Outcome:
+    async def run(self) -> ReconcileResult:
         """Reconcile now; a call during a run shares that run rather than starting another."""
         if self._current is None or self._current.done():
             self._current = asyncio.create_task(self._reconcile())
         return await asyncio.shield(self._current)
 
-    async def _reconcile(self) -> Outcome:
+    async def _reconcile(self) -> ReconcileResult:
         # Pins are read before listing: a pin made after that (a new session, a
         # rediscovery) is newer than the lists and is left alone by ``_apply``.
         snapshot = self.pins.sessions.copy()
@@ -160,7 +160,7 @@ class Reconciler:
             self.table.schedule(listing.sessions, self.pins.sessions.copy())
         if applied:
             log.warning("reconciliation corrected %d pin(s)", len(applied))
-        return Outcome(applied, listing.unanswered)
+        return ReconcileResult(applied, listing.unanswered)
 
     async def _list_all(self) -> Listing:
         down = [i.url for i in self.fleet.instances if not i.up]

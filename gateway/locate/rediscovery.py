@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.state.pins import PinChange
 from gateway.state.store import PinStore
 from gateway.upstream.client import Reply, UpstreamError, Upstreams
@@ -52,7 +52,7 @@ class Rediscovery:
         timeout: float,
         negative_ttl: float,
         concurrency: int,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
     ) -> None:
         self.upstreams, self.pins, self.metrics = upstreams, pins, metrics
         self.api_token, self.timeout, self.negative_ttl = api_token, timeout, negative_ttl

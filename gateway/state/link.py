@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.redis_url import redis_client
 from gateway.shared.tasks import cancel_and_wait
 from gateway.state.keys import Keys
@@ -44,7 +44,7 @@ class Unavailable(Exception):
 class RedisLink:
     """One Redis for the pin map and the counts, and whether it answers."""
 
-    def __init__(self, redis_url: str, keys: Keys, timeout: float, metrics: Metrics) -> None:
+    def __init__(self, redis_url: str, keys: Keys, timeout: float, metrics: GatewayMetrics) -> None:
         self.keys = keys
         self.timeout = timeout
         self.metrics = metrics

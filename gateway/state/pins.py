@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio.client import PubSub
 
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.tasks import cancel_and_wait
 from gateway.state.instances import Fleet
 from gateway.state.link import REDIS_ERRORS, Backlog, Change, RedisLink, Unavailable
@@ -58,7 +58,7 @@ PinListener = Callable[[PinChange], Awaitable[None] | None]
 class PinMap:
     """Session and workspace pins and draining marks, mirrored from Redis."""
 
-    def __init__(self, link: RedisLink, fleet: Fleet, metrics: Metrics) -> None:
+    def __init__(self, link: RedisLink, fleet: Fleet, metrics: GatewayMetrics) -> None:
         self.link, self.fleet, self.metrics = link, fleet, metrics
         self.keys = link.keys
         self.sessions = PinTable()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.state.counts import Counts, Placement
 from gateway.state.flights import Flights
 from gateway.state.instances import Fleet
@@ -29,7 +29,7 @@ class PinStore:
         prefix: str,
         timeout: float,
         reservation_ttl: float,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
         fleet: Fleet,
     ) -> None:
         self.fleet = fleet

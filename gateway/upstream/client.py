@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.settings import Settings
-from gateway.upstream.pool import NOT_SENT, Failure, Pool, Reply
+from gateway.upstream.pool import NOT_SENT, ConnectionPool, Failure, Reply
 
 __all__ = ["Reply", "UpstreamError", "Upstreams"]
 
@@ -46,26 +46,26 @@ class UpstreamError(Exception):
 
 
 @dataclass(frozen=True)
-class Instance:
+class InstanceClient:
     """Where one configured instance URL sends its requests."""
 
-    pool: Pool
-    checks: Pool  # the health checks' own: they never wait behind proxied calls
+    pool: ConnectionPool
+    checks: ConnectionPool  # the health checks' own: they never wait behind proxied calls
     prefix: str  # the URL's own path, put before every forwarded path
     host: bytes  # the Host header line
 
 
-def _instance(url: str, pool_options: dict[str, Any]) -> Instance:
+def _instance(url: str, pool_options: dict[str, Any]) -> InstanceClient:
     parts = urlsplit(url)
     tls = ssl.create_default_context() if parts.scheme == "https" else None
     port = parts.port or (443 if tls else 80)
     host = parts.hostname or "localhost"
-    pool = Pool(host, port, tls=tls, **pool_options)
-    checks = Pool(
+    pool = ConnectionPool(host, port, tls=tls, **pool_options)
+    checks = ConnectionPool(
         host, port, tls=tls, **{**pool_options, "limit": CHECK_CONNECTIONS, "on_wait": None}
     )
     netloc = parts.netloc.rpartition("@")[2]
-    return Instance(
+    return InstanceClient(
         pool, checks, parts.path.rstrip("/"), b"Host: " + netloc.encode("idna") + b"\r\n"
     )
 
@@ -81,7 +81,7 @@ class Upstreams:
         read_timeout: float,
         keepalive: float,
         max_connections: int,
-        metrics: Metrics,
+        metrics: GatewayMetrics,
     ) -> None:
         self.metrics = metrics
         self.read_timeout = read_timeout
@@ -100,7 +100,7 @@ class Upstreams:
         }
 
     @classmethod
-    def for_settings(cls, s: Settings, metrics: Metrics) -> Upstreams:
+    def for_settings(cls, s: Settings, metrics: GatewayMetrics) -> Upstreams:
         """The pools of the configured instances (the gateway's, and ``sync-db``'s)."""
         return cls(
             s.instances,

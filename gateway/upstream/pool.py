@@ -35,7 +35,7 @@ from gateway.http.headers import decoded
 # Failures in which the request surely never left the gateway.
 NOT_SENT = frozenset({"refused", "connect_timeout", "dns", "tls"})
 # RFC 9110 §9.2.2; the methods aiohttp also sends again after a cut on a reused connection.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # How often a pool with calls in flight looks for one past its deadline: a deadline is met
 # at most this late. One sweep per pool instead of a timer per call (a timer per call costs
 # uvloop a libuv handle made and closed on every request).
@@ -94,7 +94,7 @@ class _Stale(Exception):
 class Connection(asyncio.Protocol):
     """One keep-alive connection; carries one exchange at a time."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -237,7 +237,7 @@ class Connection(asyncio.Protocol):
             self.pool._lost(self)
 
 
-class Pool:
+class ConnectionPool:
     """Connections to one ``host:port``, at most ``limit`` open, idle ones kept ``keepalive``."""
 
     def __init__(
@@ -275,7 +275,7 @@ class Pool:
         except _Stale:
             pass  # nothing written: safe to send on a fresh connection, whatever the method
         except _Cut:
-            if not (conn.reused and method in IDEMPOTENT):
+            if not (conn.reused and method in IDEMPOTENT_METHODS):
                 raise Failure("reset", "connection closed before any answer") from None
         conn = await self._acquire(deadline)
         try:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.registry import Collector
 
-from gateway.metrics import LATENCY_BUCKETS, Metrics
+from gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
 from tests.harness import eventually
 
 REQUESTS = [
@@ -33,7 +33,7 @@ def samples(collectors: Iterable[Collector]) -> Samples:
     }
 
 
-def written(metrics: Metrics) -> Samples:
+def written(metrics: GatewayMetrics) -> Samples:
     """What the collectors hold (read from them, not through the registry, which flushes)."""
     return samples([metrics.requests, metrics.latency])
 
@@ -59,7 +59,7 @@ def counted_one_by_one(rounds: int = 3) -> CollectorRegistry:
 
 
 async def test_a_tally_adds_up_to_what_counting_each_request_gives() -> None:
-    tallied = Metrics(CollectorRegistry())
+    tallied = GatewayMetrics(CollectorRegistry())
     for _ in range(3):
         for request in REQUESTS:
             tallied.request_done(*request)
@@ -83,7 +83,7 @@ async def test_a_tally_adds_up_to_what_counting_each_request_gives() -> None:
 
 
 async def test_a_tally_is_written_within_a_second_without_a_scrape() -> None:
-    tallied = Metrics(CollectorRegistry())
+    tallied = GatewayMetrics(CollectorRegistry())
     tallied.request_done(*REQUESTS[0])
 
     async def in_the_collectors() -> bool:
@@ -93,7 +93,7 @@ async def test_a_tally_is_written_within_a_second_without_a_scrape() -> None:
 
 
 def test_without_an_event_loop_the_tally_is_read_in_full() -> None:
-    tallied = Metrics(CollectorRegistry(auto_describe=True))  # describes its collectors
+    tallied = GatewayMetrics(CollectorRegistry(auto_describe=True))  # describes its collectors
     for request in REQUESTS:
         tallied.request_done(*request)
     assert samples([tallied.registry]) == samples([counted_one_by_one(rounds=1)])

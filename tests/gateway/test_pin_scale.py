@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from dev.ports import free_port
-from gateway.metrics import Metrics
+from gateway.metrics import GatewayMetrics
 from gateway.state.instances import Fleet
 from gateway.state.store import PinStore
 from tests.harness import REDIS_URL, eventually, gateway_settings
@@ -34,7 +34,7 @@ async def test_a_map_larger_than_one_reply_loads_whole_within_redis_timeout(
 
     fleet = Fleet.from_urls(urls)
     store = PinStore(
-        REDIS_URL, f"{redis_prefix}wa-gateway:", 0.15, 10, metrics=Metrics(), fleet=fleet
+        REDIS_URL, f"{redis_prefix}wa-gateway:", 0.15, 10, metrics=GatewayMetrics(), fleet=fleet
     )
     await store.start()
     try:

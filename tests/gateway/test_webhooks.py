@@ -31,7 +31,7 @@ from tests.harness import (
 )
 from workers.connections import redis_client
 from workers.delivery import RelayConfig, WebhookRelay
-from workers.metrics import Metrics
+from workers.metrics import WorkerMetrics
 
 SECRET = "webhook-test-secret"
 PATH = "/api/whatsapp/webhooks/webjs"
@@ -124,7 +124,7 @@ async def relays(redis_prefix: str) -> AsyncIterator[Callable[..., Awaitable[Web
             key_prefix=f"{redis_prefix}wa-gateway:",
             **{**FAST, **overrides},
         )
-        relay = WebhookRelay(config, client, Metrics())
+        relay = WebhookRelay(config, client, WorkerMetrics())
         running.append((relay, asyncio.create_task(relay.run()), client))
         return relay
 

@@ -26,13 +26,13 @@ import pytest
 import yaml
 
 from dev.ports import free_port
-from gateway.metrics import Metrics as GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.shared.settings import DEFAULT_CONFIG, Settings, load_settings, local_config
 from tests.accounts import AccountsDB
 from tests.harness import REDIS_URL, ROOT, RunningGateway, eventually
 from tests.supervised import LEAKY
 from tests.support import unavailable
-from workers.metrics import Metrics as WorkerMetrics
+from workers.metrics import WorkerMetrics
 from workers.settings import WorkerSettings, load_worker_settings
 
 DEPLOY = ROOT / "deploy"

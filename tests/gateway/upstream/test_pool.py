@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from dev.ports import free_port
-from gateway.upstream.pool import Failure, Pool, Reply
+from gateway.upstream.pool import ConnectionPool, Failure, Reply
 from tests.harness import eventually
 
 
@@ -90,12 +90,12 @@ class Scripted:
 
 
 @pytest.fixture
-async def pools() -> AsyncIterator[Callable[..., Pool]]:
-    made: list[Pool] = []
+async def pools() -> AsyncIterator[Callable[..., ConnectionPool]]:
+    made: list[ConnectionPool] = []
 
-    def make(port: int, **options: float) -> Pool:
+    def make(port: int, **options: float) -> ConnectionPool:
         settings = {"limit": 16, "keepalive": 4.0, "connect_timeout": 1.0, **options}
-        pool = Pool("127.0.0.1", port, tls=None, **settings)  # type: ignore[arg-type]
+        pool = ConnectionPool("127.0.0.1", port, tls=None, **settings)  # type: ignore[arg-type]
         made.append(pool)
         return pool
 
@@ -126,7 +126,7 @@ def request(method: str, target: str = "/x", body: bytes = b"") -> bytes:
     return f"{method} {target} HTTP/1.1\r\nHost: i\r\n{length}\r\n".encode() + body
 
 
-async def call(pool: Pool, method: str, body: bytes = b"", within: float = 2.0) -> Reply:
+async def call(pool: ConnectionPool, method: str, body: bytes = b"", within: float = 2.0) -> Reply:
     deadline = asyncio.get_running_loop().time() + within
     return await pool.send(request(method, body=body), method.encode(), deadline)
 
