@@ -44,3 +44,10 @@ def test_slug_matches_laravels_on_3000_random_names(php: str) -> None:
         if (slug(name, "_"), slug(name)) != tuple(want)
     ]
     assert mismatches == []
+
+
+def test_the_table_is_the_one_dev_ascii_table_makes_from_laravels_source(php: str) -> None:
+    from dev.ascii_table import kept, table
+    from gateway.shared.laravel.ascii_table import ASCII
+
+    assert kept(table()) == ASCII
