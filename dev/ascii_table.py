@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-TARGET = Path(__file__).resolve().parent.parent / "gateway" / "shared" / "laravel" / "ascii_table.py"
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ROOT / "gateway" / "shared" / "laravel" / "ascii_table.py"
 PHP = (
     'require "voku/helper/autoload.php"; echo json_encode('
     "voku\\helper\\ASCII::charsArrayWithSingleLanguageValues(false, false),"
