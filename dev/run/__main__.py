@@ -1,0 +1,5 @@
+"""``python -m dev.run``: see the package's text."""
+
+from dev.run.devrun import main
+
+main()
