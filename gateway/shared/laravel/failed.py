@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from gateway.shared.laravel.jobs import Job, PayloadError, decode, encode, without_pace
 from gateway.shared.laravel.queues import QueueKeys, Queues, failed_key, pending_key
+from gateway.shared.tasks import within
 
 log = logging.getLogger("workers")
 
@@ -496,26 +497,40 @@ class TableFailedStore(FailedStore):
         with contextlib.suppress(*MYSQL_ERRORS, pymysql.err.MySQLError):
             await self._write("DELETE FROM failed_jobs WHERE uuid = %s", (job_uuid,))
 
-    async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
-        """:meth:`_execute` within :data:`MYSQL_WAIT`; a connection given up on is closed,
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiomysql.Connection]:
+        """A pooled connection within :data:`MYSQL_WAIT`, even when aiomysql loses the
+        cancellation (see ``within``); one a failure left in an unknown state is closed,
         never handed out again with an answer still on its way."""
-        async with asyncio.timeout(MYSQL_WAIT), self.mysql.acquire() as conn:
-            try:
-                async with conn.cursor() as cur:
-                    return await cur.execute(sql, args)
-            except BaseException:
-                conn.close()
-                raise
+        pool = self.mysql
+
+        def discard(conn: aiomysql.Connection) -> None:
+            conn.close()
+            pool.release(conn)
+
+        conn = await within(pool.acquire(), MYSQL_WAIT, late=discard)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            pool.release(conn)
+
+    async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """:meth:`_execute` within :data:`MYSQL_WAIT`."""
+        async with asyncio.timeout(MYSQL_WAIT), self._connection() as conn, conn.cursor() as cur:
+            return await cur.execute(sql, args)
 
     async def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         with _no_table():
-            async with self.mysql.acquire() as conn, conn.cursor() as cur:
+            async with self._connection() as conn, conn.cursor() as cur:
                 return await cur.execute(sql, args)
         return 0
 
     async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with _no_table():
-            async with self.mysql.acquire() as conn, conn.cursor() as cur:
+            async with self._connection() as conn, conn.cursor() as cur:
                 await cur.execute(sql, args)
                 return list(await cur.fetchall())
         return []
