@@ -195,6 +195,7 @@ class Pool:
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
+        self._adopted = False  # an earlier version's pacing keys were moved over
 
     def stop(self) -> None:
         """Take no new jobs; :meth:`run` returns once running ones finished or grace ran out."""
@@ -239,6 +240,9 @@ class Pool:
                 continue
             try:
                 await self._apply_kept()
+                if not self._adopted:
+                    await self.queues.adopt_old_pacing()
+                    self._adopted = True
                 take = await self._take(free)
                 self._store_back()
                 for queue in take.paced:

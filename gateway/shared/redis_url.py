@@ -41,6 +41,16 @@ class NotReplicated(Exception):
         self.acked = acked
 
 
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when it has one (``{tag}``), as Redis finds
+    it: between the first ``{`` and the first ``}`` after it, when not empty."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
 @dataclass(frozen=True, slots=True)
 class SentinelTarget:
     sentinels: tuple[tuple[str, int], ...]

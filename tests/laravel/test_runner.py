@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.shared.laravel.queues import Queues, pace_prefix
+from gateway.shared.laravel.queues import Queues
 from tests.laravel.conftest import Laravel
 from tests.workers.conftest import HANDLERS, Harness, eventually
 from workers.php import is_php_job
@@ -294,7 +294,7 @@ async def test_a_dispatched_send_is_paced_by_its_public_session_id(laravel: Lara
     [waiting] = await h.redis.zrange(h.keys("camp").delayed, 0, -1)
     assert 's:6:"second"' in json.loads(waiting)["data"]["command"]
     for session in ("S1", "S2"):
-        assert await h.redis.exists(f"{pace_prefix(h.prefix)}{session}")
+        assert await h.redis.hexists(queues.pacing[0], session)
 
 
 async def test_a_php_jobs_sends_carry_the_same_idempotency_keys_on_every_attempt(

@@ -68,6 +68,40 @@ async def test_200_paced_jobs_of_one_session_leave_in_order_with_at_most_2_pops_
     assert b[-1] < a[100][1]  # B is paced on its own slots, not behind A
 
 
+def _stall(seconds: float) -> None:
+    """Hold the event loop as a loaded machine does: nothing else runs meanwhile."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_paced_jobs_stay_in_order_and_spaced_when_the_pool_is_late_for_their_slots(
+    harness: Harness,
+) -> None:
+    """Every 5th send stalls the pool for 3 intervals, so the next jobs come back late for
+    their slots: they still leave in the order they were taken, one interval apart."""
+    interval = 0.01
+    for n in range(60):
+        await harness.push("camp", "send", {"session_id": "A", "n": n})
+    config = harness.config(
+        queues=("camp",), concurrency=4, min_send_interval={"camp": interval}, idle_wait=IDLE_WAIT
+    )
+    async with harness.pool(config) as pool:
+        sent: list[tuple[int, float]] = []
+
+        async def send(job: JobContext) -> None:
+            sent.append((job.data["n"], time.time()))
+            if job.data["n"] % 5 == 0:
+                _stall(3 * interval)
+
+        pool.handlers["send"] = send
+        await eventually(lambda: len(sent), lambda n: n == 60, what="all sends")
+    assert [n for n, _ in sent] == list(range(60))
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sent)]
+    assert min(gaps) >= interval - 0.005 - 0.002, gaps  # the tolerance, and clock reads
+    assert count(pool, "camp", "done") == 60
+
+
 async def test_pacing_holds_for_a_session_across_queues(harness: Harness) -> None:
     for queue in ("urgent", "camp"):
         await harness.push(queue, "send", {"session_id": "A", "n": 0})

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gateway.shared.laravel.jobs import Job
-from gateway.shared.laravel.queues import Queues, pace_prefix
+from gateway.shared.laravel.queues import Queues
 from tests.workers.conftest import Harness
 from workers.php import is_php_job
 
@@ -207,15 +207,16 @@ async def test_one_session_is_paced_across_every_paced_queue(harness: Harness) -
     assert [j.queue for j in take.jobs] == ["urgent"] and take.paced == ["camp"]
     [(raw, due)] = await harness.redis.zrange(harness.keys("camp").delayed, 0, -1, withscores=True)
     assert 0.4 < due - time.time() <= 0.5
-    next_free = int(await harness.redis.get(f"{pace_prefix(harness.prefix)}7"))
-    assert next_free == json.loads(raw)["paceSlot"] + 500
+    next_free, shift = (await harness.redis.hget(queues.pacing[0], "7")).split()
+    assert int(next_free) == json.loads(raw)["paceSlot"] + 500 and int(shift) == 0
 
 
 async def test_a_take_paces_at_most_a_batch_and_says_there_is_more(harness: Harness) -> None:
     queues = paced_queues(harness, ["camp"], 0.01)
     keys = harness.keys("camp")
     busy_until = int(time.time() * 1000) + 60_000  # A's next free slot: every job must wait
-    await harness.redis.set(f"{pace_prefix(harness.prefix)}A", busy_until, px=60_000)
+    await harness.redis.hset(queues.pacing[0], "A", f"{busy_until} 0")
+    await harness.redis.zadd(queues.pacing[1], {"A": busy_until})
     async with harness.redis.pipeline(transaction=False) as pipe:
         for n in range(1002):
             pipe.rpush(keys.list, json.dumps({"n": n, "data": {"session_id": "A"}}))
@@ -256,3 +257,25 @@ async def test_without_a_free_php_process_php_jobs_stay_in_place_and_python_ones
     assert [json.loads(raw)["data"]["n"] for raw in left] == in_php  # in their places
     one = await queues.reserve(10, retry_after=90, php_free=1)
     assert [j.data["n"] for j in one.jobs] == in_php[:1] and one.php_left == 3
+
+
+async def test_an_upgrade_keeps_the_slots_an_earlier_version_handed_out(harness: Harness) -> None:
+    """An earlier version kept one key per session (its next free ms): once adopted, a new
+    job of that session waits for it."""
+    queues = paced_queues(harness, ["camp"], 0.5)
+    seconds, micros = await harness.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    old = f"{harness.prefix}workers:pace:"
+    await harness.redis.set(f"{old}A", now_ms + 800, px=800)  # A's old slot ends at +0.8 s
+    await harness.redis.set(f"{old}B", now_ms + 800, px=800)
+    await harness.redis.hset(queues.pacing[0], "B", f"{now_ms} 0")  # B is already adopted
+
+    assert await queues.adopt_old_pacing() == 1
+    await harness.push("camp", "record", {"session_id": "A"})
+    take = await queues.reserve(10, retry_after=90)
+
+    assert take.jobs == [] and take.paced == ["camp"]
+    [(raw, due)] = await harness.redis.zrange(harness.keys("camp").delayed, 0, -1, withscores=True)
+    assert json.loads(raw)["paceSlot"] == now_ms + 800 and due * 1000 == now_ms + 800
+    assert await harness.redis.exists(f"{old}A", f"{old}B") == 0
+    assert await harness.redis.hget(queues.pacing[0], "B") == f"{now_ms} 0".encode()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from gateway.shared.laravel.jobs import Job, decode, pushed_at
+from gateway.shared.redis_url import hash_tag
 
 # Lua: the session a job's sends are paced by, or nil: ``data.session_id`` (a string or an
 # integer), else, for a job Laravel's dispatch() made, the first public ``sessionId`` or
@@ -65,11 +66,13 @@ local function runs_in_php(decoded)
 end
 """
 
-# KEYS: per queue, in priority order: queue, reserved, delayed, notify.
+# KEYS: per queue, in priority order: queue, reserved, delayed, notify; then the pacing hash
+# and its expiry set (:func:`pacing_keys`). Every key the script touches is one of them, so on
+# Redis Cluster it runs wherever they live, once they share a slot (one hash tag).
 # ARGV: now, reservation expiry (now + retry_after), most jobs to take, batch (most jobs
-# migrated, paced or left per queue and call), pace key prefix, pacing tolerance in ms, how
-# many PHP jobs may be taken (-1: no limit), then per queue its pacing interval in ms (0: not
-# paced), then the names of the Python handlers (they win over PHP).
+# migrated, paced or left per queue and call), pacing tolerance in ms, how many PHP jobs may
+# be taken (-1: no limit), then per queue its pacing interval in ms (0: not paced), then the
+# names of the Python handlers (they win over PHP).
 # PHP jobs: only as many are taken as the pool has PHP processes free; the others stay in
 # their queue, in their place, unpaced (their notify elements are taken: the pool wakes itself
 # when a process frees), while later jobs that run in Python are taken past them. So a job
@@ -80,20 +83,19 @@ end
 # the re-encoded job into :reserved, one notify element popped. A payload cjson cannot
 # take is reserved unchanged and flagged 0 so the worker fails it instead of losing it
 # (Laravel's own pop script would raise after the LPOP and drop it).
-# Pacing, all of it on Redis' clock (TIME), so hosts whose clocks disagree still space sends:
-# on a paced queue, a job of a session (see pace_session) popped with a pool slot free runs
-# if the session may send now; else it is handed the session's next free slot (slot =
-# max(now, next); next = slot + interval, one key per session for every paced queue) and
-# goes to :delayed scored at its slot, carrying ``paceSlot`` and its attempts unchanged.
-# Back from :delayed it runs on its slot (within the tolerance) without asking again; back
-# early (a `queue:work` next to the pool migrates on its own host's clock) it waits again for
-# the same slot; back late (the pool was busy at its slot) it asks for a new slot, since the
-# jobs that kept their slots meanwhile would otherwise send right after it. A late job that
-# held the session's last slot handed out runs now. The reserved copy drops ``paceSlot``. So
-# a job is popped at most twice for pacing while the pool keeps up, and a session's jobs
-# leave in the order taken unless one came back late. :delayed is migrated on Redis' clock
-# for the same reason.
-# The pace keys are built here, not passed in KEYS: this needs one Redis, not a cluster.
+# Pacing, all of it on Redis' clock (TIME), so hosts whose clocks disagree still space sends.
+# A session (see pace_session) has one entry in the pacing hash: ``next shift`` (ms), for
+# every paced queue. A job popped on a paced queue with a pool slot free runs if the session
+# may send now; else it is handed the session's next slot in pop order (slot = max(now,
+# next); next = slot + interval) and goes to :delayed scored at it, carrying ``paceSlot`` (the
+# slot less the session's shift) and its attempts unchanged. Back from :delayed it is due at
+# paceSlot + shift: on time (within the tolerance) it runs without asking again; early (a
+# `queue:work` next to the pool migrates on its own host's clock, or the session's slots moved)
+# it waits for that time; late (the pool was busy when it fell due) it runs now, and the
+# lateness is added to the shift, which moves every later slot of the session by as much. So
+# a session's jobs leave in the order they were popped, never closer than the interval, and
+# none is popped more than twice while the pool keeps up. The reserved copy drops
+# ``paceSlot``. :delayed is migrated on Redis' clock for the same reason.
 # Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
 # counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
 # batch stopped the call early (1/0), how many PHP jobs were left for want of a PHP process,
@@ -103,16 +105,41 @@ RESERVE = (
     """
 if redis.replicate_commands then redis.replicate_commands() end  -- TIME before writes (Redis < 5)
 local now, expiry = tonumber(ARGV[1]), ARGV[2]
-local want, batch, pace_prefix = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local tolerance, php_free = tonumber(ARGV[6]), tonumber(ARGV[7])
+local want, batch = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tolerance, php_free = tonumber(ARGV[5]), tonumber(ARGV[6])
+local queues = (#KEYS - 2) / 4
+local pacing, pacing_due = KEYS[#KEYS - 1], KEYS[#KEYS]
 local python = {}
-for i = 8 + #KEYS / 4, #ARGV do python[ARGV[i]] = true end
+for i = 7 + queues, #ARGV do python[ARGV[i]] = true end
 local clock = redis.call('time')
 local clock_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local clock_s = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+-- Sessions whose next slot is past hold no slot any more: their entries go.
+local past = redis.call('zrangebyscore', pacing_due, '-inf', clock_ms, 'limit', 0, 100)
+if #past > 0 then
+  redis.call('hdel', pacing, unpack(past))
+  redis.call('zrem', pacing_due, unpack(past))
+end
 local out = {}
-local function migrate(from, to, notify, upto)
-  local due = redis.call('zrangebyscore', from, '-inf', upto, 'limit', 0, batch)
+-- Paced jobs due together go back in the order their slots were handed out (``paceSlot``),
+-- not by score: a job waiting again after its session's slots moved is scored later than
+-- an unmoved job behind it. Other jobs keep their place among them by due time.
+local function by_slot(due, scores)
+  local order = {}
+  for i = 1, #due do
+    local slot = tonumber(string.match(due[i], '"paceSlot":(%-?%d+)'))
+    order[i] = {slot or tonumber(scores[i]) * 1000, i}
+  end
+  table.sort(order, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+  local sorted = {}
+  for i = 1, #order do sorted[i] = due[order[i][2]] end
+  return sorted
+end
+local function migrate(from, to, notify, upto, paced)
+  local due = redis.call('zrangebyscore', from, '-inf', upto, 'withscores', 'limit', 0, batch)
+  local jobs, scores = {}, {}
+  for i = 1, #due, 2 do jobs[#jobs + 1], scores[#scores + 1] = due[i], due[i + 1] end
+  due = paced and by_slot(jobs, scores) or jobs
   if #due > 0 then
     redis.call('zremrangebyrank', from, 0, #due - 1)
     for i = 1, #due, 100 do
@@ -154,34 +181,46 @@ local function unique_member(reserved, member, decoded, job)
   end
   return member
 end
--- Hand out the session's slot at or after ``from`` (ms): next = slot + interval.
-local function take_slot(key, from, interval)
-  local slot = math.max(clock_ms, from)
-  redis.call('set', key, string.format('%.0f', slot + interval), 'PX', slot + interval - clock_ms)
-  return slot
+-- A session's next free slot and its shift (ms); 0, 0 for a session holding none.
+local function pace_state(session)
+  local entry = redis.call('hget', pacing, session)
+  if not entry then return 0, 0 end
+  local next_free, shift = string.match(entry, '^(%-?%d+) (%-?%d+)$')
+  return tonumber(next_free) or 0, tonumber(shift) or 0
 end
--- The slot a job must wait for, in ms on Redis' clock; nil when it may run now.
+local function set_pace(session, next_free, shift)
+  redis.call('hset', pacing, session, string.format('%.0f %.0f', next_free, shift))
+  redis.call('zadd', pacing_due, next_free, session)
+end
+-- nil when the job may run now; else the slot it holds (``paceSlot``) and when it is due,
+-- in ms on Redis' clock.
 local function wait_slot(decoded, interval)
   if interval <= 0 then return nil end
   local session = pace_session(decoded)
   if not session then return nil end
-  local key = pace_prefix .. session
-  local next_free = tonumber(redis.call('get', key)) or 0
+  local next_free, shift = pace_state(session)
   local held = tonumber(decoded['paceSlot'])
-  local slack = math.min(tolerance, interval / 2)
-  if held and held > clock_ms + slack then return held end  -- early: the same slot again
-  if held and held >= clock_ms - slack then return nil end  -- on time
-  if held and next_free <= held + interval then next_free = held end  -- late, last slot: now
-  local slot = take_slot(key, next_free, interval)
-  if slot <= clock_ms then return nil end
-  return slot
+  if held then
+    local due = held + shift
+    local slack = math.min(tolerance, interval / 2)
+    if due > clock_ms + slack then return held, due end  -- early: wait for it
+    if due < clock_ms - slack then  -- late: now, and every later slot moves as much
+      local late = clock_ms - due
+      set_pace(session, math.max(next_free + late, clock_ms + interval), shift + late)
+    end
+    return nil
+  end
+  local due = math.max(clock_ms, next_free)
+  set_pace(session, due + interval, shift)
+  if due <= clock_ms then return nil end
+  return due - shift, due
 end
 local taken, more, php_left = 0, 0, 0
-for k = 1, #KEYS, 4 do
+for k = 1, 4 * queues, 4 do
   local queue, reserved, delayed, notify = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local index, interval = (k + 3) / 4, tonumber(ARGV[7 + (k + 3) / 4])
-  migrate(delayed, queue, notify, clock_s)
-  migrate(reserved, queue, notify, now)
+  local index, interval = (k + 3) / 4, tonumber(ARGV[6 + (k + 3) / 4])
+  migrate(delayed, queue, notify, clock_s, interval > 0)
+  migrate(reserved, queue, notify, now, false)
   local paced, left = 0, {}
   while taken < want and #left < batch do
     if paced >= batch then more = 1 break end
@@ -191,11 +230,11 @@ for k = 1, #KEYS, 4 do
     local decoded = decode(job)
     if decoded then decoded['reservedCopy'] = nil end
     local php = decoded and php_free >= 0 and runs_in_php(decoded)
-    local leave, slot, waiting = php and php_free == 0, nil, nil
+    local leave, slot, due, waiting = php and php_free == 0, nil, nil, nil
     if leave then
       left[#left + 1] = job  -- no PHP process free: it stays in its place, unpaced
-    else
-      slot = decoded and wait_slot(decoded, interval)
+    elseif decoded then
+      slot, due = wait_slot(decoded, interval)
       if slot then
         decoded['paceSlot'] = slot
         waiting = encode(decoded)
@@ -204,7 +243,7 @@ for k = 1, #KEYS, 4 do
     if leave then
       -- put back below, in order
     elseif waiting then
-      redis.call('zadd', delayed, slot / 1000, waiting)
+      redis.call('zadd', delayed, due / 1000, waiting)
       paced = paced + 1
       out[#out + 1] = index
       out[#out + 1] = false
@@ -235,7 +274,7 @@ out[#out + 1] = more
 out[#out + 1] = php_left
 local earliest = false
 if taken == 0 and more == 0 then
-  for k = 3, #KEYS, 4 do
+  for k = 3, 4 * queues, 4 do
     local head = redis.call('zrange', KEYS[k], 0, 0, 'withscores')
     if head[2] and (not earliest or tonumber(head[2]) < earliest) then
       earliest = tonumber(head[2])
@@ -336,9 +375,35 @@ def pending_key(prefix: str) -> str:
     return f"{prefix}queues:failed-pending"
 
 
-def pace_prefix(key_prefix: str) -> str:
-    """Prefix of the per-session pacing keys (value: the session's next free ms)."""
+def pacing_keys(key_prefix: str, queues: Sequence[QueueKeys]) -> tuple[str, str]:
+    """The pacing hash (session -> ``next shift``, ms) and its expiry set (session -> next).
+
+    :data:`RESERVE` touches them with the queues' keys, so on Redis Cluster they carry the
+    queues' hash tag when every queue has the same one (Laravel's advice there: queue names
+    such as ``{wa}messaging``); queues in several slots cannot be taken in one step.
+    """
+    tags = {hash_tag(q.list) for q in queues}
+    tag = tags.pop() if len(tags) == 1 else None
+    suffix = f":{{{tag}}}" if tag else ""
+    return f"{key_prefix}workers:pacing{suffix}", f"{key_prefix}workers:pacing-due{suffix}"
+
+
+def old_pace_prefix(key_prefix: str) -> str:
+    """Before :func:`pacing_keys`, one string per session under this prefix (its next ms)."""
     return f"{key_prefix}workers:pace:"
+
+
+# KEYS: a session's old pacing key, the pacing hash, its expiry set. ARGV: the session.
+# The session's next slot moves into the hash, shift 0 (slots were handed out unshifted),
+# unless the hash already has the session; the old key goes either way.
+ADOPT_PACE = """
+local next_free = redis.call('get', KEYS[1])
+redis.call('del', KEYS[1])
+if not next_free or redis.call('hexists', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('hset', KEYS[2], ARGV[1], next_free .. ' 0')
+redis.call('zadd', KEYS[3], next_free, ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,19 +437,30 @@ class Queues:
 
         self.prefix = prefix
         self.keys = [QueueKeys(prefix, name) for name in names]
+        self.key_prefix = key_prefix
+        self.pacing = pacing_keys(key_prefix, self.keys)
         self._reserve_keys = [
             key for q in self.keys for key in (q.list, q.reserved, q.delayed, q.notify)
-        ]
+        ] + list(self.pacing)
         intervals = intervals or {}
-        self._pacing = [pace_prefix(key_prefix), PACE_TOLERANCE_MS] + [
-            max(0, round(float(intervals.get(name, 0)) * 1000)) for name in names
-        ]
+        self._intervals = [max(0, round(float(intervals.get(name, 0)) * 1000)) for name in names]
         self._python_jobs = sorted(python_jobs)
         self._notify_keys = [q.notify for q in self.keys]
         self._reserve = redis.register_script(RESERVE)
         self._push = redis.register_script(PUSH)
         self._release = redis.register_script(RELEASE)
         self._later = redis.register_script(LATER)
+        self._adopt = redis.register_script(ADOPT_PACE)
+
+    async def adopt_old_pacing(self) -> int:
+        """Move the per-session pacing keys an earlier version left into the pacing hash, so
+        the slots its jobs in ``:delayed`` hold keep the session's next sends spaced."""
+        old = old_pace_prefix(self.key_prefix)
+        adopted = 0
+        async for key in self.redis.scan_iter(match=f"{_glob_escape(old)}*", count=1000):
+            session = key[len(old) :] if isinstance(key, str) else key[len(old.encode()) :]
+            adopted += await self._adopt(keys=[key, *self.pacing], args=[session])
+        return adopted
 
     def of(self, queue: str) -> QueueKeys:
         return QueueKeys(self.prefix, queue)
@@ -393,7 +469,6 @@ class Queues:
         """Take up to ``count`` jobs, earlier queues first, reserved until now + retry_after;
         of the jobs that run in PHP at most ``php_free`` (-1: no limit)."""
         now = self.clock()
-        pacing, intervals = self._pacing[:2], self._pacing[2:]
         flat = await self._reserve(
             keys=self._reserve_keys,
             args=[
@@ -401,9 +476,9 @@ class Queues:
                 repr(now + retry_after),
                 count,
                 MIGRATION_BATCH,
-                *pacing,
+                PACE_TOLERANCE_MS,
                 php_free,
-                *intervals,
+                *self._intervals,
                 *self._python_jobs,
             ],
         )
@@ -470,6 +545,11 @@ class Queues:
             waiting, delayed, reserved, head = replies[4 * i : 4 * i + 4]
             depths.append(Depth(q.name, waiting, delayed, reserved, _age(head, now)))
         return depths
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by SCAN's MATCH."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _age(head: bytes | None, now: float) -> float | None:
