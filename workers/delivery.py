@@ -166,12 +166,16 @@ class WebhookRelay:
     # --- taking lanes ----------------------------------------------------------------------
 
     async def _fetch(self) -> None:
+        adopted = False  # an earlier version's outbox keys were moved over
         while not self._stop.is_set():
             self._wake.clear()
             wait = self.config.idle_wait
             free = self.config.concurrency - len(self._tasks)
             if free > 0:
                 try:
+                    if not adopted:
+                        await self.outbox.adopt_old_keys()
+                        adopted = True
                     taken, next_due = await self.outbox.take(free, self.config.lease, time.time())
                 except Exception:
                     log.exception("could not take webhook events; trying again in 1 s")

@@ -6,7 +6,9 @@ taken when the session got its first unwritten update, whose time (Redis's clock
 the age of the oldest. An entry leaves the queue only when the value
 written is still the one queued (``ACK``), so an update queued during a write is not lost.
 One writer at a time holds ``db:writer``: two processes writing the same session in
-parallel could otherwise commit an older value after a newer one.
+parallel could otherwise commit an older value after a newer one. The queue's four keys
+share the hash tag ``{db}`` (one slot on Redis Cluster); the writer adopts the names an
+earlier version used (``db:updates`` ...) before it first reads the queue.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
-from gateway.shared.redis_url import redis_client
+from gateway.shared.redis_url import adopt_renamed, redis_client
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 T = TypeVar("T")
@@ -125,11 +127,16 @@ class PendingUpdates:
 
     def __init__(self, redis_url: str, prefix: str, timeout: float) -> None:
         self.timeout = timeout
-        self.values = f"{prefix}db:updates"
-        self.order = f"{prefix}db:order"
-        self.since = f"{prefix}db:since"
-        self.sequence = f"{prefix}db:sequence"
+        self.values = f"{prefix}{{db}}:updates"
+        self.order = f"{prefix}{{db}}:order"
+        self.since = f"{prefix}{{db}}:since"
+        self.sequence = f"{prefix}{{db}}:sequence"
         self.lock = f"{prefix}db:writer"
+        self.renamed = {
+            f"{prefix}db:{name}": f"{prefix}{{db}}:{name}"
+            for name in ("updates", "order", "since", "sequence")
+        }
+        self._adopted = False
         self.redis = redis_client(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._enqueue = self.redis.register_script(ENQUEUE)
         self._head = self.redis.register_script(HEAD)
@@ -155,6 +162,9 @@ class PendingUpdates:
 
     async def head(self, count: int) -> list[Update]:
         """The ``count`` oldest updates, oldest first."""
+        if not self._adopted:
+            await self._run(lambda: adopt_renamed(self.redis, self.renamed))
+            self._adopted = True
         keys = [self.values, self.order, self.since]
         raw = await self._run(lambda: self._head(keys=keys, args=[count]))
         pairs = zip(raw[::2], raw[1::2], strict=True)

@@ -7,7 +7,8 @@ lane may next be tried: at once for fresh events, later while its head waits for
 and at the lease's end while a worker delivers its head. A worker that dies mid-delivery
 therefore only holds its lanes until their leases run out; then the head goes out again.
 
-Keys, under ``<key_prefix>webhooks:``:
+Keys, under ``<key_prefix>{webhooks}:`` (one hash tag: on Redis Cluster the outbox is one
+slot, so a script may touch a lane, its events and the sets together):
 
 =================  ======  ==============================================================
 ``event:<id>``     hash    path, body, instance, content_type, event, lane, received,
@@ -20,12 +21,14 @@ Keys, under ``<key_prefix>webhooks:``:
 ``dead``           zset    id -> when it was dead-lettered
 ``replay:<sig>``   string  id of the event kept for a signature, while its timestamp holds
 ``last:<lane>``    string  identity and id of the lane's last kept event (repeat window)
-``wake``           pubsub  published on each new event, so idle workers start at once
 =================  ======  ==============================================================
 
-Each change is one Lua script, so a crash between two writes cannot leave an event in no
-lane or in two. Scripts that find a lane inside Redis build key names from the prefix they
-are given, so the outbox needs a single Redis server (not Redis Cluster).
+``<key_prefix>webhooks:wake`` (pub/sub) is published on each new event, so idle workers
+start at once. Each change is one Lua script, so a crash between two writes cannot leave an
+event in no lane or in two. Every key a script touches is in its ``KEYS``: where the keys
+depend on what Redis holds (the heads of due lanes, a dead letter's lane), the caller reads
+them first and the script checks they still hold. An earlier version kept the same keys under
+``<key_prefix>webhooks:``; :meth:`Outbox.adopt_old_keys` moves them at start-up.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.shared.redis_url import NotReplicated
+from gateway.shared.redis_url import NotReplicated, adopt_renamed, glob_escape
 
 # KEYS: replay, last, event, lane list, lanes, pending. ARGV: id, now, replay mark's life in
 # ms (0: no mark), repeat window in ms (0: no repeats), the event's identity, lane, wake
@@ -67,32 +70,34 @@ redis.call('publish', ARGV[7], 1)
 return false
 """
 
-# KEYS: lanes, leases. ARGV: now, lease expiry, most lanes, token, key base.
-# Leases the head of up to ARGV[3] due lanes. Returns {next due time or false, {lane, id,
-# attempts, path, body, instance, content_type, received, since}...}; the next due time is
-# that of the first lane left in the set (a lease expiry counts: a dead worker's lane).
+# KEYS: lanes, leases, then per lane its list and the event its head was read to be.
+# ARGV: now, lease expiry, token, then per lane its name and that id ('' for none).
+# Leases the head of each lane that is still due and still has that head. A head whose hash
+# is gone (deleted by hand, or evicted) is dropped and the lane left for the next take, a
+# lane found empty leaves the set. Returns {next due time or false, {lane, id, attempts,
+# path, body, instance, content_type, received, since}...}; the next due time is that of
+# the first lane left in the set (a lease expiry counts: a dead worker's lane).
 TAKE = """
-local base = ARGV[5]
 local out = {false}
-local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'limit', 0, tonumber(ARGV[3]))
-for _, lane in ipairs(due) do
-  local list = base .. 'lane:' .. lane
-  local id = redis.call('lindex', list, 0)
-  while id and redis.call('exists', base .. 'event:' .. id) == 0 do
-    redis.call('lpop', list)  -- its hash is gone (deleted by hand, or evicted): skip it
-    id = redis.call('lindex', list, 0)
-  end
-  if id then
-    local key = base .. 'event:' .. id
-    redis.call('zadd', KEYS[1], ARGV[2], lane)
-    redis.call('hset', KEYS[2], lane, ARGV[4])
-    local attempts = redis.call('hincrby', key, 'attempts', 1)
-    local f = redis.call(
-      'hmget', key, 'path', 'body', 'instance', 'content_type', 'received', 'since')
-    out[#out + 1] = {lane, id, attempts, f[1], f[2], f[3], f[4], f[5], f[6]}
-  else
-    redis.call('zrem', KEYS[1], lane)
-    redis.call('hdel', KEYS[2], lane)
+for i = 3, #KEYS, 2 do
+  local lane, id = ARGV[i + 1], ARGV[i + 2]
+  local list, key = KEYS[i], KEYS[i + 1]
+  local due = tonumber(redis.call('zscore', KEYS[1], lane))
+  local head = redis.call('lindex', list, 0) or ''
+  if due and due <= tonumber(ARGV[1]) and head == id then
+    if id == '' then
+      redis.call('zrem', KEYS[1], lane)
+      redis.call('hdel', KEYS[2], lane)
+    elseif redis.call('exists', key) == 0 then
+      redis.call('lpop', list)
+    else
+      redis.call('zadd', KEYS[1], ARGV[2], lane)
+      redis.call('hset', KEYS[2], lane, ARGV[3])
+      local attempts = redis.call('hincrby', key, 'attempts', 1)
+      local f = redis.call(
+        'hmget', key, 'path', 'body', 'instance', 'content_type', 'received', 'since')
+      out[#out + 1] = {lane, id, attempts, f[1], f[2], f[3], f[4], f[5], f[6]}
+    end
   end
 end
 local first = redis.call('zrange', KEYS[1], 0, 0, 'withscores')
@@ -127,14 +132,15 @@ end
 return 1
 """
 
-# KEYS: dead, event, lanes, pending. ARGV: id, now, key base, wake channel.
+# KEYS: dead, event, lanes, pending, the lane's list. ARGV: id, now, lane (as the event names
+# it: read first), wake channel.
 # A dead letter goes to the end of its lane with its attempts and retry window reset.
 REQUEUE = """
 local lane = redis.call('hget', KEYS[2], 'lane')
-if not lane or redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
+if lane ~= ARGV[3] or redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('hset', KEYS[2], 'attempts', 0, 'since', ARGV[2])
 redis.call('hdel', KEYS[2], 'status', 'error', 'dead_at')
-redis.call('rpush', ARGV[3] .. 'lane:' .. lane, ARGV[1])
+redis.call('rpush', KEYS[5], ARGV[1])
 redis.call('zadd', KEYS[3], 'NX', ARGV[2], lane)
 redis.call('zadd', KEYS[4], redis.call('hget', KEYS[2], 'received'), ARGV[1])
 redis.call('publish', ARGV[4], 1)
@@ -150,15 +156,16 @@ return 1
 
 
 class OutboxKeys:
-    """The outbox's Redis keys, under ``<key_prefix>webhooks:``."""
+    """The outbox's Redis keys, under ``<key_prefix>{webhooks}:``."""
 
     def __init__(self, key_prefix: str) -> None:
-        self.base = f"{key_prefix}webhooks:"
+        self.base = f"{key_prefix}{{webhooks}}:"
+        self.old_base = f"{key_prefix}webhooks:"  # an earlier version's (no hash tag)
         self.lanes = f"{self.base}lanes"
         self.leases = f"{self.base}leases"
         self.pending = f"{self.base}pending"
         self.dead = f"{self.base}dead"
-        self.wake = f"{self.base}wake"
+        self.wake = f"{self.old_base}wake"  # a channel, not a key: the same for both versions
 
     def lane(self, lane: str) -> str:
         return f"{self.base}lane:{lane}"
@@ -261,6 +268,16 @@ class Outbox:
         self._requeue = redis.register_script(REQUEUE)
         self._forget = redis.register_script(FORGET)
 
+    async def adopt_old_keys(self) -> int:
+        """Move the keys an earlier version kept under ``<key_prefix>webhooks:`` to their
+        hash-tagged names, merged with any the new names hold; how many were moved."""
+        old = self.keys.old_base
+        renamed = {}
+        async for key in self.redis.scan_iter(match=f"{glob_escape(old)}*", count=1000):
+            name = _text(key)
+            renamed[name] = self.keys.base + name[len(old) :]
+        return await adopt_renamed(self.redis, renamed)
+
     # --- the gateway's side ----------------------------------------------------------------
 
     async def receive(
@@ -335,11 +352,20 @@ class Outbox:
         self, most: int, lease: float, now: float
     ) -> tuple[list[Delivery], float | None]:
         """Lease the heads of up to ``most`` due lanes; also when the next lane falls due."""
-        token = uuid.uuid4().hex
-        next_due, *rows = await self._take(
-            keys=[self.keys.lanes, self.keys.leases],
-            args=[repr(now), repr(now + lease), most, token, self.keys.base],
-        )
+        token, k = uuid.uuid4().hex, self.keys
+        due = await self.redis.zrangebyscore(k.lanes, "-inf", now, 0, most)
+        lanes = [_text(lane) for lane in due]
+        heads = []
+        if lanes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for lane in lanes:
+                    pipe.lindex(k.lane(lane), 0)
+                heads = [_text(head) for head in await pipe.execute()]
+        keys, args = [k.lanes, k.leases], [repr(now), repr(now + lease), token]
+        for lane, head in zip(lanes, heads, strict=True):
+            keys += [k.lane(lane), k.event(head)]
+            args += [lane, head]
+        next_due, *rows = await self._take(keys=keys, args=args)
         deliveries = [
             Delivery(
                 id=_text(row[1]),
@@ -430,10 +456,13 @@ class Outbox:
     async def requeue(self, event_id: str, now: float) -> bool:
         """Send a dead letter again: to the end of its lane, with a fresh retry window."""
         k = self.keys
+        lane = await self.redis.hget(k.event(event_id), "lane")
+        if lane is None:
+            return False
         return bool(
             await self._requeue(
-                keys=[k.dead, k.event(event_id), k.lanes, k.pending],
-                args=[event_id, repr(now), k.base, k.wake],
+                keys=[k.dead, k.event(event_id), k.lanes, k.pending, k.lane(_text(lane))],
+                args=[event_id, repr(now), lane, k.wake],
             )
         )
 

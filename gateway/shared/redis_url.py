@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -41,6 +41,11 @@ class NotReplicated(Exception):
         self.acked = acked
 
 
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by SCAN's MATCH."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 def hash_tag(key: str) -> str | None:
     """The part of ``key`` Redis Cluster hashes when it has one (``{tag}``), as Redis finds
     it: between the first ``{`` and the first ``}`` after it, when not empty."""
@@ -49,6 +54,52 @@ def hash_tag(key: str) -> str | None:
     if end <= start + 1:
         return None
     return key[start + 1 : end]
+
+
+# KEYS: a key's name before it was hash-tagged, its name now. Moves the old key to the new
+# name; when both exist (a process of the earlier version wrote meanwhile), what the old one
+# holds is added to the new one without overwriting: list elements at the end, set and
+# sorted-set members and hash fields the new one lacks, the larger of two numbers.
+ADOPT = """
+local kind = redis.call('type', KEYS[1]).ok
+if kind == 'none' then return 0 end
+if redis.call('exists', KEYS[2]) == 0 then
+  redis.call('rename', KEYS[1], KEYS[2])
+  return 1
+end
+if kind == 'list' then
+  for _, item in ipairs(redis.call('lrange', KEYS[1], 0, -1)) do
+    redis.call('rpush', KEYS[2], item)
+  end
+elseif kind == 'zset' then
+  local items = redis.call('zrange', KEYS[1], 0, -1, 'withscores')
+  for i = 1, #items, 2 do redis.call('zadd', KEYS[2], 'NX', items[i + 1], items[i]) end
+elseif kind == 'hash' then
+  local items = redis.call('hgetall', KEYS[1])
+  for i = 1, #items, 2 do redis.call('hsetnx', KEYS[2], items[i], items[i + 1]) end
+elseif kind == 'set' then
+  for _, item in ipairs(redis.call('smembers', KEYS[1])) do redis.call('sadd', KEYS[2], item) end
+elseif kind == 'string' then
+  local old, new = tonumber(redis.call('get', KEYS[1])), tonumber(redis.call('get', KEYS[2]))
+  if old and new and old > new then redis.call('set', KEYS[2], old, 'KEEPTTL') end
+end
+redis.call('del', KEYS[1])
+return 1
+"""
+
+
+async def adopt_renamed(redis: aioredis.Redis, renamed: Mapping[str, str]) -> int:
+    """Move keys an earlier version kept under other names (``old -> new``) to their new
+    ones, so an upgrade keeps their data; how many were moved. Run at start-up.
+
+    The old names were only ever used on one server, never on Redis Cluster (where old and
+    new fall in different slots): a name is first looked for, and adopted only when found.
+    """
+    adopted = 0
+    for old, new in renamed.items():
+        if await redis.exists(old):
+            adopted += await redis.eval(ADOPT, 2, old, new)
+    return adopted
 
 
 @dataclass(frozen=True, slots=True)

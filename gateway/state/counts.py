@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.decisions.placement import least_loaded
+from gateway.shared.redis_url import adopt_renamed
 from gateway.state.instances import Fleet
 from gateway.state.link import Backlog, RedisLink, Unavailable
 
@@ -137,6 +138,7 @@ class Counts:
             await self.link.run(lambda: self.link.redis.hset(self.keys.active, url, count))
 
     async def _reload(self, backlog: Backlog) -> Backlog:
+        await adopt_renamed(self.link.redis, self.keys.renamed)
         for url, count in (await self.link.redis.hgetall(self.keys.active)).items():
             self._set(url.decode(), int(count))
         return backlog

@@ -1,4 +1,8 @@
-"""Every Redis key the gateway owns, under ``<REDIS_PREFIX>wa-gateway:``."""
+"""Every Redis key the gateway owns, under ``<REDIS_PREFIX>wa-gateway:``.
+
+Keys one Lua script touches together share a hash tag (``{counts}``), so on Redis Cluster
+they live in one slot; ``renamed`` maps the names an earlier version used to the new ones.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,15 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.sessions = f"{prefix}sessions"
         self.workspaces = f"{prefix}workspaces"
-        self.active = f"{prefix}active"
+        self.active = f"{prefix}{{counts}}:active"
         self.draining = f"{prefix}draining"
         self.events = f"{prefix}events"
         # Set once pins were loaded; missing after a reconnect: Redis lost its data.
         self.loaded = f"{prefix}loaded"
-        self._placing = f"{prefix}placing:"
+        self._placing = f"{prefix}{{counts}}:placing:"  # expire within seconds: not renamed
         self._creating = f"{prefix}creating:"
         self._idempotency = f"{prefix}idempotency:"
+        self.renamed = {f"{prefix}active": self.active}
 
     def placing(self, url: str) -> str:
         return self._placing + url

@@ -43,7 +43,7 @@ async def test_200_concurrent_creations_spread_evenly(
     counts = spread(sims)
     assert sum(counts) == 200 and max(counts) - min(counts) <= 1, counts
     assert Counter(owners) == {s.url: len(s.sessions) for s in sims}
-    active = await redis_client.hgetall(f"{redis_prefix}wa-gateway:active")
+    active = await redis_client.hgetall(f"{redis_prefix}wa-gateway:{{counts}}:active")
     assert {url: int(n) for url, n in active.items()} == {s.url: len(s.sessions) for s in sims}
 
 
@@ -136,9 +136,10 @@ async def test_active_counts_are_corrected_from_the_instances_health(
     sims = await simulators(2)
     gw = await gateways([s.url for s in sims])
     await create(http, gw.url, "h-1")
-    await redis_client.hset(f"{redis_prefix}wa-gateway:active", sims[1].url, 40)  # drifted
+    active_key = f"{redis_prefix}wa-gateway:{{counts}}:active"
+    await redis_client.hset(active_key, sims[1].url, 40)  # drifted
     await gw.gw.health.check_all()
-    active = await redis_client.hgetall(f"{redis_prefix}wa-gateway:active")
+    active = await redis_client.hgetall(f"{redis_prefix}wa-gateway:{{counts}}:active")
     assert active == {sims[0].url: "1", sims[1].url: "0"}
     assert gw.gw.pins.active == {sims[0].url: 1, sims[1].url: 0}
 

@@ -51,7 +51,7 @@ async def mixed_table(http, db: AccountsDB, sims: list[Sim]) -> None:
 
 
 async def db_keys(prefix: str, redis_client: aioredis.Redis) -> list[str]:
-    return [k async for k in redis_client.scan_iter(f"{prefix}wa-gateway:db:*")]
+    return [k async for k in redis_client.scan_iter(f"{prefix}wa-gateway:*db*")]
 
 
 async def test_sync_db_dry_run_reports_and_changes_nothing(
@@ -93,7 +93,7 @@ async def test_sync_db_fixes_every_wrong_row_and_leaves_the_rest(
     for row in await accounts_db.snapshot():
         if row[3] not in ("moved-1", "idx-1"):
             assert row == before[row[3]]
-    assert await redis_client.zcard(f"{redis_prefix}wa-gateway:db:order") == 0
+    assert await redis_client.zcard(f"{redis_prefix}wa-gateway:{{db}}:order") == 0
 
     rc, out, _ = await sync_db(accounts_db, sims, redis_prefix)
     assert rc == 0 and counts(out)["verified"] == 3 and counts(out)["fixed"] == 0

@@ -371,7 +371,7 @@ async def test_a_repeat_after_the_dedup_window_is_a_new_event(
     body = event("session_ready", "s-1", 1)
     assert (await post(http, gw.url, body, timestamp=ago(10)))[1].get("duplicate") is None
     assert (await post(http, gw.url, body, timestamp=ago(9)))[1].get("duplicate") is True
-    last = f"{gw.gw.settings.key_prefix}webhooks:last:s-1"
+    last = outbox_of(gw, outbox_redis).keys.last("s-1")
 
     async def window_over() -> bool:
         return not await outbox_redis.exists(last)

@@ -3,83 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
 
-from dev.ports import free_port
 from gateway.shared.redis_url import RedisUrlError, sentinel_target
 from tests.gateway.test_proxy import create
 from tests.harness import API_KEY, eventually, sample
+from tests.redis_servers import SERVICE, topology, until
 from workers.connections import redis_client as worker_client
 
-SERVICE = "wa-test"
-
-
-@dataclass
-class Topology:
-    primary: int
-    replica: int
-    sentinel: int
-    processes: list[subprocess.Popen[bytes]]
-
-    @property
-    def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel}/{SERVICE}/0"
-
-    def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2)
-
-
-def _server(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def _until(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("the Sentinel topology did not come up")
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[Topology]:
-    primary, replica, sentinel = free_port(), free_port(), free_port()
-    base = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path))
-    procs = [
-        _server("--port", str(primary), *base),
-        _server("--port", str(replica), *base, "--replicaof", "127.0.0.1", str(primary)),
-    ]
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 1\n"
-        f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-        f"sentinel failover-timeout {SERVICE} 5000\n"
-    )
-    procs.append(_server(str(conf), "--sentinel"))
-    top = Topology(primary, replica, sentinel, procs)
-    try:
-        _until(lambda: top.client(replica).info("replication")["master_link_status"] == "up")
-        _until(lambda: top.client(sentinel).execute_command("SENTINEL", "REPLICAS", SERVICE))
-        yield top
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
+__all__ = ["topology"]  # the fixture
 
 
 def test_sentinel_urls_are_read_and_bad_ones_refused():
@@ -117,7 +52,7 @@ async def test_the_gateway_follows_the_primary_through_a_failover(
                 return False
             raise
 
-    _until(failover)
+    until(failover)
     promoted = f"127.0.0.1:{topology.replica}"
 
     async def followed() -> bool:
@@ -169,7 +104,7 @@ async def test_with_min_replicas_nothing_is_acknowledged_that_a_failover_could_l
             return r.status
 
     assert await event(1) == 200
-    pending = f"{redis_prefix}wa-gateway:webhooks:pending"
+    pending = f"{redis_prefix}wa-gateway:{{webhooks}}:pending"
     assert topology.client(topology.replica).zcard(pending) == 1  # on the replica already
 
     send = {"session_id": "r-1", "api_key": API_KEY, "recipient_phone": "1", "message": "x"}

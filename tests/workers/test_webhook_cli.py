@@ -90,4 +90,4 @@ async def test_failed_retry_all_and_flush_include_dead_lettered_webhooks(harness
     assert "flushed 3 dead-lettered webhooks" in flushed.stdout
     backlog = await outbox.backlog(time.time())
     assert (backlog.waiting, backlog.dead) == (0, 0)
-    assert await harness.redis.keys(f"{harness.prefix}wa-gateway:webhooks:event:*") == []
+    assert await harness.redis.keys(f"{harness.prefix}wa-gateway:{{webhooks}}:event:*") == []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from gateway.shared.laravel.jobs import Job, decode, pushed_at
-from gateway.shared.redis_url import hash_tag
+from gateway.shared.redis_url import glob_escape, hash_tag
 
 # Lua: the session a job's sends are paced by, or nil: ``data.session_id`` (a string or an
 # integer), else, for a job Laravel's dispatch() made, the first public ``sessionId`` or
@@ -457,7 +457,7 @@ class Queues:
         the slots its jobs in ``:delayed`` hold keep the session's next sends spaced."""
         old = old_pace_prefix(self.key_prefix)
         adopted = 0
-        async for key in self.redis.scan_iter(match=f"{_glob_escape(old)}*", count=1000):
+        async for key in self.redis.scan_iter(match=f"{glob_escape(old)}*", count=1000):
             session = key[len(old) :] if isinstance(key, str) else key[len(old.encode()) :]
             adopted += await self._adopt(keys=[key, *self.pacing], args=[session])
         return adopted
@@ -545,11 +545,6 @@ class Queues:
             waiting, delayed, reserved, head = replies[4 * i : 4 * i + 4]
             depths.append(Depth(q.name, waiting, delayed, reserved, _age(head, now)))
         return depths
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by SCAN's MATCH."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _age(head: bytes | None, now: float) -> float | None:

@@ -1,0 +1,123 @@
+"""Redis servers a test starts on loopback ports: a Sentinel topology, a Redis Cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from dev.ports import free_port
+
+SERVICE = "wa-test"
+
+
+@dataclass
+class Topology:
+    primary: int
+    replica: int
+    sentinel: int
+    processes: list[subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel}/{SERVICE}/0"
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2)
+
+
+def server(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def until(check: Callable[[], object], timeout: float = 20.0, what: str = "servers") -> None:
+    """Poll ``check`` until it is true (Redis errors count as not yet), for ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: did not come up")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    primary, replica, sentinel = free_port(), free_port(), free_port()
+    base = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path))
+    procs = [
+        server("--port", str(primary), *base),
+        server("--port", str(replica), *base, "--replicaof", "127.0.0.1", str(primary)),
+    ]
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 1\n"
+        f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+        f"sentinel failover-timeout {SERVICE} 5000\n"
+    )
+    procs.append(server(str(conf), "--sentinel"))
+    top = Topology(primary, replica, sentinel, procs)
+    try:
+        until(lambda: top.client(replica).info("replication")["master_link_status"] == "up")
+        until(lambda: top.client(sentinel).execute_command("SENTINEL", "REPLICAS", SERVICE))
+        yield top
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Cluster:
+    """Three primaries of one Redis Cluster (no replicas), every slot assigned."""
+
+    ports: list[int]
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", port) for port in self.ports]
+
+
+def start_cluster(tmp: Path) -> Iterator[Cluster]:
+    """Start the three nodes, join them with ``redis-cli --cluster create``, wait until
+    every node says the cluster is ok; stop them afterwards."""
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    try:
+        for port in ports:
+            procs.append(
+                server(
+                    "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", str(tmp), "--cluster-enabled", "yes",
+                    "--cluster-config-file", f"nodes-{port}.conf",
+                )
+            )  # fmt: skip
+        for port in ports:
+            until(lambda port=port: redis.Redis(port=port).ping(), what="cluster nodes")
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for port in ports:
+            until(
+                lambda port=port: redis.Redis(port=port).cluster("info")["cluster_state"] == "ok",
+                what="the cluster",
+            )
+        yield Cluster(ports)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
