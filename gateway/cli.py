@@ -13,6 +13,7 @@ from gateway.admin import cli as admin_cli
 from gateway.run.parent import ChildLink, Parent
 from gateway.shared import logs
 from gateway.shared.laravel.prefixes import check_prefix
+from gateway.shared.redis_url import primary_line
 from gateway.shared.settings import (
     LOG_FORMATS,
     Settings,
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "check-config":
         print_settings(describe(settings))
+        print(asyncio.run(primary_line(settings.redis_url)))
         warning = asyncio.run(check_prefix(settings.redis_url, settings.redis_prefix))
         if warning:
             print(f"warning: {warning}")

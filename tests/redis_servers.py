@@ -30,6 +30,22 @@ class Topology:
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=2)
 
+    def fail_over(self) -> str:
+        """Have Sentinel promote the replica (once it has a fresh word from it); its
+        ``host:port``."""
+        sentinel = self.client(self.sentinel)
+
+        def failover() -> bool:
+            try:
+                return bool(sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE))
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" in str(exc):
+                    return False
+                raise
+
+        until(failover, what="a failover")
+        return f"127.0.0.1:{self.replica}"
+
 
 def server(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(

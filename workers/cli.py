@@ -40,7 +40,7 @@ from gateway.shared.laravel.prefixes import check_prefix, prefix_warning
 from gateway.shared.laravel.queues import Depth, Queues
 from gateway.shared.limits import raise_open_files
 from gateway.shared.outbox import Backlog, Outbox
-from gateway.shared.redis_url import SwitchFollower
+from gateway.shared.redis_url import SwitchFollower, primary_line
 from gateway.shared.settings import LOG_FORMATS, Settings, SettingsError, describe, print_settings
 from workers.connections import mysql_pool, redis_client
 from workers.delivery import RelayConfig, WebhookRelay
@@ -188,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check-config":
         print_settings(describe(settings, workers=workers))
+        print(asyncio.run(primary_line(settings.redis_url)))
         warning = asyncio.run(
             check_prefix(settings.redis_url, settings.redis_prefix, config.queues)
         )

@@ -150,6 +150,32 @@ def redis_client(url: str, **options: Any) -> aioredis.Redis:
     )
 
 
+async def primary_line(url: str, timeout: float = 2.0) -> str:
+    """For ``check-config``: the Redis primary ``url`` leads to, as one line (which Sentinel
+    service named it, or that the server named is a replica, or why it is unknown)."""
+    target = sentinel_target(url)
+    try:
+        if target is not None:
+            sentinel = _sentinel(target, {"socket_connect_timeout": timeout})
+            host, port = await sentinel.discover_master(target.service)
+            return f"redis primary: {host}:{port} (Sentinel service {target.service!r})"
+        client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        try:
+            role = (await client.info("replication")).get("role")
+            where = client.connection_pool.connection_kwargs
+        finally:
+            await client.aclose()
+    except (RedisError, OSError) as exc:
+        return f"redis primary: unknown, Redis could not be asked ({type(exc).__name__}: {exc})"
+    name = where.get("path") or f"{where.get('host')}:{where.get('port')}"
+    if role != "master":
+        kind = "replica" if role == "slave" else role
+        return f"redis primary: {name} is a {kind}, not a primary: writes will fail"
+    return f"redis primary: {name}"
+
+
 def _sentinel(target: SentinelTarget, options: dict[str, Any]) -> Sentinel:
     timeout = options.get("socket_connect_timeout") or 2.0
     sentinel_options: dict[str, Any] = {

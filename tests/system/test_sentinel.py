@@ -6,12 +6,12 @@ import json
 import time
 
 import pytest
-import redis
 
 from gateway.shared.redis_url import RedisUrlError, sentinel_target
 from tests.gateway.test_proxy import create
 from tests.harness import API_KEY, eventually, sample
 from tests.redis_servers import SERVICE, topology, until
+from tests.workers.test_prefix_probe import check_config
 from workers.connections import redis_client as worker_client
 
 __all__ = ["topology"]  # the fixture
@@ -42,18 +42,7 @@ async def test_the_gateway_follows_the_primary_through_a_failover(
     async with http.get(f"{gw.url}/health") as r:
         assert (await r.json())["redis_primary"] == f"127.0.0.1:{topology.primary}"
 
-    sentinel = topology.client(topology.sentinel)
-
-    def failover() -> bool:  # refused until Sentinel has a fresh word from the replica
-        try:
-            return bool(sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE))
-        except redis.ResponseError as exc:
-            if "NOGOODSLAVE" in str(exc):
-                return False
-            raise
-
-    until(failover)
-    promoted = f"127.0.0.1:{topology.replica}"
+    promoted = topology.fail_over()
 
     async def followed() -> bool:
         return gw.gw.follower is not None and gw.gw.follower.primary == promoted
@@ -72,6 +61,26 @@ async def test_the_gateway_follows_the_primary_through_a_failover(
         assert r.status == 200
     async with http.get(f"{gw.url}/health") as r:
         assert (await r.json())["redis_primary"] == promoted
+
+
+def test_both_check_configs_name_the_primary_sentinel_names(topology):
+    for module in ("gateway", "workers"):
+        expected = f"redis primary: 127.0.0.1:{topology.primary} (Sentinel service {SERVICE!r})"
+        assert check_config(module, topology.url, "redis primary:") == [expected]
+    promoted = topology.fail_over()
+
+    def named() -> bool:
+        line = check_config("workers", topology.url, "redis primary:")
+        return line == [f"redis primary: {promoted} (Sentinel service {SERVICE!r})"]
+
+    until(named, what="the promoted primary in check-config")
+    plain = f"redis://127.0.0.1:{topology.primary}/0"  # Sentinel makes it a replica
+
+    def demoted() -> bool:
+        [line] = check_config("gateway", plain, "redis primary:")
+        return line.endswith("is a replica, not a primary: writes will fail")
+
+    until(demoted, what="the demoted primary in check-config")
 
 
 async def test_the_workers_client_writes_to_the_primary_sentinel_names(topology):

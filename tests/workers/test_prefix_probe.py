@@ -42,7 +42,8 @@ async def test_the_warning_names_the_configured_prefix_and_the_one_with_keys(
         await client.aclose()
 
 
-def check_config(module: str, url: str) -> list[str]:
+def check_config(module: str, url: str, starting: str = "warning:") -> list[str]:
+    """The lines of ``python -m MODULE check-config`` against ``url`` that start so."""
     result = subprocess.run(
         [sys.executable, "-m", module, "check-config"],
         cwd=REPO,
@@ -52,7 +53,7 @@ def check_config(module: str, url: str) -> list[str]:
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    return [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    return [line for line in result.stdout.splitlines() if line.startswith(starting)]
 
 
 async def test_both_check_configs_say_so_in_one_line(own_redis: RedisServer) -> None:
