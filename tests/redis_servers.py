@@ -21,7 +21,20 @@ class Topology:
     primary: int
     replica: int
     sentinel: int
-    processes: list[subprocess.Popen[bytes]]
+    processes: list[subprocess.Popen[bytes]]  # primary, replica, sentinel
+    dir: Path
+
+    def start_replica(self) -> subprocess.Popen[bytes]:
+        """Start the replica (again), following the first primary; stopped with the rest."""
+        proc = server(
+            "--port", str(self.replica), *_plain(self.dir),
+            "--replicaof", "127.0.0.1", str(self.primary),
+        )  # fmt: skip
+        self.processes.append(proc)
+        return proc
+
+    def replica_up(self) -> bool:
+        return self.client(self.replica).info("replication")["master_link_status"] == "up"
 
     @property
     def url(self) -> str:
@@ -47,6 +60,11 @@ class Topology:
         return f"127.0.0.1:{self.replica}"
 
 
+def _plain(tmp: Path) -> tuple[str, ...]:
+    """A server's options for a test: loopback only, nothing written to disk but in ``tmp``."""
+    return ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp))
+
+
 def server(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["redis-server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -70,11 +88,9 @@ def until(check: Callable[[], object], timeout: float = 20.0, what: str = "serve
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[Topology]:
     primary, replica, sentinel = free_port(), free_port(), free_port()
-    base = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path))
-    procs = [
-        server("--port", str(primary), *base),
-        server("--port", str(replica), *base, "--replicaof", "127.0.0.1", str(primary)),
-    ]
+    procs = [server("--port", str(primary), *_plain(tmp_path))]
+    top = Topology(primary, replica, sentinel, procs, tmp_path)
+    top.start_replica()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(
         f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
@@ -83,9 +99,8 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
         f"sentinel failover-timeout {SERVICE} 5000\n"
     )
     procs.append(server(str(conf), "--sentinel"))
-    top = Topology(primary, replica, sentinel, procs)
     try:
-        until(lambda: top.client(replica).info("replication")["master_link_status"] == "up")
+        until(top.replica_up)
         until(lambda: top.client(sentinel).execute_command("SENTINEL", "REPLICAS", SERVICE))
         yield top
     finally:
@@ -114,8 +129,7 @@ def start_cluster(tmp: Path) -> Iterator[Cluster]:
         for port in ports:
             procs.append(
                 server(
-                    "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--dir", str(tmp), "--cluster-enabled", "yes",
+                    "--port", str(port), *_plain(tmp), "--cluster-enabled", "yes",
                     "--cluster-config-file", f"nodes-{port}.conf",
                 )
             )  # fmt: skip

@@ -56,6 +56,12 @@ class WorkerMetrics:
             "Finished jobs whose outcome waits in memory for Redis or MySQL to answer.",
             registry=self.registry,
         )
+        self.unreplicated = Counter(
+            "workers_outcomes_unreplicated",
+            "Job outcomes Redis kept but fewer than redis_min_replicas replicas confirmed in"
+            " time (WAIT); each is kept and written again until they do.",
+            registry=self.registry,
+        )
         self.waiting_for_database = Gauge(
             "workers_failed_jobs_waiting_for_database",
             "Failed jobs kept in Redis (queues:failed-pending, all processes) until MySQL"

@@ -37,6 +37,7 @@ from gateway.shared.laravel.failed import MYSQL_ERRORS, failed_store
 from gateway.shared.laravel.jobs import Job
 from gateway.shared.laravel.queues import Queues, Take
 from gateway.shared.laravel.throughput import Tally
+from gateway.shared.redis_url import NotReplicated
 from gateway.shared.settings import Settings, SettingsError
 from gateway.shared.tasks import cancel_and_wait
 from workers.handlers import (
@@ -62,8 +63,16 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5)
 
 REDIS_TICK = 0.1  # how late Redis may end a blocking wait (1 / its default hz)
 
-# Redis or MySQL not answering: the outcome of a finished job waits in memory.
-STORE_ERRORS = (RedisError, OSError, aiomysql.OperationalError, aiomysql.InterfaceError)
+# Redis or MySQL not answering, or Redis's replicas not confirming an outcome
+# (redis_min_replicas): the outcome of a finished job waits in memory.
+STORE_ERRORS = (
+    RedisError,
+    OSError,
+    aiomysql.OperationalError,
+    aiomysql.InterfaceError,
+    NotReplicated,
+)
+REPLICA_WAIT = 1.0  # seconds an outcome's write may take to reach redis_min_replicas replicas
 STORE_RETRY = 0.1  # seconds between tries to reach the store again
 TALLY_INTERVAL = 2.0  # seconds between writes of the finished jobs' counts (throughput)
 # How often the flusher looks for failures waiting for MySQL (also another process's, left
@@ -95,6 +104,7 @@ class PoolConfig:
     php: PhpConfig | None = None  # None: PHP job classes fail as unknown
     idle_wait: float = 1.0  # longest BLPOP: how soon jobs delayed by others are seen
     depth_interval: float = 5.0
+    min_replicas: int = 0  # replicas that must confirm (WAIT) an outcome before it counts
 
     @property
     def keep_interval(self) -> float:
@@ -137,6 +147,7 @@ class PoolConfig:
             api_token=settings.laravel_api_token,
             laravel_connection=w.laravel_connection,
             timezone=w.timezone,
+            min_replicas=settings.redis_min_replicas,
             php=PhpConfig(w.php_workers, w.php_binary, w.laravel_app_path, w.laravel_connection)
             if w.php_workers and w.laravel_app_path
             else None,
@@ -196,6 +207,7 @@ class Pool:
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._adopted = False  # an earlier version's pacing keys were moved over
+        self._replicated_key = f"{config.key_prefix}workers:replicated"  # WAIT's own write
 
     def stop(self) -> None:
         """Take no new jobs; :meth:`run` returns once running ones finished or grace ran out."""
@@ -356,21 +368,45 @@ class Pool:
         self.metrics.unsettled.set(len(self._kept))
 
     async def _apply(self, outcome: Outcome) -> None:
+        """Write the outcome; with ``min_replicas``, it counts only once they confirmed it.
+
+        Every write here is safe to make again (a job no longer reserved is left alone), so
+        an outcome not confirmed is kept and written again: after a failover that lost it,
+        that settles the job on the new primary, where this process still holds it.
+        """
         job = outcome.job
         if outcome.kind == "done":
             await self.queues.delete(job)
-            self.metrics.jobs.labels(job.queue, "done").inc()
-            self.tally.note(job.queue, "done")
+            counted = "done"
         elif outcome.kind == "failed":
             entry = await self.failed.record(job, outcome.exception, again=outcome.tried)
-            self.metrics.jobs.labels(job.queue, "failed").inc()
-            self.tally.note(job.queue, "failed")
+            counted = "failed"
             if entry.waiting:
                 self._pending.set()
         else:
             await self.queues.release(job, max(0.0, outcome.due - time.time()))
-            self.metrics.jobs.labels(job.queue, "retried").inc()
-            self.tally.note(job.queue, "retried")
+            counted = "retried"
+        if self.config.min_replicas > 0:
+            try:
+                await self._replicated()
+            except NotReplicated:
+                self.metrics.unreplicated.inc()
+                raise
+        self.metrics.jobs.labels(job.queue, counted).inc()
+        self.tally.note(job.queue, counted)
+
+    async def _replicated(self) -> None:
+        """``WAIT`` for ``min_replicas`` replicas to have every write made so far.
+
+        WAIT covers the writes of its own connection, so it follows one more write on it:
+        replicas acknowledge one stream, in order, so the outcome written before is covered.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._replicated_key, "1", px=60_000)
+            pipe.execute_command("WAIT", self.config.min_replicas, int(REPLICA_WAIT * 1000))
+            _, acked = await pipe.execute()
+        if int(acked) < self.config.min_replicas:
+            raise NotReplicated(int(acked))
 
     async def _apply_kept(self) -> None:
         """Write the kept outcomes in order; a store error stops it, keeping the rest."""
@@ -389,6 +425,15 @@ class Pool:
         """One warning per outage, however many calls fail during it."""
         if self._away is not None:
             return
+        if isinstance(error, NotReplicated):
+            self._away = ("Redis's replicas", time.monotonic())
+            log.warning(
+                "Redis's replicas do not confirm job outcomes (%s of %d); finished jobs are"
+                " kept in memory, written again until they do, and nothing new is taken",
+                error.acked,
+                self.config.min_replicas,
+            )
+            return
         store = "Redis" if isinstance(error, RedisError | OSError) else "MySQL"
         self._away = (store, time.monotonic())
         log.warning(
@@ -401,7 +446,8 @@ class Pool:
     def _store_back(self) -> None:
         if self._away is not None:
             store, since = self._away
-            log.info("%s answers again after %.1f s", store, time.monotonic() - since)
+            answers = "confirm job outcomes" if store == "Redis's replicas" else "answers"
+            log.info("%s %s again after %.1f s", store, answers, time.monotonic() - since)
             self._away = None
 
     async def _write_pending(self) -> None:

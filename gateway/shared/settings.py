@@ -191,6 +191,7 @@ SHARED = frozenset(
         "redis_url",
         "redis_prefix",
         "redis_prefix_form",
+        "redis_min_replicas",
         "mysql_dsn",
         "laravel_api_token",
         "log_level",
