@@ -40,6 +40,7 @@ from gateway.shared.laravel.throughput import Tally
 from gateway.shared.redis_url import NotReplicated
 from gateway.shared.settings import Settings, SettingsError
 from gateway.shared.tasks import cancel_and_wait
+from workers.connections import Replicated
 from workers.handlers import (
     Handler,
     HandlerFailure,
@@ -207,7 +208,29 @@ class Pool:
         self._stop = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._adopted = False  # an earlier version's pacing keys were moved over
-        self._replicated_key = f"{config.key_prefix}workers:replicated"  # WAIT's own write
+        # redis_min_replicas: takes and outcomes are written, and WAITed for, on one
+        # connection of their own; a take not yet confirmed waits here, unstarted.
+        self._replicated = (
+            Replicated(redis, config.min_replicas, REPLICA_WAIT) if config.min_replicas else None
+        )
+        self._settling, self._settled_failures = self.queues, self.failed
+        if self._replicated is not None:
+            self._settling = Queues(
+                self._replicated.client,
+                config.redis_prefix,
+                config.queues,
+                key_prefix=config.key_prefix,
+                intervals=config.min_send_interval,
+                python_jobs=self.handlers,
+            )
+            self._settled_failures = failed_store(
+                self._replicated.client,
+                config.redis_prefix,
+                mysql,
+                connection=config.laravel_connection,
+                timezone=config.timezone,
+            )
+        self._unconfirmed: tuple[list[Job], int] | None = None  # a take, connects before it
 
     def stop(self) -> None:
         """Take no new jobs; :meth:`run` returns once running ones finished or grace ran out."""
@@ -221,6 +244,8 @@ class Pool:
     async def run(self) -> None:
         async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
             self._http = http
+            if self._replicated is not None:
+                await self._replicated.start()
             helpers = [
                 asyncio.create_task(self._keep_reserved()),
                 asyncio.create_task(self._publish_tally()),
@@ -240,6 +265,8 @@ class Pool:
                     await self.tally.flush(self.redis, time.time())
                 if self.php:
                     await self.php.close()
+                if self._replicated is not None:
+                    await self._replicated.close()
 
     # --- taking jobs ------------------------------------------------------------------
 
@@ -252,6 +279,8 @@ class Pool:
                 continue
             try:
                 await self._apply_kept()
+                if self._unconfirmed is not None:
+                    await self._confirm_take()
                 if not self._adopted:
                     await self.queues.adopt_old_pacing()
                     self._adopted = True
@@ -259,8 +288,9 @@ class Pool:
                 self._store_back()
                 for queue in take.paced:
                     self.metrics.jobs.labels(queue, "paced").inc()
-                for job in take.jobs:
-                    self._start(job)
+                if self._replicated is None:
+                    for job in take.jobs:
+                        self._start(job)
                 if not take.jobs and not take.more:
                     await self._or_stop(self._idle(take.next_due, take.php_left > 0))
             except STORE_ERRORS as exc:
@@ -272,12 +302,43 @@ class Pool:
                 await self._or_stop(asyncio.sleep(1))
 
     async def _take(self, free: int) -> Take:
-        """Reserve up to ``free`` jobs; PHP jobs only as many as PHP processes are free."""
-        if self.php is None:
-            return await self.queues.reserve(free, self.config.retry_after)
-        self.php.freed.clear()  # from here on, a freed process wakes an idle fetcher
-        php_free = self.php.free(self._php_jobs)
-        return await self.queues.reserve(free, self.config.retry_after, php_free)
+        """Reserve up to ``free`` jobs; PHP jobs only as many as PHP processes are free.
+
+        With ``min_replicas`` the jobs start only once that many replicas have the take:
+        else a failover could hand them out again while they run here.
+        """
+        php_free = -1
+        if self.php is not None:
+            self.php.freed.clear()  # from here on, a freed process wakes an idle fetcher
+            php_free = self.php.free(self._php_jobs)
+        if self._replicated is None:
+            return await self.queues.reserve(free, self.config.retry_after, php_free)
+        since = self._replicated.connects
+        take = await self._settling.reserve(free, self.config.retry_after, php_free)
+        if take.jobs:
+            self._unconfirmed = (take.jobs, since)
+            await self._confirm_take()
+        return take
+
+    async def _confirm_take(self) -> None:
+        """Start the jobs of a take once it is confirmed; raises NotReplicated until then. A
+        take whose connection was made again before its WAIT may be lost: its jobs are left
+        unstarted, to run again when their reservation expires (if the take survived)."""
+        assert self._unconfirmed is not None and self._replicated is not None
+        jobs, since = self._unconfirmed
+        acked = await self._replicated.acked(since)
+        if acked is None:
+            log.warning(
+                "%d taken jobs left unstarted: Redis's connection changed before replicas"
+                " confirmed their take; they run again once their reservations expire",
+                len(jobs),
+            )
+        elif acked < self.config.min_replicas:
+            raise NotReplicated(acked)
+        else:
+            for job in jobs:
+                self._start(job)
+        self._unconfirmed = None
 
     async def _idle(self, due: float | None, php_waiting: bool = False) -> None:
         """Wait for a push, until the earliest delayed job is due, or (PHP jobs were left
@@ -347,6 +408,8 @@ class Pool:
         while True:
             await asyncio.sleep(self.config.keep_interval)
             held = [*self._tasks.values(), *(outcome.job for outcome in self._kept)]
+            if self._unconfirmed is not None:
+                held += self._unconfirmed[0]
             if held:
                 with contextlib.suppress(*STORE_ERRORS):
                     await self.queues.extend(held, self.config.retry_after)
@@ -375,38 +438,26 @@ class Pool:
         that settles the job on the new primary, where this process still holds it.
         """
         job = outcome.job
+        since = self._replicated.connects if self._replicated else 0
         if outcome.kind == "done":
-            await self.queues.delete(job)
+            await self._settling.delete(job)
             counted = "done"
         elif outcome.kind == "failed":
-            entry = await self.failed.record(job, outcome.exception, again=outcome.tried)
+            failures = self._settled_failures
+            entry = await failures.record(job, outcome.exception, again=outcome.tried)
             counted = "failed"
             if entry.waiting:
                 self._pending.set()
         else:
-            await self.queues.release(job, max(0.0, outcome.due - time.time()))
+            await self._settling.release(job, max(0.0, outcome.due - time.time()))
             counted = "retried"
-        if self.config.min_replicas > 0:
-            try:
-                await self._replicated()
-            except NotReplicated:
+        if self._replicated is not None:
+            acked = await self._replicated.acked(since)
+            if acked is None or acked < self.config.min_replicas:
                 self.metrics.unreplicated.inc()
-                raise
+                raise NotReplicated(acked or 0)
         self.metrics.jobs.labels(job.queue, counted).inc()
         self.tally.note(job.queue, counted)
-
-    async def _replicated(self) -> None:
-        """``WAIT`` for ``min_replicas`` replicas to have every write made so far.
-
-        WAIT covers the writes of its own connection, so it follows one more write on it:
-        replicas acknowledge one stream, in order, so the outcome written before is covered.
-        """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._replicated_key, "1", px=60_000)
-            pipe.execute_command("WAIT", self.config.min_replicas, int(REPLICA_WAIT * 1000))
-            _, acked = await pipe.execute()
-        if int(acked) < self.config.min_replicas:
-            raise NotReplicated(int(acked))
 
     async def _apply_kept(self) -> None:
         """Write the kept outcomes in order; a store error stops it, keeping the rest."""
