@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+from collections import Counter
 from dataclasses import replace
 
 from tests.redis_servers import Topology, topology, until
 from tests.workers.conftest import Harness, eventually
+from tests.workers.test_pacing import Receiver
 from workers.connections import redis_client
 from workers.handlers import JobContext
 from workers.metrics import WorkerMetrics
@@ -63,6 +66,50 @@ async def test_with_min_replicas_an_outcome_counts_once_a_replica_has_it(
             until(topology.replica_up, what="the replica back")
             await eventually(done, lambda n: n == 3, what="every job confirmed", timeout=20)
             assert runs == [1, 2, 3] and pool.unsettled == 0
+    finally:
+        harness.redis = shared
+        with contextlib.suppress(Exception):
+            await primary.aclose()
+
+
+async def test_a_worker_process_follows_a_failover_under_load_losing_and_repeating_no_job(
+    harness: Harness, topology: Topology, teardown: contextlib.AsyncExitStack
+) -> None:
+    """``python -m workers`` on the Sentinel URL, ``redis_min_replicas = 1``, 1,500 jobs
+    posting to a loopback server: the primary is failed over while they run. Every job is
+    posted exactly once, and the new primary holds none of them any more. (A take the worker
+    could not have confirmed across the switch is left to its reservation's expiry: 5 s.)"""
+    receiver = Receiver()
+    await receiver.start(teardown)
+    primary = redis_client(f"redis://127.0.0.1:{topology.primary}/0")
+    harness.redis, shared = primary, harness.redis
+    try:
+        for n in range(1500):
+            await harness.push("q", "http.post", {"url": receiver.url, "body": {"n": n}})
+        keys = harness.keys("q")
+        until(lambda: topology.client(topology.replica).llen(keys.list) == 1500, what="copies")
+        worker = harness.spawn(
+            "--queue", "q", "--concurrency", "8", "--metrics-port", "0",
+            "--timeout", "2", "--retry-after", "5",
+            GATEWAY_REDIS_URL=topology.url, GATEWAY_REDIS_MIN_REPLICAS="1",
+        )  # fmt: skip
+        await eventually(lambda: len(receiver.arrivals), lambda n: n >= 150, what="150 posts")
+        promoted = topology.fail_over()
+        await eventually(
+            lambda: len(receiver.arrivals), lambda n: n >= 1500, timeout=60, what="every post"
+        )
+        new = topology.client(topology.replica)
+
+        def emptied() -> bool:
+            return new.llen(keys.list) + new.zcard(keys.reserved) + new.zcard(keys.delayed) == 0
+
+        until(emptied, what=f"no job left on the new primary {promoted}")
+        posted = Counter(body["n"] for _, body in receiver.arrivals)
+        assert sorted(posted) == list(range(1500)), "a job was lost"
+        assert max(posted.values()) == 1, [n for n, c in posted.items() if c > 1][:10]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(15) == 0, harness.output(worker)
+        assert "Redis primary of" in harness.output(worker)  # it followed +switch-master
     finally:
         harness.redis = shared
         with contextlib.suppress(Exception):
