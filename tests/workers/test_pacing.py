@@ -79,9 +79,10 @@ async def test_paced_jobs_stay_in_order_and_spaced_when_the_pool_is_late_for_the
     harness: Harness,
 ) -> None:
     """Every 5th send stalls the pool for 3 intervals, so the next jobs come back late for
-    their slots: they still leave in the order they were taken, one interval apart."""
-    interval = 0.01
-    for n in range(60):
+    their slots: they still leave in the order they were taken, an interval apart (less the
+    25 ms a job may start early, and the jitter of starting a task)."""
+    interval = 0.05
+    for n in range(40):
         await harness.push("camp", "send", {"session_id": "A", "n": n})
     config = harness.config(
         queues=("camp",), concurrency=4, min_send_interval={"camp": interval}, idle_wait=IDLE_WAIT
@@ -95,11 +96,11 @@ async def test_paced_jobs_stay_in_order_and_spaced_when_the_pool_is_late_for_the
                 _stall(3 * interval)
 
         pool.handlers["send"] = send
-        await eventually(lambda: len(sent), lambda n: n == 60, what="all sends")
-    assert [n for n, _ in sent] == list(range(60))
+        await eventually(lambda: len(sent), lambda n: n == 40, what="all sends")
+    assert [n for n, _ in sent] == list(range(40))
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sent)]
-    assert min(gaps) >= interval - 0.005 - 0.002, gaps  # the tolerance, and clock reads
-    assert count(pool, "camp", "done") == 60
+    assert min(gaps) >= interval - 0.025 - 0.01, gaps
+    assert count(pool, "camp", "done") == 40
 
 
 async def test_pacing_holds_for_a_session_across_queues(harness: Harness) -> None:

@@ -93,8 +93,8 @@ end
 # `queue:work` next to the pool migrates on its own host's clock, or the session's slots moved)
 # it waits for that time; late (the pool was busy when it fell due) it runs now, and the
 # lateness is added to the shift, which moves every later slot of the session by as much. So
-# a session's jobs leave in the order they were popped, never closer than the interval, and
-# none is popped more than twice while the pool keeps up. The reserved copy drops
+# a session's jobs leave in the order they were popped, never closer than the interval less
+# the tolerance, and none is popped more than twice while the pool keeps up. The reserved copy drops
 # ``paceSlot``. :delayed is migrated on Redis' clock for the same reason.
 # Returns a flat list: per job its queue index (1-based), reserved string, a flag (1
 # counted, 0 unreadable, 2 paced: strings false) and the string as popped; then whether the
@@ -121,34 +121,6 @@ if #past > 0 then
   redis.call('zrem', pacing_due, unpack(past))
 end
 local out = {}
--- Paced jobs due together go back in the order their slots were handed out (``paceSlot``),
--- not by score: a job waiting again after its session's slots moved is scored later than
--- an unmoved job behind it. Other jobs keep their place among them by due time.
-local function by_slot(due, scores)
-  local order = {}
-  for i = 1, #due do
-    local slot = tonumber(string.match(due[i], '"paceSlot":(%-?%d+)'))
-    order[i] = {slot or tonumber(scores[i]) * 1000, i}
-  end
-  table.sort(order, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
-  local sorted = {}
-  for i = 1, #order do sorted[i] = due[order[i][2]] end
-  return sorted
-end
-local function migrate(from, to, notify, upto, paced)
-  local due = redis.call('zrangebyscore', from, '-inf', upto, 'withscores', 'limit', 0, batch)
-  local jobs, scores = {}, {}
-  for i = 1, #due, 2 do jobs[#jobs + 1], scores[#scores + 1] = due[i], due[i + 1] end
-  due = paced and by_slot(jobs, scores) or jobs
-  if #due > 0 then
-    redis.call('zremrangebyrank', from, 0, #due - 1)
-    for i = 1, #due, 100 do
-      local last = math.min(i + 99, #due)
-      redis.call('rpush', to, unpack(due, i, last))
-      for _ = i, last do redis.call('rpush', notify, 1) end
-    end
-  end
-end
 local function decode(job)
   if not string.find(job, '^%s*{') then return nil end
   local ok, decoded = pcall(cjson.decode, job)
@@ -215,12 +187,57 @@ local function wait_slot(decoded, interval)
   if due <= clock_ms then return nil end
   return due - shift, due
 end
+-- Move due jobs back onto the list, one notify element each. On a paced queue (``slack``
+-- given), paced jobs due together go in the order their slots were handed out (``paceSlot``),
+-- not by score, and one whose session's slots moved since it was scored (or move now, for a
+-- late job of its session ahead of it) is scored again at its slot's new time instead: it
+-- waits on in :delayed, not popped for nothing.
+local function migrate(from, to, notify, upto, slack)
+  local found = redis.call('zrangebyscore', from, '-inf', upto, 'withscores', 'limit', 0, batch)
+  if #found == 0 then return end
+  redis.call('zremrangebyrank', from, 0, #found / 2 - 1)
+  local entries = {}
+  for i = 1, #found, 2 do
+    local job, place, session = found[i], tonumber(found[i + 1]) * 1000, nil
+    local slot = slack and tonumber(string.match(job, '"paceSlot":(%-?%d+)'))
+    if slot then
+      local decoded = decode(job)
+      session = decoded and pace_session(decoded)
+      place = slot
+    end
+    entries[#entries + 1] = {place, #entries + 1, job, session, slot}
+  end
+  table.sort(entries, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+  local shifts, due = {}, {}
+  for _, entry in ipairs(entries) do
+    local job, session, slot = entry[3], entry[4], entry[5]
+    local at = nil
+    if session then
+      if not shifts[session] then
+        local _, shift = pace_state(session)
+        shifts[session] = shift
+      end
+      at = slot + shifts[session]
+    end
+    if at and at > clock_ms + slack then
+      redis.call('zadd', from, at / 1000, job)
+    else
+      if at and at < clock_ms - slack then shifts[session] = shifts[session] + clock_ms - at end
+      due[#due + 1] = job
+    end
+  end
+  for i = 1, #due, 100 do
+    local last = math.min(i + 99, #due)
+    redis.call('rpush', to, unpack(due, i, last))
+    for _ = i, last do redis.call('rpush', notify, 1) end
+  end
+end
 local taken, more, php_left = 0, 0, 0
 for k = 1, 4 * queues, 4 do
   local queue, reserved, delayed, notify = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local index, interval = (k + 3) / 4, tonumber(ARGV[6 + (k + 3) / 4])
-  migrate(delayed, queue, notify, clock_s, interval > 0)
-  migrate(reserved, queue, notify, now, false)
+  migrate(delayed, queue, notify, clock_s, interval > 0 and math.min(tolerance, interval / 2))
+  migrate(reserved, queue, notify, now, nil)
   local paced, left = 0, {}
   while taken < want and #left < batch do
     if paced >= batch then more = 1 break end
