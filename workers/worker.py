@@ -33,7 +33,7 @@ import aiomysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.shared.laravel.failed import MYSQL_ERRORS, failed_store
+from gateway.shared.laravel.failed import MYSQL_ERRORS, FailedStore, failed_store
 from gateway.shared.laravel.jobs import Job
 from gateway.shared.laravel.queues import Queues, Take
 from gateway.shared.laravel.throughput import Tally
@@ -181,21 +181,7 @@ class Pool:
         self.redis = redis
         self.mysql = mysql
         self.handlers: dict[str, Handler] = registry(config.handlers)
-        self.queues = Queues(
-            redis,
-            config.redis_prefix,
-            config.queues,
-            key_prefix=config.key_prefix,
-            intervals=config.min_send_interval,
-            python_jobs=self.handlers,
-        )
-        self.failed = failed_store(
-            redis,
-            config.redis_prefix,
-            mysql,
-            connection=config.laravel_connection,
-            timezone=config.timezone,
-        )
+        self.queues, self.failed = self._stores(redis)
         self.php = PhpWorkers(config.php, config.policy) if config.php else None
         self.metrics = metrics or WorkerMetrics()
         self.tally = Tally(config.key_prefix)  # finished jobs, for the console's throughput
@@ -215,22 +201,28 @@ class Pool:
         )
         self._settling, self._settled_failures = self.queues, self.failed
         if self._replicated is not None:
-            self._settling = Queues(
-                self._replicated.client,
-                config.redis_prefix,
-                config.queues,
-                key_prefix=config.key_prefix,
-                intervals=config.min_send_interval,
-                python_jobs=self.handlers,
-            )
-            self._settled_failures = failed_store(
-                self._replicated.client,
-                config.redis_prefix,
-                mysql,
-                connection=config.laravel_connection,
-                timezone=config.timezone,
-            )
+            self._settling, self._settled_failures = self._stores(self._replicated.client)
         self._unconfirmed: tuple[list[Job], int] | None = None  # a take, connects before it
+
+    def _stores(self, redis: aioredis.Redis) -> tuple[Queues, FailedStore]:
+        """The queues and the failed store, on ``redis``."""
+        config = self.config
+        queues = Queues(
+            redis,
+            config.redis_prefix,
+            config.queues,
+            key_prefix=config.key_prefix,
+            intervals=config.min_send_interval,
+            python_jobs=self.handlers,
+        )
+        failed = failed_store(
+            redis,
+            config.redis_prefix,
+            self.mysql,
+            connection=config.laravel_connection,
+            timezone=config.timezone,
+        )
+        return queues, failed
 
     def stop(self) -> None:
         """Take no new jobs; :meth:`run` returns once running ones finished or grace ran out."""
