@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ from tests.harness import (
     serve,
 )
 from tests.mysql import own_database
+from tests.redis_servers import Cluster, Topology, start_cluster, start_topology
 
 
 @pytest.fixture
@@ -132,3 +134,15 @@ async def accounts_db() -> AsyncIterator[AccountsDB]:
     """A database of the test's own with the backend's whatsapp_accounts table; dropped after."""
     async with own_database(*ACCOUNTS_DDL) as (name, conn):
         yield AccountsDB(name, conn)
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[Topology]:
+    """A Redis primary, a replica and a Sentinel of the test's own."""
+    yield from start_topology(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-primary Redis Cluster, once per module."""
+    yield from start_cluster(tmp_path_factory.mktemp("cluster"))

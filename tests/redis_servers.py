@@ -1,4 +1,5 @@
-"""Redis servers a test starts on loopback ports: a Sentinel topology, a Redis Cluster."""
+"""Redis servers a test starts on loopback ports: a Sentinel topology, a Redis Cluster
+(the fixtures ``topology`` and ``cluster`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import redis
 
 from dev.ports import free_port
@@ -85,8 +85,9 @@ def until(check: Callable[[], object], timeout: float = 20.0, what: str = "serve
         time.sleep(0.05)
 
 
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[Topology]:
+def start_topology(tmp_path: Path) -> Iterator[Topology]:
+    """Start a primary, its replica and a Sentinel watching them (service ``SERVICE``);
+    stop them afterwards."""
     primary, replica, sentinel = free_port(), free_port(), free_port()
     procs = [server("--port", str(primary), *_plain(tmp_path))]
     top = Topology(primary, replica, sentinel, procs, tmp_path)

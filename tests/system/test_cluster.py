@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import aiomysql
 import pytest
@@ -28,13 +27,8 @@ from gateway.shared.outbox import Incoming, Outbox
 from gateway.state import counts, flights, idempotency
 from gateway.state.keys import Keys
 from tests.mysql import MYSQL, own_database
-from tests.redis_servers import Cluster, start_cluster
+from tests.redis_servers import Cluster
 from tests.workers.conftest import FAILED_JOBS_DDL
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from start_cluster(Path(tmp_path_factory.mktemp("cluster")))
 
 
 @pytest.fixture

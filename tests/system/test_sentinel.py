@@ -10,11 +10,9 @@ import pytest
 from gateway.shared.redis_url import RedisUrlError, sentinel_target
 from tests.gateway.test_proxy import create
 from tests.harness import API_KEY, eventually, sample
-from tests.redis_servers import SERVICE, topology, until
+from tests.redis_servers import SERVICE, until
 from tests.workers.test_prefix_probe import check_config
 from workers.connections import redis_client as worker_client
-
-__all__ = ["topology"]  # the fixture
 
 
 def test_sentinel_urls_are_read_and_bad_ones_refused():

@@ -9,14 +9,12 @@ import signal
 from collections import Counter
 from dataclasses import replace
 
-from tests.redis_servers import Topology, topology, until
+from tests.redis_servers import Topology, until
 from tests.workers.conftest import Harness, eventually
 from tests.workers.test_pacing import Receiver
 from workers.connections import redis_client
 from workers.handlers import JobContext
 from workers.metrics import WorkerMetrics
-
-__all__ = ["topology"]  # the fixture
 
 
 def counted(metrics: WorkerMetrics, name: str, **labels: str) -> float:
