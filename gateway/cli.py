@@ -12,17 +12,11 @@ from collections.abc import Callable
 from gateway.admin import cli as admin_cli
 from gateway.run.parent import ChildLink, Parent
 from gateway.shared import logs
+from gateway.shared.checks import parse_processes
 from gateway.shared.laravel.prefixes import check_prefix
+from gateway.shared.loader import describe, load_settings, print_settings
 from gateway.shared.redis_url import primary_line
-from gateway.shared.settings import (
-    LOG_FORMATS,
-    Settings,
-    SettingsError,
-    describe,
-    load_settings,
-    parse_processes,
-    print_settings,
-)
+from gateway.shared.settings import LOG_FORMATS, Settings, SettingsError
 
 
 def _serve(settings: Settings, load: Callable[[], Settings]) -> int:

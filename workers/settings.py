@@ -1,6 +1,6 @@
 """The workers' settings: the TOML table ``[workers]`` (env ``GATEWAY_WORKERS_*``).
 
-Read by the gateway's one loader (``gateway.shared.settings.Sources``), with the shared top-level
+Read by the one loader (``gateway.shared.loader.Sources``), with the shared top-level
 settings (Redis, MySQL, the API token, the log level) but none of the gateway's own: a bad
 gateway value does not stop the workers, and a bad ``[workers]`` value stops only them.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.shared.settings import DEFAULT_QUEUES, Need, Settings, Sources, load_settings
+from gateway.shared.loader import Sources, load_settings
+from gateway.shared.settings import DEFAULT_QUEUES, Need, Settings
 
 # Env names besides GATEWAY_WORKERS_<NAME>.
 ENV_NAMES: Mapping[str, tuple[str, ...]] = {

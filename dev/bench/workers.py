@@ -28,7 +28,7 @@ from typing import Any
 
 import uvloop
 
-from gateway.shared.settings import load_settings
+from gateway.shared.loader import load_settings
 from workers.settings import load_worker_settings
 
 ENGINES = ("ours", "saq", "arq")

@@ -40,7 +40,8 @@ from dev.run.processes import (
     wait_ready,
     workers_available,
 )
-from gateway.shared.settings import Settings, SettingsError, load_settings
+from gateway.shared.loader import load_settings
+from gateway.shared.settings import Settings, SettingsError
 from workers.settings import WorkerSettings, load_worker_settings
 
 

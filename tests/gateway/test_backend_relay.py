@@ -125,7 +125,8 @@ async def test_a_backend_that_is_down_or_unset_is_said_so(simulators, gateways, 
 
 
 async def test_backend_url_is_checked(tmp_path):
-    from gateway.shared.settings import SettingsError, load_settings
+    from gateway.shared.loader import load_settings
+    from gateway.shared.settings import SettingsError
 
     config = tmp_path / "gateway.toml"
     config.write_text("")
@@ -156,7 +157,8 @@ async def test_the_relay_is_reached_through_the_entry_point(simulators, gateways
 
 
 def test_an_instance_list_naming_the_gateway_itself_is_refused(tmp_path):
-    from gateway.shared.settings import SettingsError, load_settings
+    from gateway.shared.loader import load_settings
+    from gateway.shared.settings import SettingsError
 
     config = tmp_path / "gateway.toml"
     config.write_text("")

@@ -11,14 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.shared.settings import (
-    DatabaseSettings,
-    Settings,
-    SettingsError,
-    describe,
-    load_settings,
-    parse_dotenv,
-)
+from gateway.shared.laravel.dotenv import parse_dotenv
+from gateway.shared.loader import describe, load_settings
+from gateway.shared.settings import DatabaseSettings, Settings, SettingsError
 from workers.settings import WorkerSettings, load_worker_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from dev.ports import free_port
-from gateway.shared.settings import Settings, describe, load_settings
+from gateway.shared.loader import describe, load_settings
+from gateway.shared.settings import Settings
 from tests.harness import API_KEY, eventually, peak_overlap
 from tests.support import (
     ADMIN_TOKEN,

