@@ -138,7 +138,7 @@ async def accounts_db() -> AsyncIterator[AccountsDB]:
 
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[Topology]:
-    """A Redis primary, a replica and a Sentinel of the test's own."""
+    """A Redis primary, a replica and three Sentinels of the test's own."""
     yield from start_topology(tmp_path)
 
 

@@ -20,8 +20,8 @@ SERVICE = "wa-test"
 class Topology:
     primary: int
     replica: int
-    sentinel: int
-    processes: list[subprocess.Popen[bytes]]  # primary, replica, sentinel
+    sentinels: tuple[int, ...]  # three, quorum two: as production runs them
+    processes: list[subprocess.Popen[bytes]]  # primary, replica, sentinels
     dir: Path
 
     def start_replica(self) -> subprocess.Popen[bytes]:
@@ -38,7 +38,8 @@ class Topology:
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel}/{SERVICE}/0"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=2)
@@ -46,7 +47,7 @@ class Topology:
     def fail_over(self) -> str:
         """Have Sentinel promote the replica (once it has a fresh word from it); its
         ``host:port``."""
-        sentinel = self.client(self.sentinel)
+        sentinel = self.client(self.sentinels[0])
 
         def failover() -> bool:
             try:
@@ -86,23 +87,32 @@ def until(check: Callable[[], object], timeout: float = 20.0, what: str = "serve
 
 
 def start_topology(tmp_path: Path) -> Iterator[Topology]:
-    """Start a primary, its replica and a Sentinel watching them (service ``SERVICE``);
-    stop them afterwards."""
-    primary, replica, sentinel = free_port(), free_port(), free_port()
+    """Start a primary, its replica and three Sentinels watching them (service ``SERVICE``,
+    quorum 2), each knowing the others; stop them afterwards."""
+    primary, replica = free_port(), free_port()
+    sentinels = (free_port(), free_port(), free_port())
     procs = [server("--port", str(primary), *_plain(tmp_path))]
-    top = Topology(primary, replica, sentinel, procs, tmp_path)
+    top = Topology(primary, replica, sentinels, procs, tmp_path)
     top.start_replica()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 1\n"
-        f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-        f"sentinel failover-timeout {SERVICE} 5000\n"
-    )
-    procs.append(server(str(conf), "--sentinel"))
+    for port in sentinels:
+        conf = tmp_path / f"sentinel-{port}.conf"  # each rewrites its own file
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+            f"sentinel failover-timeout {SERVICE} 5000\n"
+        )
+        procs.append(server(str(conf), "--sentinel"))
+
+    def all_known(port: int) -> bool:
+        sentinel = top.client(port)
+        others = sentinel.execute_command("SENTINEL", "SENTINELS", SERVICE)
+        return len(others) == 2 and bool(sentinel.execute_command("SENTINEL", "REPLICAS", SERVICE))
+
     try:
         until(top.replica_up)
-        until(lambda: top.client(sentinel).execute_command("SENTINEL", "REPLICAS", SERVICE))
+        for port in sentinels:
+            until(lambda port=port: all_known(port), what="three Sentinels that know each other")
         yield top
     finally:
         for proc in procs:
