@@ -146,6 +146,9 @@ def gateway_settings(instances: list[str], prefix: str, **overrides: Any) -> Set
         laravel_api_token=API_KEY,
         health_interval=60,
         reconcile_interval=60,
+        # The instances' own URLs reach the backend, so a test can tell them apart; the
+        # gateway's view (the default) has tests of its own (test_backend_view.py).
+        backend_sees="instance",
     )
     return dataclasses.replace(base, **overrides)
 

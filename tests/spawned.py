@@ -37,6 +37,7 @@ def gateway_env(instances: list[str], prefix: str, **extra: str) -> dict[str, st
         LARAVEL_API_TOKEN=API_KEY,
         GATEWAY_HEALTH_INTERVAL="60",
         GATEWAY_RECONCILE_INTERVAL="60",
+        GATEWAY_BACKEND_SEES="instance",  # as the in-process gateways (conftest)
         **extra,
     )
 

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
+from gateway.decisions.view import BackendView
 from gateway.shared.redis_url import adopt_renamed, redis_client
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
@@ -101,7 +102,8 @@ return {redis.call('ZCARD', KEYS[1]), age}
 
 @dataclass(frozen=True)
 class Update:
-    """Where a session lives: the instance's base URL and its 0-based index in the list."""
+    """What the backend's row should say of a session: the URL it is to call (the
+    instance's, or the gateway's), and the instance's 0-based index in the list."""
 
     session_id: str
     url: str
@@ -116,10 +118,10 @@ class Update:
         return cls(session_id, url, index)
 
 
-def update_for(session_id: str, url: str, instances: Sequence[str]) -> Update:
-    """The update that records ``session_id`` on ``url`` (index None if not configured)."""
-    index = instances.index(url) if url in instances else None
-    return Update(session_id, url, index)
+def update_for(session_id: str, url: str, view: BackendView) -> Update:
+    """The update that records ``session_id`` on instance ``url``, as the backend sees it
+    (index None if not configured)."""
+    return Update(session_id, *view.shown(url))
 
 
 class PendingUpdates:

@@ -19,6 +19,8 @@ import pymysql
 
 from gateway.accounts.pending import Update
 from gateway.decisions.account_rows import Row
+from gateway.decisions.events import same_place
+from gateway.decisions.view import BackendView
 from gateway.metrics import DatabaseMetrics
 from gateway.shared.settings import DatabaseSettings, MySQLParams
 from gateway.shared.tasks import within
@@ -59,8 +61,9 @@ class Statements:
             count=f"SELECT COUNT(*) FROM {t} WHERE {live}",
             page=f"SELECT {sid}, {url}, {idx} FROM {t} WHERE {live} AND {sid} > %s"
             f" ORDER BY {sid} LIMIT %s",
-            active=f"SELECT {url}, COUNT(*) FROM {t} WHERE `{d.status_column}` IN ({statuses})"
-            f" AND `{d.deleted_column}` IS NULL GROUP BY {url}",
+            active=f"SELECT {url}, {idx}, COUNT(*) FROM {t}"
+            f" WHERE `{d.status_column}` IN ({statuses})"
+            f" AND `{d.deleted_column}` IS NULL GROUP BY {url}, {idx}",
         )
 
 
@@ -68,9 +71,14 @@ class AccountsTable:
     """``gateway_db_up`` follows every use: 1 after a success, 0 after a failure."""
 
     def __init__(
-        self, dsn: str, settings: DatabaseSettings, metrics: DatabaseMetrics | None = None
+        self,
+        dsn: str,
+        settings: DatabaseSettings,
+        metrics: DatabaseMetrics | None = None,
+        view: BackendView | None = None,
     ) -> None:
         self.params = MySQLParams.from_dsn(dsn)
+        self.view = view  # rows naming the gateway are counted for the instance of their index
         self.settings = settings
         self.metrics = metrics
         self.sql = Statements.build(settings)
@@ -131,6 +139,7 @@ class AccountsTable:
         ``written``: the row was wrong and now says ``url``/``index``; ``unchanged``: it was
         right already (not written again); ``no_row``: no live webjs row has that session.
         ``still_ours`` is asked just before the commit; when it says no, nothing is committed.
+        A row's URL spelled another way (``localhost`` for ``127.0.0.1``) is not rewritten.
         """
         results: dict[str, str] = {}
         async with self._cursor() as cur:
@@ -142,7 +151,7 @@ class AccountsTable:
                 current = rows.get(u.session_id)
                 if current is None:
                     results[u.session_id] = "no_row"
-                elif current == (u.url, u.index):
+                elif current[1] == u.index and same_place(current[0], u.url):
                     results[u.session_id] = "unchanged"
                 else:
                     await cur.execute(self.sql.update, (u.url, u.index, u.session_id))
@@ -174,10 +183,17 @@ class AccountsTable:
             after = page[-1].session_id
 
     async def active_counts(self) -> Mapping[str | None, int]:
-        """The backend balancer's count: active rows per ``assigned_instance_url``."""
+        """The backend balancer's count: active rows per ``assigned_instance_url``; a row
+        naming the gateway counts for the instance its index names (or as it is, if none)."""
         async with self._cursor() as cur:
             await cur.execute(self.sql.active)
-            return {url: int(count) for url, count in await cur.fetchall()}
+            rows = await cur.fetchall()
+        counts: dict[str | None, int] = {}
+        for url, index, count in rows:
+            where = self.view.instance_of(url, index) if self.view else None
+            key = where if where is not None and self.view.names_gateway(url) else url
+            counts[key] = counts.get(key, 0) + int(count)
+        return counts
 
 
 def _discard(pool: aiomysql.Pool) -> Callable[[aiomysql.Connection], None]:

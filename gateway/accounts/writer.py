@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from gateway.accounts.pending import REDIS_ERRORS, PendingUpdates, Update, update_for
 from gateway.accounts.table import AccountsTable, DatabaseUnavailable, LostLock
+from gateway.decisions.view import BackendView
 from gateway.metrics import DatabaseMetrics
 from gateway.shared.settings import Settings
 from gateway.shared.tasks import cancel_and_wait
@@ -34,11 +35,12 @@ def next_backoff(previous: float) -> float:
 
 def open_writer(settings: Settings, metrics: DatabaseMetrics) -> Writer:
     """The writer of a gateway configured with ``mysql_dsn`` (nothing connects before use)."""
+    view = BackendView(settings.instances, settings.shown_url)
     return Writer(
         PendingUpdates(settings.redis_url, settings.key_prefix, settings.redis_timeout),
-        AccountsTable(settings.mysql_dsn, settings.database, metrics),
+        AccountsTable(settings.mysql_dsn, settings.database, metrics, view),
         metrics,
-        settings.instances,
+        view,
     )
 
 
@@ -50,12 +52,12 @@ class Writer:
         pending: PendingUpdates,
         table: AccountsTable,
         metrics: DatabaseMetrics,
-        instances: Sequence[str],
+        view: BackendView,
         *,
         poll: float = 1.0,
     ) -> None:
         self.pending, self.table, self.metrics = pending, table, metrics
-        self.instances = tuple(instances)
+        self.view = view  # what the rows say: the gateway's URL or the instances'
         self.poll = poll
         s = table.settings
         self.lock_ttl = s.connect_timeout + s.query_timeout + LOCK_MARGIN
@@ -84,7 +86,7 @@ class Writer:
 
     async def record(self, session_id: str, url: str) -> None:
         """Queue ``session_id`` → ``url`` for the table: one Redis call, never a database one."""
-        update = update_for(session_id, url, self.instances)
+        update = update_for(session_id, url, self.view)
         if not self._unsent:
             try:
                 await self.pending.add([update])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gateway.decisions.view import BackendView
+
 VERIFIED = "verified"  # the row names the instance that holds the session
 WRONG = "wrong"  # the session is on another instance (or the index is off): to fix
 NOT_FOUND = "not_found"  # no instance that answered lists the session: left alone
@@ -31,7 +33,7 @@ class RowVerdict:
 def judge(
     row: Row,
     holders: Mapping[str, Sequence[str]],
-    instances: Sequence[str],
+    view: BackendView,
     pins: Mapping[str, str],
 ) -> RowVerdict:
     """What to do about one row, given which instances list which sessions.
@@ -39,13 +41,16 @@ def judge(
     A session listed on several instances is right where the row says, if that is one of
     them; else where its pin says, if one of them; else on the first in configured order
     (the rule reconciliation uses for pins). Sessions listed nowhere are never changed: on
-    a partial listing they may well be on an instance that did not answer.
+    a partial listing they may well be on an instance that did not answer. What a right row
+    says is ``view.shown``: the gateway's URL and the instance's index, or the instance's own
+    URL; ``localhost`` and ``127.0.0.1`` are the same place.
     """
     listed = holders.get(row.session_id)
     if not listed:
-        known = row.url is None or row.url in instances
-        return RowVerdict(NOT_FOUND if known else UNKNOWN_URL, row)
+        return RowVerdict(NOT_FOUND if view.known(row.url) else UNKNOWN_URL, row)
     pin = pins.get(row.session_id)
-    url = row.url if row.url in listed else pin if pin in listed else listed[0]
-    index = instances.index(url) if url in instances else None
-    return RowVerdict(VERIFIED if (row.url, row.index) == (url, index) else WRONG, row, url, index)
+    recorded = view.instance_of(row.url, row.index)
+    url = recorded if recorded in listed else pin if pin in listed else listed[0]
+    shown, index = view.shown(url)
+    right = view.same((row.url, row.index), (shown, index))
+    return RowVerdict(VERIFIED if right else WRONG, row, row.url if right else shown, index)

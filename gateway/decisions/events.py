@@ -104,6 +104,14 @@ def match_instance(header: str | None, instances: Sequence[str]) -> str | None:
     return next((url for url in instances if _normal(url) == wanted), None)
 
 
+def same_place(a: str | None, b: str | None) -> bool:
+    """Whether two base URLs name one server, compared as :func:`match_instance` does."""
+    if not a or not b:
+        return False
+    left = _normal(a)
+    return left is not None and left == _normal(b)
+
+
 def sender(header: str | None, instances: Sequence[str]) -> str:
     """Who an event says it is from, in one spelling; ``""`` when it does not say.
 

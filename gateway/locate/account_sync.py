@@ -61,7 +61,7 @@ class TableCheck:
         total = await table.count() if progress else 0
         report = Report()
         async for page in table.rows():
-            verdicts = [judge(row, holders, self.instances, pins) for row in page]
+            verdicts = [judge(row, holders, self.writer.view, pins) for row in page]
             for verdict in verdicts:
                 report.verdicts.setdefault(verdict.kind, []).append(verdict)
             fixes = [

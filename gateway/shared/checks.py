@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from gateway.shared.laravel.prefix_rule import PREFIX_FORMS
 from gateway.shared.redis_url import RedisUrlError, sentinel_target
 from gateway.shared.settings import (
+    BACKEND_SEES,
     HTTP_ENGINES,
     IDENTIFIER,
     LOG_FORMATS,
@@ -158,6 +159,7 @@ def check_gateway(s: Settings, need: Need) -> None:
             s.backend_url,
             "is not an http(s) base URL",
         )
+    _check_view(s, need)
     need(s.redis_min_replicas >= 0, "redis_min_replicas", s.redis_min_replicas, "is < 0")
     need(s.webhook_dedup_window >= 0, "webhook_dedup_window", s.webhook_dedup_window, "is < 0")
     need(s.processes >= 1, "processes", s.processes, "must be at least 1 (or auto)")
@@ -193,6 +195,31 @@ def check_gateway(s: Settings, need: Need) -> None:
 
 
 # Query parameters that carry a secret in a DSN (``mysql://u@h/db?password=...``).
+def _place(url: str) -> tuple[str, int | None]:
+    """Host and port, ``localhost`` as ``127.0.0.1``: two URLs of one server compare equal."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return ("127.0.0.1" if host == "localhost" else host), parts.port
+
+
+def _check_view(s: Settings, need: Need) -> None:
+    need(
+        s.backend_sees in BACKEND_SEES,
+        "backend_sees",
+        s.backend_sees,
+        f"is not one of {BACKEND_SEES}",
+    )
+    if s.backend_sees != "gateway" or not s.public_url:
+        return
+    need(
+        _place(s.public_url) not in {_place(url) for url in s.instances},
+        "public_url",
+        s.public_url,
+        "is an instance, not the gateway: point the backend's WHATSAPP_NODEJS_URL at the"
+        " gateway (or set GATEWAY_PUBLIC_URL), or set backend_sees = instance",
+    )
+
+
 SECRET_PARAMS = re.compile(r"([?&](?:password|passwd|pass|pwd|secret|token)=)[^&#]*", re.I)
 
 

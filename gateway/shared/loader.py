@@ -35,6 +35,7 @@ from gateway.shared.laravel.dotenv import parse_dotenv
 from gateway.shared.laravel.prefix_rule import PREFIX_FORMS, PrefixRule, prefix_rule
 from gateway.shared.settings import (
     DEFAULT_CONFIG,
+    DERIVED,
     SECRETS,
     SHARED,
     TABLES,
@@ -42,6 +43,7 @@ from gateway.shared.settings import (
     QueueSettings,
     Settings,
     SettingsError,
+    listen_url,
 )
 
 # Env names besides GATEWAY_<NAME>: the ones the issue and Laravel's .env use.
@@ -50,6 +52,8 @@ ENV_NAMES: Mapping[str, tuple[str, ...]] = {
     "laravel_api_token": ("LARAVEL_API_TOKEN",),
     "hmac_secret": ("HMAC_SECRET", "WHATSAPP_HMAC_SECRET"),
     "backend_url": ("LARAVEL_URL",),
+    # The backend's own base URL for its WhatsApp client: the gateway, once pointed at it.
+    "public_url": ("GATEWAY_PUBLIC_URL", "WHATSAPP_NODEJS_URL"),
 }
 
 
@@ -303,7 +307,7 @@ def load_settings(
     """
     sources = sources or Sources(environ)
     names = SHARED if shared_only else None
-    values = sources.resolve(Settings, names=names, urls={"instances"})
+    values = sources.resolve(Settings, names=names, urls={"instances", "public_url"})
     if not shared_only:
         values["database"] = DatabaseSettings(**sources.resolve(DatabaseSettings, "database"))
         queues = sources.resolve(
@@ -312,6 +316,9 @@ def load_settings(
             names={f.name for f in fields(QueueSettings)},
         )
         values["workers"] = QueueSettings(**queues)
+        if not values["public_url"] and values["backend_sees"] == "gateway":
+            values["public_url"] = listen_url(values["host"], values["port"])
+            sources.origin["public_url"] = DERIVED
     settings = Settings(**values, sources=dict(sources.origin))
     check_shared(settings, sources.need)
     if not shared_only:

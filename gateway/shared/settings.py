@@ -19,8 +19,9 @@ DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 300
 
 
 PLACEMENTS = ("least_loaded", "workspace", "shard")
-
-
+BACKEND_SEES = ("gateway", "instance")
+# The origin check-config shows for a public_url made from the listen address.
+DERIVED = "derived from host and port: set GATEWAY_PUBLIC_URL if the backend calls another"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -165,6 +166,10 @@ class Settings:
     webhook_dedup_window: float = 60.0  # an instance's retry of its session's last event
     webhook_max_body_bytes: int = 8 * 1024 * 1024
     backend_url: str = ""  # the backend the instances' own calls go on to; empty: refused
+    # What the backend records as a session's instance: "gateway" (public_url, so its client
+    # keeps calling the gateway) or "instance" (the instance's own URL, called directly).
+    backend_sees: str = "gateway"
+    public_url: str = ""  # the gateway as the backend calls it; empty: from host and port
     idempotency_ttl: float = 86400.0  # how long a request's Idempotency-Key and answer are kept
     idempotency_max_body_bytes: int = 65536  # a kept answer's body, at most
     log_format: str = "text"
@@ -183,6 +188,14 @@ class Settings:
     def key_prefix(self) -> str:
         """Prefix of every Redis key the gateway owns."""
         return f"{self.redis_prefix}wa-gateway:"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL the backend is given as a session's instance: the gateway's (``public_url``,
+        else from the listen address), or ``""`` when it is to see the instances' own."""
+        if self.backend_sees != "gateway":
+            return ""
+        return self.public_url or listen_url(self.host, self.port)
 
 
 # The top-level settings the workers read too; a bad one stops both programs.
@@ -207,3 +220,12 @@ TABLES = frozenset({"workers", "database"})
 
 
 SECRETS = frozenset({"laravel_api_token", "admin_token", "redis_url", "mysql_dsn", "hmac_secret"})
+
+
+def listen_url(host: str, port: int) -> str:
+    """The gateway's URL from its listen address; a wildcard address is reached on loopback."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

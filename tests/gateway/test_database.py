@@ -15,6 +15,7 @@ from gateway.accounts.pending import PendingUpdates, Update
 from gateway.accounts.table import AccountsTable, Statements
 from gateway.accounts.writer import Writer, next_backoff
 from gateway.decisions.account_rows import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG, Row, judge
+from gateway.decisions.view import BackendView
 from gateway.metrics import DatabaseMetrics
 from gateway.shared.settings import DatabaseSettings
 from tests.accounts import AccountsDB
@@ -44,7 +45,7 @@ async def make_writer(redis_prefix: str, accounts_db: AccountsDB) -> AsyncIterat
             PendingUpdates(redis_url, f"{redis_prefix}wa-gateway:", 5.0),
             AccountsTable(dsn or accounts_db.dsn, settings, metrics),
             metrics,
-            INSTANCES,
+            BackendView(INSTANCES),
             poll=0.05,
         )
         made.append(writer)
@@ -244,7 +245,7 @@ def test_a_row_is_verified_wrong_or_left_alone():
     pins = {"twice": C}
 
     def kind(sid: str, url: str | None, index: int | None) -> tuple[str, str | None, int | None]:
-        verdict = judge(Row(sid, url, index), holders, INSTANCES, pins)
+        verdict = judge(Row(sid, url, index), holders, BackendView(INSTANCES), pins)
         return verdict.kind, verdict.url, verdict.index
 
     assert kind("here", A, 0) == (VERIFIED, A, 0)

@@ -20,6 +20,7 @@ async def sync_db(db: AccountsDB, sims: list[Sim], prefix: str, *args: str) -> t
         "REDIS_URL": REDIS_URL,
         "REDIS_PREFIX": prefix,
         "LARAVEL_API_TOKEN": API_KEY,
+        "GATEWAY_BACKEND_SEES": "instance",
     }
     return await gateway_command("sync-db", *args, env=env)
 
