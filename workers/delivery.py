@@ -1,10 +1,12 @@
 """Webhook delivery: the outbox's events to the backend, in order per session, at least once.
 
 Each event goes to ``POST {LARAVEL_URL}{its original path}`` with its body unchanged, signed
-afresh with the shared secret, with its original ``X-Instance-Url`` and an ``X-Webhook-Id``
-that stays the same on every attempt, so the backend can drop a repeat. A 2xx answer is
-done. 408, 429, 5xx, a refused connection or a timeout is tried again, 1 s after the first
-failure and twice as long after each next one, up to ``webhook_backoff_cap`` (a
+afresh with the shared secret, with the headers the gateway kept for it (``X-Instance-Url``
+as the backend is to see it, by default the gateway's own URL, the instance in
+``X-WhatsApp-Instance``, the instance's ``X-Forwarded-For`` and ``User-Agent``) and an
+``X-Webhook-Id`` that stays the same on every attempt, so the backend can drop a repeat.
+A 2xx answer is done. 408, 429, 5xx, a refused connection or a timeout is tried again, 1 s
+after the first failure and twice as long after each next one, up to ``webhook_backoff_cap`` (a
 ``Retry-After`` wins), for up to ``webhook_max_age`` since the event was received; then it
 is dead-lettered. Any other answer is dead-lettered at once, with the backend's words.
 
@@ -265,7 +267,11 @@ class WebhookRelay:
             **signed_headers(self.config.secret, d.body, time.time()),
             WEBHOOK_ID_HEADER: d.id,
         }
-        if d.instance:
+        if d.headers:
+            # As the gateway kept them: X-Instance-Url as the backend is to see it, the
+            # instance behind it, and the instance's address and User-Agent.
+            headers.update(d.headers)
+        elif d.instance:
             headers[INSTANCE_URL_HEADER] = d.instance
         url = URL(self.config.laravel_url + d.path, encoded=True)
         try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from gateway.handlers.forwarded import forwarded_for
 from gateway.http.errors import json_error, unanswered
 from gateway.http.headers import end_to_end
 from gateway.http.requests import ROUTE
@@ -78,10 +79,8 @@ class BackendRelay:
             for name, value in end_to_end(request.raw_headers)
             if name.lower() not in REPLACED
         ]
-        prior = request.headers.get("X-Forwarded-For")
-        peer = request.remote or ""
         headers += [
-            ("X-Forwarded-For", f"{prior}, {peer}" if prior else peer),
+            ("X-Forwarded-For", forwarded_for(request)),
             ("X-Forwarded-Proto", request.scheme),
             ("X-Forwarded-Host", request.host),
         ]

@@ -27,7 +27,10 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.decisions.events import Event, match_instance, parse, sender
+from gateway.decisions.view import BackendView
+from gateway.handlers.forwarded import INDEX_HEADER, instance_headers
 from gateway.http.errors import json_error
+from gateway.http.headers import INSTANCE_HEADER
 from gateway.http.requests import ROUTE
 from gateway.metrics import GatewayMetrics
 from gateway.shared.outbox import Incoming, Outbox
@@ -85,6 +88,7 @@ class Receiver:
     metrics: GatewayMetrics
     holds: Callable[[str, str], Awaitable[bool]]  # (instance, session id): it holds it
     min_replicas: int = 0  # answer 200 only once this many replicas have the event
+    view: BackendView | None = None  # what the backend is told; None: X-Instance-Url as sent
 
     def _reject(self, reason: str, status: int, message: str) -> web.Response:
         self.metrics.webhooks_rejected.labels(reason).inc()
@@ -128,6 +132,7 @@ class Receiver:
             lane=event.lane,
             signature=signature,
             sender=sender(headers.get(INSTANCE_URL_HEADER), self.instances),
+            headers=self._shown(request),
         )
         try:
             async with asyncio.timeout(self.timeout):
@@ -157,6 +162,24 @@ class Receiver:
         self.metrics.webhooks_received.labels(event.label).inc()
         await self._pin(event, incoming.instance)
         return web.json_response({"success": True, "queued": True})
+
+    def _shown(self, request: web.Request) -> tuple[tuple[str, str], ...]:
+        """What the backend gets besides the body: ``X-Instance-Url`` as it is to see it
+        (the gateway's URL, by default), the instance itself in ``X-WhatsApp-Instance`` and
+        ``X-WhatsApp-Instance-Index``, and the instance's address and ``User-Agent``."""
+        if self.view is None:
+            return ()
+        sent = request.headers.get(INSTANCE_URL_HEADER, "")
+        shown = instance_headers(request)
+        if not self.view.public_url:
+            return (*shown, (INSTANCE_URL_HEADER, sent)) if sent else tuple(shown)
+        shown.append((INSTANCE_URL_HEADER, self.view.public_url))
+        url = match_instance(sent, self.instances)
+        if url is not None or sent:
+            shown.append((INSTANCE_HEADER, url or sent))
+        if url is not None:
+            shown.append((INDEX_HEADER, str(self.instances.index(url))))
+        return tuple(shown)
 
     def _too_large(self) -> web.Response:
         return self._reject("too_large", 413, f"Webhook body is over {self.max_body} bytes")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.accounts.writer import Writer, open_writer
+from gateway.decisions.view import BackendView
 from gateway.handlers.backend_relay import BackendRelay
 from gateway.handlers.fanout import FleetHealth
 from gateway.handlers.idempotency import Idempotency
@@ -166,6 +167,7 @@ async def start_gateway(s: Settings, metrics: GatewayMetrics) -> Gateway:
         metrics=metrics,
         holds=Holders(upstreams, s.laravel_api_token, s.health_timeout).holds,
         min_replicas=s.redis_min_replicas,
+        view=BackendView(s.instances, s.shown_url),
     )
     clients = [pins.link.redis, pins.link.subscriber, webhook_redis]
     if database is not None:

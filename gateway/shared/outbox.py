@@ -12,7 +12,8 @@ slot, so a script may touch a lane, its events and the sets together):
 
 =================  ======  ==============================================================
 ``event:<id>``     hash    path, body, instance, content_type, event, lane, received,
-                           since (start of the retry window), attempts; plus status,
+                           since (start of the retry window), attempts, headers (JSON:
+                           what the backend is shown besides the body); plus status,
                            error and dead_at once dead-lettered
 ``lane:<lane>``    list    ids waiting in the lane, oldest first
 ``lanes``          zset    lane -> when its head may next be tried
@@ -34,6 +35,7 @@ them first and the script checks they still hold. An earlier version kept the sa
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +77,8 @@ return false
 # Leases the head of each lane that is still due and still has that head. A head whose hash
 # is gone (deleted by hand, or evicted) is dropped and the lane left for the next take, a
 # lane found empty leaves the set. Returns {next due time or false, {lane, id, attempts,
-# path, body, instance, content_type, received, since}...}; the next due time is that of
-# the first lane left in the set (a lease expiry counts: a dead worker's lane).
+# path, body, instance, content_type, received, since, headers}...}; the next due time is
+# that of the first lane left in the set (a lease expiry counts: a dead worker's lane).
 TAKE = """
 local out = {false}
 for i = 3, #KEYS, 2 do
@@ -95,8 +97,9 @@ for i = 3, #KEYS, 2 do
       redis.call('hset', KEYS[2], lane, ARGV[3])
       local attempts = redis.call('hincrby', key, 'attempts', 1)
       local f = redis.call(
-        'hmget', key, 'path', 'body', 'instance', 'content_type', 'received', 'since')
-      out[#out + 1] = {lane, id, attempts, f[1], f[2], f[3], f[4], f[5], f[6]}
+        'hmget', key, 'path', 'body', 'instance', 'content_type', 'received', 'since',
+        'headers')
+      out[#out + 1] = {lane, id, attempts, f[1], f[2], f[3], f[4], f[5], f[6], f[7] or ''}
     end
   end
 end
@@ -192,6 +195,9 @@ class Incoming:
     lane: str
     signature: str = ""  # X-HMAC-Signature as verified; "" for none (no replay check)
     sender: str = ""  # the instance it is from, normalised (decisions.webhooks.sender)
+    # Delivered with it: X-Instance-Url as the backend is to see it, the real instance, and
+    # the instance's X-Forwarded-For and User-Agent. Empty: X-Instance-Url as sent.
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def identity(self) -> str:
@@ -229,6 +235,7 @@ class Delivery:
     content_type: str
     received: float
     since: float  # start of the retry window (receive, or a manual retry)
+    headers: tuple[tuple[str, str], ...] = ()  # as Incoming's; () for an event kept before
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +259,21 @@ class Backlog:
     lanes: int  # sessions (and the shared lane) with events waiting
     oldest_age: float | None  # seconds since the oldest waiting event was received
     dead: int
+
+
+def _headers(raw: bytes | None) -> tuple[tuple[str, str], ...]:
+    """The kept headers; none for an event kept without them, or a field that is not ours."""
+    try:
+        pairs = json.loads(raw) if raw else []
+    except ValueError:
+        return ()
+    if not isinstance(pairs, list):
+        return ()
+    return tuple(
+        (p[0], p[1])
+        for p in pairs
+        if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+    )
 
 
 def _text(value: bytes | None) -> str:
@@ -308,6 +330,8 @@ class Outbox:
             "since": repr(now),
             "attempts": 0,
         }
+        if incoming.headers:
+            fields["headers"] = json.dumps(incoming.headers)
         replay_ms = max(1, int(replay_ttl * 1000)) if incoming.signature and replay_ttl > 0 else 0
         found = await self._replicated(
             replicas,
@@ -378,6 +402,7 @@ class Outbox:
                 content_type=_text(row[6]),
                 received=float(row[7] or now),
                 since=float(row[8] or now),
+                headers=_headers(row[9]),
             )
             for row in rows
         ]
