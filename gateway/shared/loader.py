@@ -31,7 +31,7 @@ from gateway.shared.checks import (
     mask,
     parse_processes,
 )
-from gateway.shared.laravel.dotenv import parse_dotenv
+from gateway.shared.laravel.dotenv import DotenvError, parse_dotenv
 from gateway.shared.laravel.prefix_rule import PREFIX_FORMS, PrefixRule, prefix_rule
 from gateway.shared.settings import (
     DEFAULT_CONFIG,
@@ -154,9 +154,12 @@ class Sources:
         dotenv: dict[str, str] = {}
         if dotenv_path:
             try:
-                dotenv = parse_dotenv(Path(dotenv_path).read_text())
+                text = Path(dotenv_path).read_bytes().decode("utf-8", "replace")
+                dotenv = parse_dotenv(text, environ)
             except OSError as exc:
                 raise SettingsError(f"LARAVEL_ENV_FILE: {dotenv_path!r} ({exc.strerror})") from None
+            except DotenvError as exc:
+                raise SettingsError(f"LARAVEL_ENV_FILE: {dotenv_path!r}: {exc}") from None
         self.toml_path = Path(environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG))
         self.toml = _load_toml(self.toml_path, required="GATEWAY_CONFIG" in environ)
         named = environ.get("GATEWAY_LOCAL_CONFIG", "")

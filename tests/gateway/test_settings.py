@@ -86,7 +86,7 @@ WHATSAPP_INSTANCE_COUNT=2
 WHATSAPP_INSTANCE_1=http://10.0.0.1:3001
 WHATSAPP_INSTANCE_2=http://10.0.0.2:3001/
 REDIS_HOST=redis.internal
-REDIS_PASSWORD=p@ss word
+REDIS_PASSWORD="p@ss word"
 REDIS_PORT=6380
 REDIS_DB=2
 DB_CONNECTION=mysql
@@ -238,12 +238,35 @@ def test_each_program_checks_only_its_own_sections(tmp_path: Path) -> None:
 
 
 def test_dotenv_parsing() -> None:
-    assert parse_dotenv('# c\nexport A=1\nB="two words"\nC=x # note\nD=\nbad line\n') == {
-        "A": "1",
+    assert parse_dotenv('# c\nexport AB=1\nB="two words"\nC=x # note\nD=\n') == {
+        "AB": "1",
         "B": "two words",
         "C": "x",
         "D": "",
     }
+
+
+def test_the_backends_env_is_read_as_laravel_reads_it(tmp_path: Path) -> None:
+    """phpdotenv's rules (tests/laravel/test_dotenv.py compares them with PHP's own)."""
+    dotenv = write(
+        tmp_path / ".env",
+        'APP_NAME=Blazz\nREDIS_PREFIX="${APP_NAME}_x_"\nLARAVEL_API_TOKEN="se\\"cret"\n'
+        'PRIVATE_KEY="-----BEGIN-----\nGATEWAY_PORT=1\n-----END-----"\n'
+        "HMAC_SECRET='${APP_NAME}'\nREDIS_HOST=${REDIS_HOST_FROM_ENV}\n",
+    )
+    env = {"LARAVEL_ENV_FILE": dotenv, "GATEWAY_CONFIG": write(tmp_path / "g.toml", "")}
+    s = load_settings({**env, "REDIS_HOST_FROM_ENV": "redis.internal"})
+    assert s.redis_prefix == "Blazz_x_"
+    assert s.laravel_api_token == 'se"cret'
+    assert s.port == 8080  # a multi-line value's inner line is no setting
+    assert s.hmac_secret == "${APP_NAME}"  # single quotes: literal
+    assert s.redis_url == "redis://redis.internal:6379/0"
+
+
+def test_an_env_laravel_would_not_boot_with_is_refused(tmp_path: Path) -> None:
+    dotenv = write(tmp_path / ".env", "APP_NAME=two words\n")
+    with pytest.raises(SettingsError, match=r"LARAVEL_ENV_FILE: .*unexpected whitespace"):
+        load_settings({"LARAVEL_ENV_FILE": dotenv, "GATEWAY_CONFIG": write(tmp_path / "g", "")})
 
 
 def test_check_config_masks_secrets(tmp_path: Path) -> None:
