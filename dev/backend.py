@@ -112,7 +112,9 @@ class Backend:
             webhook_id=request.headers.get("X-Webhook-Id", ""),
             path=request.raw_path,
             body=body,
-            instance=request.headers.get("X-Instance-Url"),
+            # The instance behind the gateway's URL, when the backend is shown the gateway.
+            instance=request.headers.get("X-WhatsApp-Instance")
+            or request.headers.get("X-Instance-Url"),
             content_type=request.headers.get("Content-Type", ""),
             signed=laravel_check(self.secret, request.headers, body, time.time()),
         )
