@@ -7,7 +7,9 @@ cannot tell it from the real thing. Knobs make it slow (``latency``), flaky (``e
 or slow to pair (``connect_delay``). With ``LARAVEL_URL`` and ``HMAC_SECRET`` it reports its
 events as the instances do (``dev.webhook_sink``): ``qr_code_generated``, ``session_authenticated``
 and ``session_ready`` when a session pairs, ``message_sent`` for each message,
-``session_disconnected`` on a delete. Run it with ``python -m dev.simulator --port 3001``.
+``session_disconnected`` on a delete. With ``--restore`` it also restores, at start-up, the
+sessions ``GET {LARAVEL_URL}/api/whatsapp/accounts/active`` names, as the instances do after a
+restart. Run it with ``python -m dev.simulator --port 3001``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
+import aiohttp
 from aiohttp import web
 
 from dev.serving import hmac_secret, serve
-from dev.webhook_sink import Reporter
+from dev.webhook_sink import USER_AGENT, Reporter
+from gateway.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("dev.simulator")
 
@@ -56,6 +60,9 @@ class SimulatorConfig:
     public_url: str = "http://localhost:3001"  # own base URL, shown by /info
     laravel_url: str | None = None  # where events are reported; None: not reported
     hmac_secret: str = ""  # signs the events
+    # At start-up, ask LARAVEL_URL which sessions to restore and restore them, as the
+    # instances' AccountRestoration does (GET /api/whatsapp/accounts/active, X-API-Key).
+    restore_on_start: bool = False
 
     def __post_init__(self) -> None:
         if self.connect_delay < 0 or self.latency < 0:
@@ -206,12 +213,56 @@ def _pairing(app: web.Application, session: Session, qr_code: str | None = None)
 
 async def _reporting(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    restoring: asyncio.Task[None] | None = None
     if config.laravel_url:
         app[REPORTER] = Reporter(config.laravel_url, config.hmac_secret, config.public_url)
         await app[REPORTER].start()
+        if config.restore_on_start:
+            restoring = asyncio.create_task(_restore_active(app, config.laravel_url))
     yield
     if config.laravel_url:
+        await cancel_and_wait([restoring])
         await app[REPORTER].close()
+
+
+async def _restore_active(app: web.Application, laravel_url: str) -> None:
+    """Restore what the backend says was active (``AccountRestoration.restoreAllSessions``):
+    no answer, or one that is not a list of sessions, restores none."""
+    config = app[CONFIG]
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if config.api_key:
+        headers["X-API-Key"] = config.api_key
+    url = laravel_url.rstrip("/") + "/api/whatsapp/accounts/active"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http,
+            http.get(url, headers=headers) as resp,
+        ):
+            answer = await resp.json(content_type=None) if resp.status == 200 else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.warning("could not fetch the sessions to restore (%s)", type(exc).__name__)
+        return
+    listed = answer.get("sessions") if isinstance(answer, dict) else None
+    restored = 0
+    for entry in listed if isinstance(listed, list) else []:
+        session_id = entry.get("session_id") if isinstance(entry, dict) else None
+        if not isinstance(session_id, str) or session_id in app[SESSIONS]:
+            continue
+        workspace = entry.get("workspace_id")
+        account = entry.get("id")
+        now = time.time()
+        session = Session(
+            session_id=session_id,
+            workspace_id=workspace if isinstance(workspace, int) else None,
+            account_id=account if isinstance(account, int) else None,
+            created_at=now,
+            restored=True,
+            last_activity=now,
+        )
+        app[SESSIONS][session_id] = session
+        _pairing(app, session)
+        restored += 1
+    log.info("restored %d session(s) the backend listed as active", restored)
 
 
 # --- middleware ----------------------------------------------------------------------------
@@ -640,6 +691,11 @@ def _parser() -> argparse.ArgumentParser:
         help="report events to URL/api/whatsapp/webhooks/webjs, signed with $HMAC_SECRET"
         " (default: $LARAVEL_URL; none: not reported)",
     )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="at start-up, restore the sessions LARAVEL_URL/api/whatsapp/accounts/active lists",
+    )
     return parser
 
 
@@ -656,6 +712,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             public_url=f"http://{args.host}:{args.port}",
             laravel_url=args.laravel_url,
             hmac_secret=hmac_secret(),
+            restore_on_start=args.restore,
         )
     except ValueError as exc:
         parser.error(str(exc))

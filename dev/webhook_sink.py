@@ -24,6 +24,7 @@ from gateway.shared.tasks import cancel_and_wait
 log = logging.getLogger("dev.simulator")
 
 WEBHOOK_PATH = "/api/whatsapp/webhooks/webjs"
+USER_AGENT = "WhatsApp-WebJS-Service/1.0"  # the instances' webhookNotifier sends this one
 
 
 class Reporter:
@@ -65,6 +66,7 @@ class Reporter:
         for attempt in range(1, self.tries + 1):
             headers = {
                 "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
                 INSTANCE_URL_HEADER: self.instance_url,
                 **signed_headers(self.secret, body, time.time()),
             }

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from dev.backend import Backend
@@ -25,8 +26,8 @@ from dev.simulator import (
     fake_phone,
     status_at,
 )
-from dev.webhook_sink import WEBHOOK_PATH
-from tests.harness import eventually
+from dev.webhook_sink import USER_AGENT, WEBHOOK_PATH
+from tests.harness import eventually, serve
 
 KEY = "secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -388,3 +389,41 @@ async def test_events_are_reported_signed_in_order_as_the_instances_do(
 def test_reporting_events_needs_the_secret() -> None:
     with pytest.raises(ValueError, match="HMAC_SECRET"):
         SimulatorConfig(laravel_url="http://127.0.0.1:8000")
+
+
+async def test_with_restore_it_restores_what_the_backend_lists_as_active_at_start_up(
+    simulators: Any, teardown: Any
+) -> None:
+    """As the instances' AccountRestoration: ``GET /api/whatsapp/accounts/active`` with the
+    key in ``X-API-Key``; each listed session comes back authenticated, then connected."""
+    asked: list[dict[str, str]] = []
+
+    async def active(request: web.Request) -> web.Response:
+        asked.append(dict(request.headers))
+        listed = [{"id": 4, "session_id": "r-1", "workspace_id": 3}, {"session_id": 5}, "junk"]
+        return web.json_response({"success": True, "sessions": listed})
+
+    backend = Backend("hmac", free_port())
+    backend_app = web.Application()
+    backend_app.router.add_get("/api/whatsapp/accounts/active", active)
+    backend_app.router.add_post(WEBHOOK_PATH, backend._handle)
+    runner, url = await serve(backend_app)
+    teardown.push_async_callback(runner.cleanup)
+    fields = {"api_key": KEY, "connect_delay": 0.05, "laravel_url": url, "hmac_secret": "hmac"}
+    [instance] = await simulators(1, **fields, restore_on_start=True)
+
+    async def ready() -> bool:
+        return [d.event for d in backend.received] == ["session_authenticated", "session_ready"]
+
+    await eventually(ready)
+    assert list(instance.sessions) == ["r-1"]  # the entries that are no session are passed over
+    restored = instance.sessions["r-1"]
+    assert (restored.workspace_id, restored.account_id, restored.restored) == (3, 4, True)
+    [headers] = asked
+    assert headers["X-API-Key"] == KEY and headers["User-Agent"] == USER_AGENT
+    # Without the flag, or when the backend does not answer, nothing is restored.
+    [plain] = await simulators(1, **fields)
+    [unanswered] = await simulators(
+        1, **{**fields, "laravel_url": f"http://127.0.0.1:{free_port()}"}, restore_on_start=True
+    )
+    assert len(asked) == 1 and not plain.sessions and not unanswered.sessions
