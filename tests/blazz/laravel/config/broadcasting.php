@@ -1,0 +1,7 @@
+<?php
+
+// Not blazz's (Reverb there): broadcasts go nowhere.
+return [
+    'default' => 'null',
+    'connections' => ['null' => ['driver' => 'null']],
+];
