@@ -23,6 +23,7 @@ from gateway.shared.settings import SettingsError, load_settings
 from gateway.shared.signature import signed_headers
 from tests.accounts import AccountsDB
 from tests.conftest import REDIS_URL, eventually, serve
+from tests.support import raw_http
 from tests.test_admin import create
 from tests.test_webhooks import FAST, SECRET, event, settled
 from tests.test_write_back import backend_rows, nothing_pending, table_says
@@ -234,3 +235,30 @@ async def test_an_event_kept_before_the_upgrade_goes_out_as_it_came(
     await deliver(backend, gw)
     [(headers, _)] = seen
     assert headers["X-Instance-Url"] == A
+
+
+async def test_header_bytes_that_are_not_utf8_are_kept_as_text_never_a_500(
+    simulators, gateways, http, teardown
+):
+    """An X-Instance-Url or User-Agent with bytes that are not UTF-8 (here latin-1 é, ÿ)."""
+    sims = await simulators(1)
+    gw = await gateways(
+        [sims[0].url], hmac_secret=SECRET, public_url=PUBLIC, backend_sees="gateway"
+    )
+    seen: list[tuple[dict[str, str], str]] = []
+    backend = await recording_backend(teardown, seen)
+    body = event("session_ready", "raw-1", 1)
+    headers = {
+        "Content-Type": "application/json",
+        **signed_headers(SECRET, body, time.time()),
+        "X-Instance-Url": "http://h\xe9:3001/",
+        "User-Agent": "caf\xe9 \xff",
+        "X-Forwarded-For": "10.0.0.9\xff",
+    }
+    reply = await raw_http(gw.url, "/api/whatsapp/webhooks/webjs", "POST", headers, body)
+    assert reply.status == 200, reply.body
+    await deliver(backend, gw)
+    [(delivered, _)] = seen
+    assert delivered["User-Agent"] == "caf\ufffd \ufffd"
+    assert delivered["X-WhatsApp-Instance"] == "http://h\ufffd:3001/"  # as sent, made text
+    assert delivered["X-Forwarded-For"] == "10.0.0.9\ufffd, 127.0.0.1"

@@ -14,9 +14,15 @@ from aiohttp import web
 INDEX_HEADER = "X-WhatsApp-Instance-Index"
 
 
+def header_text(value: str) -> str:
+    """A header value as text that Redis and a new request can carry: bytes that are not
+    UTF-8 (kept by the parser as surrogates) become U+FFFD."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def forwarded_for(request: web.Request) -> str:
     """``X-Forwarded-For`` for the backend: the caller's chain, then the caller's address."""
-    prior = request.headers.get("X-Forwarded-For")
+    prior = header_text(request.headers.get("X-Forwarded-For", ""))
     peer = request.remote or ""
     return f"{prior}, {peer}" if prior else peer
 
@@ -26,5 +32,5 @@ def instance_headers(request: web.Request) -> list[tuple[str, str]]:
     headers = [("X-Forwarded-For", forwarded_for(request))]
     agent = request.headers.get("User-Agent")
     if agent:
-        headers.append(("User-Agent", agent))
+        headers.append(("User-Agent", header_text(agent)))
     return headers

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from gateway.decisions.events import Event, match_instance, parse, sender
 from gateway.decisions.view import BackendView
-from gateway.handlers.forwarded import INDEX_HEADER, instance_headers
+from gateway.handlers.forwarded import INDEX_HEADER, header_text, instance_headers
 from gateway.http.errors import json_error
 from gateway.http.headers import INSTANCE_HEADER
 from gateway.http.requests import ROUTE
@@ -123,16 +123,17 @@ class Receiver:
             rejection = rejection or Rejection.MISSING
             return self._reject(rejection.value, 401, MESSAGES[rejection])
         event = parse(body)
+        sent = header_text(headers.get(INSTANCE_URL_HEADER, ""))
         incoming = Incoming(
             path=path,
             body=body,
-            instance=headers.get(INSTANCE_URL_HEADER, ""),
+            instance=sent,
             content_type=headers.get("Content-Type", "application/json"),
             name=event.name or "",
             lane=event.lane,
             signature=signature,
-            sender=sender(headers.get(INSTANCE_URL_HEADER), self.instances),
-            headers=self._shown(request),
+            sender=sender(sent, self.instances),
+            headers=self._shown(request, sent),
         )
         try:
             async with asyncio.timeout(self.timeout):
@@ -163,13 +164,12 @@ class Receiver:
         await self._pin(event, incoming.instance)
         return web.json_response({"success": True, "queued": True})
 
-    def _shown(self, request: web.Request) -> tuple[tuple[str, str], ...]:
+    def _shown(self, request: web.Request, sent: str) -> tuple[tuple[str, str], ...]:
         """What the backend gets besides the body: ``X-Instance-Url`` as it is to see it
         (the gateway's URL, by default), the instance itself in ``X-WhatsApp-Instance`` and
         ``X-WhatsApp-Instance-Index``, and the instance's address and ``User-Agent``."""
         if self.view is None:
             return ()
-        sent = request.headers.get(INSTANCE_URL_HEADER, "")
         shown = instance_headers(request)
         if not self.view.public_url:
             return (*shown, (INSTANCE_URL_HEADER, sent)) if sent else tuple(shown)
