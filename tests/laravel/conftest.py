@@ -52,6 +52,19 @@ def php() -> str:
     return binary
 
 
+def php_json(php: str, script: str, payload: Any, timeout: float = 120) -> Any:
+    """Run ``HERE/script`` with ``payload`` as JSON on stdin; its JSON answer on stdout."""
+    answer = subprocess.run(
+        [php, str(HERE / script)],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return json.loads(answer.stdout)
+
+
 @dataclass
 class Laravel:
     """Laravel pointed at one test's Redis prefix and database."""

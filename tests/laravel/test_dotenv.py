@@ -7,13 +7,11 @@ with and without variables already in the environment: the same values, or both 
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 from typing import Any
 
 from gateway.shared.laravel.dotenv import DotenvError, parse_dotenv
-from tests.laravel.conftest import HERE
+from tests.laravel.conftest import php_json
 
 ENV = {"HOME": "/home/app", "APP_NAME": "From env", "EMPTY": ""}
 
@@ -115,15 +113,7 @@ def test_the_reader_matches_phpdotenv_on_hand_picked_and_random_texts(php: str) 
     rng = random.Random(19)
     texts = CASES + [random_text(rng) for _ in range(3000)]
     inputs = [(text, environ) for text in texts for environ in ({}, ENV)]
-    laravel = subprocess.run(
-        [php, str(HERE / "dotenv.php")],
-        input=json.dumps(inputs),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    theirs = json.loads(laravel.stdout)
+    theirs = php_json(php, "dotenv.php", inputs)
     mismatches = [
         (text, environ, ours(text, environ), want)
         for (text, environ), want in zip(inputs, theirs, strict=True)

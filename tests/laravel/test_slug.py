@@ -3,12 +3,10 @@ knows (Latin, Greek, Cyrillic, punctuation, combining marks) and some it does no
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 
 from gateway.shared.laravel.strings import slug
-from tests.laravel.conftest import HERE
+from tests.laravel.conftest import php_json
 
 RANGES = (
     range(0x20, 0x7F),
@@ -29,15 +27,7 @@ def test_slug_matches_laravels_on_3000_random_names(php: str) -> None:
         "".join(chr(rng.choice(rng.choice(RANGES))) for _ in range(rng.randrange(1, 16)))
         for _ in range(3000)
     ]
-    laravel = subprocess.run(
-        [php, str(HERE / "slug.php")],
-        input=json.dumps(names),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    expected = json.loads(laravel.stdout)
+    expected = php_json(php, "slug.php", names, timeout=60)
     mismatches = [
         (name, (slug(name, "_"), slug(name)), tuple(want))
         for name, want in zip(names, expected, strict=True)
