@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from dev.ports import free_port
 from gateway.decisions.account_rows import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG, Row, judge
 from gateway.decisions.view import BackendView
 from gateway.shared.outbox import Incoming, Outbox
@@ -23,6 +24,7 @@ from gateway.shared.settings import SettingsError, load_settings
 from gateway.shared.signature import signed_headers
 from tests.accounts import AccountsDB
 from tests.conftest import REDIS_URL, eventually, serve
+from tests.spawned import Spawned, gateway_env
 from tests.support import raw_http
 from tests.test_admin import create
 from tests.test_webhooks import FAST, SECRET, event, settled
@@ -262,3 +264,23 @@ async def test_header_bytes_that_are_not_utf8_are_kept_as_text_never_a_500(
     assert delivered["User-Agent"] == "caf\ufffd \ufffd"
     assert delivered["X-WhatsApp-Instance"] == "http://h\ufffd:3001/"  # as sent, made text
     assert delivered["X-Forwarded-For"] == "10.0.0.9\ufffd, 127.0.0.1"
+
+
+async def test_a_gateway_without_public_url_says_at_start_up_what_the_backend_is_told(
+    redis_prefix: str,
+):
+    port = free_port()
+    env = gateway_env([f"http://127.0.0.1:{free_port()}"], redis_prefix, GATEWAY_PORT=str(port))
+    env["GATEWAY_BACKEND_SEES"] = "gateway"  # and no GATEWAY_PUBLIC_URL, no WHATSAPP_NODEJS_URL
+    gateway = await Spawned.start("gateway", "--log-format", "json", env=env)
+    try:
+        await gateway.logged(
+            lambda records: any(
+                r["level"] == "WARNING"
+                and f"sessions live at http://127.0.0.1:{port}" in r["message"]
+                and "GATEWAY_PUBLIC_URL" in r["message"]
+                for r in records
+            )
+        )
+    finally:
+        await gateway.stop()
