@@ -1,7 +1,7 @@
 """blazz's own code against the gateway, wired as the README says.
 
 blazz's ``WhatsAppServiceClient`` (run by PHP, Debian's Laravel 8) talks to the gateway only:
-``WHATSAPP_NODEJS_URL`` and its one ``WHATSAPP_INSTANCE_1`` name it. Its webhook route
+``WHATSAPP_NODEJS_URL`` and its ``WHATSAPP_INSTANCE_1..4`` name it. Its webhook route
 (``VerifyWhatsAppHmac``, ``WebhookController``, ``ProcessWhatsAppWebhookJob``) and its
 restore route (``AccountController::getActiveAccounts``) serve from ``php -S``, and the gateway
 reads the same ``.env``. Behind the gateway, two simulated instances report their events to
@@ -45,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 SECRET = "blazz-hmac-secret"
 WORKSPACE = 1
 SESSION, ACCOUNT, CONTACT = "blazz-session-1", "4f1c2d9e-0000-4000-8000-000000000001", "c-1"
+LOST_ACCOUNT = "4f1c2d9e-0000-4000-8000-000000000002"  # its session is on no instance
 # The client's own User-Agent, and Guzzle's (its rediscovery sets none).
 CLIENT_AGENTS = ("Laravel-WhatsApp-Service/", "GuzzleHttp/")
 
@@ -143,6 +144,9 @@ WHATSAPP_HMAC_SECRET="{SECRET}"
 WHATSAPP_NODEJS_URL={gateway}
 WHATSAPP_INSTANCE_COUNT=1
 WHATSAPP_INSTANCE_1="${{WHATSAPP_NODEJS_URL}}"
+WHATSAPP_INSTANCE_2="${{WHATSAPP_NODEJS_URL}}"
+WHATSAPP_INSTANCE_3="${{WHATSAPP_NODEJS_URL}}"
+WHATSAPP_INSTANCE_4="${{WHATSAPP_NODEJS_URL}}"
 """
 
 
@@ -248,6 +252,12 @@ async def test_blazz_client_and_webhooks_stay_on_the_gateway_through_a_restart_a
             (ACCOUNT, WORKSPACE, SESSION),
         )
         await cur.execute(
+            "INSERT INTO whatsapp_accounts (uuid, workspace_id, session_id, provider_type, status,"
+            " is_active, created_at, updated_at)"
+            " VALUES (%s, %s, 'blazz-lost', 'webjs', 'disconnected', 0, NOW(), NOW())",
+            (LOST_ACCOUNT, WORKSPACE),
+        )
+        await cur.execute(
             "INSERT INTO contacts (uuid, workspace_id, phone) VALUES (%s, %s, '+6281234567890')",
             (CONTACT, WORKSPACE),
         )
@@ -297,6 +307,11 @@ async def test_blazz_client_and_webhooks_stay_on_the_gateway_through_a_restart_a
     sent = await blazz.call("sendMessage", WORKSPACE, ACCOUNT, CONTACT, "Hello from blazz")
     assert sent["success"] and sent["data"]["message_id"].startswith("sim_"), sent
     assert a.sessions[SESSION].messages_sent == 1
+    # A send for a session no instance holds: the instance's 404, through the gateway, fails
+    # it as blazz's client fails it (its failover does not take its own exception for an
+    # instance away, so it searches nowhere; were it to, its four instances are the gateway).
+    lost = await blazz.call("sendMessage", WORKSPACE, LOST_ACCOUNT, CONTACT, "Anyone?")
+    assert lost == {"exception": "Exception: Instance unavailable: 404"}, lost
     reconnected = await blazz.call("reconnectSession", WORKSPACE, SESSION)
     assert reconnected["success"], reconnected
 
@@ -325,7 +340,7 @@ async def test_blazz_client_and_webhooks_stay_on_the_gateway_through_a_restart_a
 
     sims = [a, b, b2]
     assert direct(sims) == []
-    assert relayed(sims).count("/api/messages/send") == 2
+    assert relayed(sims).count("/api/messages/send") == 3  # two sent, one to no session
     assert {"/api/sessions", f"/api/sessions/{SESSION}/reconnect"} <= set(relayed(sims))
     state, phone, url, index = await blazz.row()
     assert (state, url, index) == ("connected", gateway, 1) and phone
