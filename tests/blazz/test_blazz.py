@@ -34,12 +34,12 @@ from gateway.app import GATEWAY, GatewayRunner, create_app
 from gateway.shared.outbox import Outbox
 from gateway.shared.settings import load_settings
 from tests.accounts import DDL as ACCOUNTS_DDL
-from tests.conftest import API_KEY, REDIS_URL, Sim, eventually, serve
+from tests.gateway.test_webhooks import FAST, settled
+from tests.harness import API_KEY, REDIS_URL, Sim, eventually, serve
 from tests.mysql import own_database
-from tests.test_webhooks import FAST, settled
 from workers.connections import redis_client
 from workers.delivery import RelayConfig, WebhookRelay
-from workers.metrics import Metrics
+from workers.metrics import WorkerMetrics
 
 HERE = Path(__file__).resolve().parent
 SECRET = "blazz-hmac-secret"
@@ -191,7 +191,7 @@ async def php_server(php: str, root: Path, port: int) -> AsyncIterator[str]:
 async def relay_to(url: str, key_prefix: str) -> AsyncIterator[Outbox]:
     """The workers' webhook relay, delivering the gateway's events to ``url``."""
     client = redis_client(REDIS_URL)
-    relay = WebhookRelay(RelayConfig(url, SECRET, key_prefix, **FAST), client, Metrics())
+    relay = WebhookRelay(RelayConfig(url, SECRET, key_prefix, **FAST), client, WorkerMetrics())
     task = asyncio.create_task(relay.run())
     try:
         yield Outbox(client, key_prefix)

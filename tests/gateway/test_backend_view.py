@@ -23,15 +23,15 @@ from gateway.shared.outbox import Incoming, Outbox
 from gateway.shared.settings import SettingsError, load_settings
 from gateway.shared.signature import signed_headers
 from tests.accounts import AccountsDB
-from tests.conftest import REDIS_URL, eventually, serve
+from tests.gateway.test_admin import create
+from tests.gateway.test_webhooks import FAST, SECRET, event, settled
+from tests.gateway.test_write_back import backend_rows, nothing_pending, table_says
+from tests.harness import REDIS_URL, eventually, serve
 from tests.spawned import Spawned, gateway_env
 from tests.support import raw_http
-from tests.test_admin import create
-from tests.test_webhooks import FAST, SECRET, event, settled
-from tests.test_write_back import backend_rows, nothing_pending, table_says
 from workers.connections import redis_client
 from workers.delivery import RelayConfig, WebhookRelay
-from workers.metrics import Metrics
+from workers.metrics import WorkerMetrics
 
 PUBLIC = "http://wa-gateway.internal:8080"
 A, B = "http://127.0.0.1:3001", "http://127.0.0.1:3002"
@@ -172,7 +172,7 @@ async def deliver(backend: str, gw: Any) -> None:
     """Run the workers' relay to ``backend`` until the gateway's outbox is empty."""
     client = redis_client(REDIS_URL)
     config = RelayConfig(backend, SECRET, gw.gw.settings.key_prefix, **FAST)
-    relay = WebhookRelay(config, client, Metrics())
+    relay = WebhookRelay(config, client, WorkerMetrics())
     task = asyncio.create_task(relay.run())
     try:
         await settled(Outbox(client, gw.gw.settings.key_prefix))
