@@ -20,7 +20,7 @@ from gateway.app import GatewayRunner, create_app
 from gateway.lifecycle.reload import reload
 from gateway.run.parent import ChildLink
 from gateway.shared.limits import raise_open_files
-from gateway.shared.settings import DERIVED, Settings
+from gateway.shared.settings import Settings
 
 log = logging.getLogger("gateway")
 ACCEPTED_DRAIN = 0.5  # seconds between the last accept and closing idle connections
@@ -73,11 +73,11 @@ async def _serve(settings: Settings, load: Callable[[], Settings], child: ChildL
         settings.port,
         len(settings.instances),
     )
-    if settings.sources.get("public_url") == DERIVED:
+    if settings.backend_sees == "gateway" and not settings.public_url:
         log.warning(
             "public_url is not set: the backend is told sessions live at %s (the listen"
             " address); set GATEWAY_PUBLIC_URL (or WHATSAPP_NODEJS_URL) to the URL it calls",
-            settings.public_url,
+            settings.shown_url,
         )
     if child is not None:
         child.watch_parent(loop, stop.set)

@@ -320,8 +320,8 @@ def load_settings(
         )
         values["workers"] = QueueSettings(**queues)
         if not values["public_url"] and values["backend_sees"] == "gateway":
-            values["public_url"] = listen_url(values["host"], values["port"])
-            sources.origin["public_url"] = DERIVED
+            url = listen_url(values["host"], values["port"])
+            sources.origin["public_url"] = DERIVED.format(url=url)
     settings = Settings(**values, sources=dict(sources.origin))
     check_shared(settings, sources.need)
     if not shared_only:

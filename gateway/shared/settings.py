@@ -20,8 +20,10 @@ DEFAULT_INSTANCES = tuple(f"http://localhost:{port}" for port in range(3001, 300
 
 PLACEMENTS = ("least_loaded", "workspace", "shard")
 BACKEND_SEES = ("gateway", "instance")
-# The origin check-config shows for a public_url made from the listen address.
-DERIVED = "derived from host and port: set GATEWAY_PUBLIC_URL if the backend calls another"
+# The origin check-config shows for a public_url left unset: what the backend is told then.
+DERIVED = (
+    "unset: the backend is told {url} (host and port); set GATEWAY_PUBLIC_URL to what it calls"
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

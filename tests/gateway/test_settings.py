@@ -26,10 +26,12 @@ def write(path: Path, text: str) -> str:
 
 def test_defaults_without_any_file(tmp_path: Path) -> None:
     s = load_settings({"GATEWAY_CONFIG": write(tmp_path / "g.toml", "")})
-    # The backend is told the gateway's own URL, made from the listen address.
-    assert s == dataclasses.replace(Settings(), public_url="http://127.0.0.1:8080")
+    assert s == Settings()
     assert s.instances == tuple(f"http://localhost:{p}" for p in range(3001, 3005))
-    assert s.sources.pop("public_url").startswith("derived from host and port")
+    # Unset, and check-config says what the backend is told: the listen address.
+    assert s.sources.pop("public_url").startswith(
+        "unset: the backend is told http://127.0.0.1:8080"
+    )
     assert set(s.sources.values()) == {"default"}
 
 
