@@ -31,8 +31,8 @@ import pytest
 
 from dev.ports import free_port
 from gateway.app import GATEWAY, GatewayRunner, create_app
+from gateway.shared.loader import load_settings
 from gateway.shared.outbox import Outbox
-from gateway.shared.settings import load_settings
 from tests.accounts import DDL as ACCOUNTS_DDL
 from tests.gateway.test_webhooks import FAST, settled
 from tests.harness import API_KEY, REDIS_URL, Sim, eventually, serve

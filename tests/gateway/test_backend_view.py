@@ -19,8 +19,9 @@ from aiohttp import web
 from dev.ports import free_port
 from gateway.decisions.account_rows import NOT_FOUND, UNKNOWN_URL, VERIFIED, WRONG, Row, judge
 from gateway.decisions.view import BackendView
+from gateway.shared.loader import load_settings
 from gateway.shared.outbox import Incoming, Outbox
-from gateway.shared.settings import SettingsError, load_settings
+from gateway.shared.settings import SettingsError
 from gateway.shared.signature import signed_headers
 from tests.accounts import AccountsDB
 from tests.gateway.test_admin import create
